@@ -1,0 +1,206 @@
+"""Hugging Face model folders: config.json + *.safetensors (+ tokenizer files).
+
+Loading converts tensors through the family's `NameMap` (zenlm.io.names) and checks
+every name and shape, so a mismatch is reported as the tensor it concerns instead
+of as an error from inside torch. Saving writes a folder transformers loads as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from zenlm.config import ModelConfig, from_hf_config, to_hf_config
+from zenlm.errors import CheckpointError, UnsafeFormatError, UnsupportedModelError
+from zenlm.io.names import NAME_MAPS, NameMap
+from zenlm.models import DecoderLM, build_model
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+UNSAFE_HINT = (
+    "zenlm never unpickles files (they can run arbitrary code). Convert it once, in an "
+    "environment you trust, to safetensors: e.g. `AutoModel.from_pretrained(path)"
+    ".save_pretrained(out, safe_serialization=True)`, or ask the publisher for a "
+    ".safetensors or .gguf file"
+)
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise UnsafeFormatError if `path` is a pickle-based checkpoint."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsafeFormatError(f"{path}: {path.suffix} files are pickles. {UNSAFE_HINT}")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a folder as a dict (CheckpointError naming the file if unreadable)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json; is this a Hugging Face model folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: one file, or the shards an index lists."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+        return [folder / name for name in dict.fromkeys(weight_map.values())]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeFormatError(
+            f"{folder}: only pickle weights ({', '.join(pickles)}). {UNSAFE_HINT}"
+        )
+    raise CheckpointError(
+        f"{folder}: no model.safetensors or model.safetensors.index.json found"
+    )
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of every file; corrupt files raise CheckpointError."""
+    for path in files:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in the index but missing")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    yield name, handle.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
+
+
+def load_hf_model(folder: str | Path, dtype: torch.dtype | None = None) -> DecoderLM:
+    """Build the model a Hugging Face folder describes and load its weights.
+
+    Args:
+        folder: Folder with config.json and safetensors weights.
+        dtype: Parameter dtype (default float32).
+
+    Raises:
+        CheckpointError: missing/corrupt files, unknown or missing tensors, wrong shapes.
+        UnsupportedModelError: a model_type or option zenlm does not implement.
+        UnsafeFormatError: the folder only holds pickle weights.
+    """
+    folder = Path(folder)
+    config = from_hf_config(read_config(folder))
+    return model_from_hf_tensors(config, iter_safetensors(weight_files(folder)), folder, dtype)
+
+
+def model_from_hf_tensors(
+    config: ModelConfig,
+    tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
+    source: str | Path,
+    dtype: torch.dtype | None = None,
+) -> DecoderLM:
+    """Build `config`'s model and fill it from tensors with Hugging Face names.
+
+    This is the one path every format goes through (GGUF files are first read into
+    Hugging Face names), so name and shape checks live here only.
+    """
+    dtype = dtype or torch.float32
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    ours = convert_from_hf(items, NAME_MAPS[config.hf_model_type], source)
+    with torch.device("meta"):
+        model = build_model(config)
+    expected = model.state_dict()
+    if config.tie_embeddings:
+        ours.pop("lm_head.weight", None)
+        expected.pop("lm_head.weight")
+    _check_names_and_shapes(ours, expected, source)
+    model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def convert_from_hf(
+    items: Iterator[tuple[str, torch.Tensor]] | Any, name_map: NameMap, source: str | Path
+) -> dict[str, torch.Tensor]:
+    """HF-named tensors -> zenlm-named tensors; unknown names raise CheckpointError."""
+    ours: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for hf_name, tensor in items:
+        found = name_map.find(hf_name)
+        if found is None:
+            if not name_map.ignored.match(hf_name):
+                unknown.append(hf_name)
+            continue
+        rule, layer = found
+        names = [n.replace("{i}", layer or "") for n in rule.ours]
+        ours.update(zip(names, rule.split(tensor), strict=True))
+    if unknown:
+        raise CheckpointError(
+            f"{source}: {len(unknown)} tensor(s) this architecture does not have, e.g. "
+            f"{unknown[:5]}; is config.json's model_type right?"
+        )
+    return ours
+
+
+def _check_names_and_shapes(
+    ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str | Path
+) -> None:
+    missing = sorted(set(expected) - set(ours))
+    extra = sorted(set(ours) - set(expected))
+    if missing:
+        raise CheckpointError(
+            f"{source}: {len(missing)} tensor(s) missing, e.g. {missing[:5]} "
+            "(truncated download, or config.json does not match the weights?)"
+        )
+    if extra:
+        raise CheckpointError(
+            f"{source}: tensors {extra[:5]} are not used by the architecture config.json "
+            "describes (e.g. biases on a model configured without them)"
+        )
+    for name, tensor in ours.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(tensor.shape)}, but config.json "
+                f"implies {tuple(expected[name].shape)}"
+            )
+
+
+def convert_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
+    """Zenlm state dict -> HF-named tensors (the inverse walk of the same rules)."""
+    config = model.config
+    if config.hf_model_type not in NAME_MAPS:
+        raise UnsupportedModelError(f"cannot save hf_model_type {config.hf_model_type!r}")
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for rule in NAME_MAPS[config.hf_model_type].rules:
+        layers = [str(i) for i in range(config.n_layers)] if "{i}" in rule.hf else [""]
+        for layer in layers:
+            names = [n.replace("{i}", layer) for n in rule.ours]
+            if all(n in state for n in names):
+                out[rule.hf.replace("{i}", layer)] = rule.join(tuple(state[n] for n in names))
+    if config.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def save_hf_model(model: DecoderLM, folder: str | Path, tokenizer: Any = None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) that transformers loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = to_hf_config(model.config)
+    hf_config["torch_dtype"] = str(model.embed.weight.dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    save_file(convert_to_hf(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    return folder

@@ -1,0 +1,127 @@
+"""One name map per family: Hugging Face tensor names and layouts <-> zenlm's.
+
+A `Rule` maps one Hugging Face tensor to one or more zenlm tensors (GPT-2 fuses
+q, k and v into `c_attn`, and stores Linear weights transposed as Conv1D), with
+the functions that convert in each direction. Loading and saving both walk the
+same rules, so a family's layout is written down exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+Split = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+Join = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+def _same(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (t,)
+
+
+def _unwrap(ts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return ts[0]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`hf` <-> `ours` (patterns with `{i}` for the layer index)."""
+
+    hf: str
+    ours: tuple[str, ...]
+    split: Split = _same  # HF tensor -> our tensors
+    join: Join = _unwrap  # our tensors -> HF tensor
+    regex: re.Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pattern = re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)")
+        object.__setattr__(self, "regex", re.compile(pattern + "$"))
+
+
+def _one(hf: str, ours: str) -> Rule:
+    return Rule(hf, (ours,))
+
+
+def _transposed(hf: str, ours: str) -> Rule:
+    """GPT-2's Conv1D keeps weights as (in, out); nn.Linear as (out, in)."""
+    return Rule(hf, (ours,), split=lambda t: (t.t().contiguous(),),
+                join=lambda ts: ts[0].t().contiguous())
+
+
+def _fused_qkv(hf: str, ours_prefix: str, suffix: str, transpose: bool) -> Rule:
+    """GPT-2's c_attn: q, k, v concatenated along the output axis."""
+    names = tuple(f"{ours_prefix}.{p}.{suffix}" for p in ("q", "k", "v"))
+    if transpose:  # weight (in, 3*out)
+        return Rule(hf, names,
+                    split=lambda t: tuple(x.t().contiguous() for x in t.chunk(3, dim=1)),
+                    join=lambda ts: torch.cat([x.t() for x in ts], dim=1).contiguous())
+    return Rule(hf, names, split=lambda t: t.chunk(3, dim=0),  # bias (3*out,)
+                join=lambda ts: torch.cat(ts, dim=0))
+
+
+def _llama_rules() -> list[Rule]:
+    layer, block = "model.layers.{i}", "blocks.{i}"
+    rules = [
+        _one("model.embed_tokens.weight", "embed.weight"),
+        _one("model.norm.weight", "final_norm.weight"),
+        _one("lm_head.weight", "lm_head.weight"),
+        _one(f"{layer}.input_layernorm.weight", f"{block}.attn_norm.weight"),
+        _one(f"{layer}.post_attention_layernorm.weight", f"{block}.mlp_norm.weight"),
+    ]
+    for ours in ("q", "k", "v", "o"):
+        for kind in ("weight", "bias"):
+            hf = f"{layer}.self_attn.{ours}_proj.{kind}"
+            rules.append(_one(hf, f"{block}.attn.{ours}.{kind}"))
+    for ours in ("gate", "up", "down"):
+        for kind in ("weight", "bias"):
+            rules.append(_one(f"{layer}.mlp.{ours}_proj.{kind}", f"{block}.mlp.{ours}.{kind}"))
+    return rules
+
+
+def _gpt2_rules() -> list[Rule]:
+    layer, block = "transformer.h.{i}", "blocks.{i}"
+    rules = [
+        _one("transformer.wte.weight", "embed.weight"),
+        _one("transformer.wpe.weight", "positions.weight"),
+        _one("lm_head.weight", "lm_head.weight"),
+        _fused_qkv(f"{layer}.attn.c_attn.weight", f"{block}.attn", "weight", transpose=True),
+        _fused_qkv(f"{layer}.attn.c_attn.bias", f"{block}.attn", "bias", transpose=False),
+        _transposed(f"{layer}.attn.c_proj.weight", f"{block}.attn.o.weight"),
+        _one(f"{layer}.attn.c_proj.bias", f"{block}.attn.o.bias"),
+        _transposed(f"{layer}.mlp.c_fc.weight", f"{block}.mlp.up.weight"),
+        _one(f"{layer}.mlp.c_fc.bias", f"{block}.mlp.up.bias"),
+        _transposed(f"{layer}.mlp.c_proj.weight", f"{block}.mlp.down.weight"),
+        _one(f"{layer}.mlp.c_proj.bias", f"{block}.mlp.down.bias"),
+    ]
+    for kind in ("weight", "bias"):
+        rules += [
+            _one(f"transformer.ln_f.{kind}", f"final_norm.{kind}"),
+            _one(f"{layer}.ln_1.{kind}", f"{block}.attn_norm.{kind}"),
+            _one(f"{layer}.ln_2.{kind}", f"{block}.mlp_norm.{kind}"),
+        ]
+    return rules
+
+
+@dataclass(frozen=True)
+class NameMap:
+    """The rules of one family, and HF names that are safe to ignore (stale buffers)."""
+
+    rules: tuple[Rule, ...]
+    ignored: re.Pattern
+
+    def find(self, hf_name: str) -> tuple[Rule, str | None] | None:
+        """The rule matching `hf_name` and its layer index, or None."""
+        for rule in self.rules:
+            match = rule.regex.match(hf_name)
+            if match:
+                return rule, match.groupdict().get("i")
+        return None
+
+
+_LLAMA = NameMap(tuple(_llama_rules()), re.compile(r".*rotary_emb\.inv_freq$"))
+_GPT2 = NameMap(tuple(_gpt2_rules()), re.compile(r".*\.attn\.(masked_)?bias$"))
+
+NAME_MAPS: dict[str, NameMap] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}

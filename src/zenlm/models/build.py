@@ -1,0 +1,64 @@
+"""Build a model from a ModelConfig: the one place that reads family fields."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from zenlm.config import ModelConfig, rope_attention_factor
+from zenlm.models.decoder import DecoderLM
+from zenlm.nn import MLP, Attention, Block, LearnedPositions, RotaryEmbedding, make_norm
+
+
+def build_model(config: ModelConfig) -> DecoderLM:
+    """A randomly initialised decoder LM of `config`'s shape (load weights after)."""
+    blocks = [_decoder_block(config) for _ in range(config.n_layers)]
+    model = DecoderLM(
+        config,
+        embed=nn.Embedding(config.vocab_size, config.d_model),
+        blocks=blocks,
+        final_norm=_norm(config),
+        lm_head=nn.Linear(config.d_model, config.vocab_size, bias=False),
+        positions=_absolute_positions(config),
+        rope=_rope(config),
+    )
+    _init_weights(model)
+    return model
+
+
+def _decoder_block(config: ModelConfig) -> Block:
+    attn = Attention(
+        config.d_model, config.n_heads, config.kv_heads, config.dim_per_head,
+        qkv_bias=config.qkv_bias, out_bias=config.attn_out_bias,
+    )
+    mlp = MLP(
+        config.d_model, config.d_ff,
+        activation=config.activation, gated=config.gated_mlp, bias=config.mlp_bias,
+    )
+    return Block(attn, _norm(config), mlp, _norm(config), pre_norm=True)
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    return make_norm(config.norm, config.d_model, config.norm_eps, bias=config.norm_bias)
+
+
+def _absolute_positions(config: ModelConfig) -> nn.Module | None:
+    if config.positions == "learned":
+        return LearnedPositions(config.max_seq_len, config.d_model)
+    return None
+
+
+def _rope(config: ModelConfig) -> RotaryEmbedding | None:
+    if config.positions != "rope":
+        return None
+    return RotaryEmbedding(
+        config.dim_per_head, config.rope_theta, config.rope_scaling, rope_attention_factor(config)
+    )
+
+
+def _init_weights(model: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 / Llama initialisation: normal(0, 0.02) weights, zero biases, unit norms."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding, LearnedPositions)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
