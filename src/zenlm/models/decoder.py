@@ -98,8 +98,10 @@ class DecoderLM(nn.Module):
             x = x + self.positions(position_ids)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask = attention_mask_for(self.config, attention_mask, T, start + T)
+        # SDPA's is_causal aligns the mask top-left, right only when nothing is cached.
+        is_causal = start == 0
         for index, block in enumerate(self.blocks):
-            x = block(x, mask=mask, is_causal=True, rope=rope, cache=cache, layer=index)
+            x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x)
