@@ -50,6 +50,10 @@ class Tokenizer:
         chat_template: str | None = None,
         add_bos: bool = False,
     ) -> None:
+        # A tokenizer.json may carry padding/truncation settings (MiniLM pads to 128);
+        # like transformers, encode one text as it is and leave batching to collators.
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         self.bos_token = bos_token
         self.eos_token = eos_token
