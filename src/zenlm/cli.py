@@ -1,108 +1,28 @@
-"""`zenlm <command>`: each command is a typed function; argparse only parses.
+"""`zenlm <command>`: argparse only parses; each command is a typed function.
 
-Errors zenlm raises on bad input (ZenlmError, ValueError) print as one line on
-stderr with exit status 2, never as a traceback.
+Errors zenlm raises on bad input (ZenlmError, ValueError, a missing file) print as
+one line on stderr with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 from collections.abc import Sequence
 
+from zenlm.commands import COMMAND_MODULES
 from zenlm.errors import ZenlmError
-
-DEMO_MESSAGES = [
-    {"role": "system", "content": "You are a helpful assistant. Answer in two sentences."},
-    {"role": "user", "content": "What is a language model, and what can I use one for?"},
-]
-
-
-def generate_command(
-    model: str,
-    prompt: str,
-    *,
-    chat: bool = False,
-    system: str | None = None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    dtype: str | None = None,
-    as_json: bool = False,
-) -> int:
-    """Generate a continuation of `prompt` (or a chat reply to it) and print it."""
-    import zenlm
-
-    lm = zenlm.load(model, dtype=dtype)
-    if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        prompt_ids = lm.encode_chat(messages)
-    else:
-        prompt_ids = lm.encode_prompt(prompt)
-    result = lm.generate_ids(
-        prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed,
-    )
-    text = lm.decode_new(result)
-    if as_json:
-        print(json.dumps({
-            "text": text,
-            "token_ids": result.token_ids,
-            "prompt_tokens": result.prompt_tokens,
-            "new_tokens": len(result.token_ids),
-            "finish_reason": result.finish_reason,
-            "prefill_s": round(result.prefill_s, 6),
-            "decode_s": round(result.decode_s, 6),
-            "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
-        }, ensure_ascii=False))
-    else:
-        print(text)
-    return 0
-
-
-def demo_command(model: str, max_new_tokens: int = 96) -> int:
-    """Answer one scripted chat turn and report speed (what `make run` does for now)."""
-    import zenlm
-
-    lm = zenlm.load(model)
-    print(f"loaded {lm.source} in {lm.load_s:.2f} s")
-    for message in DEMO_MESSAGES:
-        print(f"[{message['role']}] {message['content']}")
-    result = lm.generate_ids(lm.encode_chat(DEMO_MESSAGES), max_new_tokens=max_new_tokens)
-    print(f"[assistant] {lm.decode_new(result)}")
-    print(
-        f"{result.prompt_tokens} prompt tokens in {result.prefill_s:.3f} s; "
-        f"{len(result.token_ids)} new tokens, {result.decode_tokens_per_s:.1f} tokens/s decoding"
-    )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="zenlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="zenlm", description="The whole life of a Transformer language model."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-
-    gen = commands.add_parser("generate", help="continue a prompt or answer a chat message")
-    gen.add_argument("model", help="model folder, .gguf file, short name or hub id")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    gen.add_argument("--system", default=None, help="system message (with --chat)")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    gen.add_argument("--json", action="store_true", dest="as_json")
-
-    demo = commands.add_parser("demo", help="one scripted chat turn, with tokens/s")
-    demo.add_argument("model", nargs="?", default="smollm2-135m-instruct")
-    demo.add_argument("--max-new-tokens", type=int, default=96)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
@@ -110,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `zenlm` console command."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    handlers = {"generate": generate_command, "demo": demo_command}
+    handler = args.pop("handler")
     try:
-        return handlers[command](**args)
-    except (ZenlmError, ValueError) as exc:
+        return handler(**args)
+    except (ZenlmError, ValueError, FileNotFoundError) as exc:
         print(f"zenlm {command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -56,7 +56,7 @@ def test_logits_match_padded_batch(pair, side):
     diff = (ours[real] - theirs[real]).abs().max().item()
     assert diff <= TOL, f"max |logit diff| on real tokens {diff}"
     # And each padded row equals the same sequence run alone, unpadded.
-    for row, n in enumerate(lengths):
+    for row in range(len(lengths)):
         alone = lm.logits(ids[row][mask[row].bool()][None])
         assert torch.allclose(ours[row][mask[row].bool()], alone[0], atol=TOL)
 
