@@ -16,7 +16,7 @@ def clean_text(text: str) -> str:
 
     NFKC folds compatibility forms (full-width letters, ligatures) into their plain
     characters; control and format characters (NUL, BEL, zero-width spaces, BOM) are
-    dropped; tabs and runs of spaces become one space; \\r\\n becomes \\n; at most one
+    dropped; tabs and runs of spaces become one space; CRLF becomes LF; at most one
     blank line is kept between paragraphs; the ends are stripped.
     """
     text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
