@@ -95,6 +95,35 @@ class LM:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @torch.inference_mode()
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True
+    ) -> torch.Tensor:
+        """Sentence embeddings (N, d_model) float32, as sentence-transformers computes them.
+
+        Each text's last hidden states are pooled (mean over real tokens for encoders,
+        the last token for decoders) and, with `normalize`, scaled to unit L2 norm.
+        Texts longer than the model's positions are cut, keeping the final special token.
+        """
+        from zenlm.models.heads import backbone_states, default_pooling, pool
+        from zenlm.tasks.collate import pad_ids, truncate_keep_last
+
+        if isinstance(texts, str):
+            raise ValueError("embed takes a list of texts; wrap a single text in a list")
+        limit = self.config.max_seq_len - self.config.position_offset
+        encoder = self.config.arch == "encoder"
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else (self.config.pad_token_id or 0)
+        vectors = []
+        for start in range(0, len(texts), batch_size):
+            rows = [truncate_keep_last(self.tokenizer.encode(t), limit, encoder)
+                    for t in texts[start:start + batch_size]]
+            ids, mask = pad_ids(rows, pad)
+            hidden = backbone_states(self.model, ids, mask)
+            vectors.append(pool(hidden.float(), mask, default_pooling(self.config)))
+        out = torch.cat(vectors) if vectors else torch.zeros(0, self.config.d_model)
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
     def stop_token_ids(self) -> tuple[int, ...]:
         """Ids that end generation: the tokenizer's EOS and config.json's eos_token_id(s)."""
         ids: set[int] = set()

@@ -20,6 +20,7 @@ from zenlm.errors import UnsupportedModelError
 Norm = Literal["layernorm", "rmsnorm"]
 Positions = Literal["rope", "learned", "sinusoidal", "none"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+Arch = Literal["decoder", "encoder"]
 
 #: RoPE scaling types whose inverse frequencies are fixed at build time.
 ROPE_SCALING_TYPES = ("default", "linear", "llama3", "yarn")
@@ -61,6 +62,14 @@ class ModelConfig:
 
     # --- ends
     tie_embeddings: bool = False  # output head shares the token-embedding matrix
+
+    # --- encoders (BERT family); the defaults describe a decoder
+    arch: Arch = "decoder"  # "encoder": bidirectional attention, hidden states out, no LM head
+    pre_norm: bool = True  # False: post-norm blocks, norm(x + sublayer(x)) (BERT, RoBERTa)
+    final_norm: bool = True  # a norm after the last block (post-norm blocks end normed already)
+    embed_norm: bool = False  # LayerNorm over the summed embeddings (BERT, RoBERTa)
+    type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
+    position_offset: int = 0  # first real token's position id (RoBERTa: padding_idx + 1)
 
     # --- special token ids (copied from config.json; the tokenizer is the authority)
     bos_token_id: int | None = None
@@ -330,17 +339,91 @@ _ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
 }
 
+def _read_bert(hf: dict[str, Any]) -> ModelConfig:
+    """BERT (and MiniLM, which is BERT-shaped): post-norm encoder, learned positions."""
+    kind = hf.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise UnsupportedModelError(
+            f"position_embedding_type {kind!r} is not supported; supported: absolute"
+        )
+    kept = {k: hf[k] for k in _ENCODER_KEPT_KEYS if k in hf}
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 512),
+        norm="layernorm",
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        norm_bias=True,
+        activation=_hf_activation(hf.get("hidden_act", "gelu")),
+        gated_mlp=False,
+        qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        positions="learned",
+        arch="encoder",
+        pre_norm=False,
+        final_norm=False,
+        embed_norm=True,
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id", 0),
+        hf_model_type=hf["model_type"],
+        extra={**_kept(hf), **kept},
+    )
+
+
+def _read_roberta(hf: dict[str, Any]) -> ModelConfig:
+    """RoBERTa is BERT whose position ids start after the padding id."""
+    config = _read_bert(hf)
+    config.position_offset = hf.get("pad_token_id", 1) + 1
+    return config
+
+
+# Dropout rates matter when fine-tuning with transformers; keep them for the round trip.
+_ENCODER_KEPT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range")
+_ENCODER_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def _write_bert(config: ModelConfig) -> dict[str, Any]:
+    architecture = {"bert": "BertModel", "roberta": "RobertaModel"}[config.hf_model_type]
+    return {
+        "model_type": config.hf_model_type,
+        "architectures": [architecture],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "intermediate_size": config.d_ff,
+        "hidden_act": _ENCODER_ACTIVATION[config.activation],
+        "max_position_embeddings": config.max_seq_len,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.norm_eps,
+        "position_embedding_type": "absolute",
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+
+
 _READERS: dict[str, Callable[[dict[str, Any]], ModelConfig]] = {
     "llama": _read_llama_like,
     "mistral": _read_llama_like,
     "qwen2": _read_llama_like,
     "gpt2": _read_gpt2,
+    "bert": _read_bert,
+    "roberta": _read_roberta,
 }
 _WRITERS: dict[str, Callable[[ModelConfig], dict[str, Any]]] = {
     "llama": _write_llama_like,
     "mistral": _write_llama_like,
     "qwen2": _write_llama_like,
     "gpt2": _write_gpt2,
+    "bert": _write_bert,
+    "roberta": _write_bert,
 }
 
 

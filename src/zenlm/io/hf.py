@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from zenlm.config import ModelConfig, from_hf_config, to_hf_config
 from zenlm.errors import CheckpointError, UnsafeFormatError, UnsupportedModelError
 from zenlm.io.names import NAME_MAPS, NameMap
-from zenlm.models import DecoderLM, build_model
+from zenlm.models import DecoderLM, EncoderModel, build_model
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UNSAFE_HINT = (
@@ -85,7 +85,9 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
 
 
-def load_hf_model(folder: str | Path, dtype: torch.dtype | None = None) -> DecoderLM:
+def load_hf_model(
+    folder: str | Path, dtype: torch.dtype | None = None
+) -> DecoderLM | EncoderModel:
     """Build the model a Hugging Face folder describes and load its weights.
 
     Args:
@@ -107,7 +109,7 @@ def model_from_hf_tensors(
     tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
     source: str | Path,
     dtype: torch.dtype | None = None,
-) -> DecoderLM:
+) -> DecoderLM | EncoderModel:
     """Build `config`'s model and fill it from tensors with Hugging Face names.
 
     This is the one path every format goes through (GGUF files are first read into
@@ -175,7 +177,7 @@ def _check_names_and_shapes(
             )
 
 
-def convert_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
+def convert_to_hf(model: DecoderLM | EncoderModel) -> dict[str, torch.Tensor]:
     """Zenlm state dict -> HF-named tensors (the inverse walk of the same rules)."""
     config = model.config
     if config.hf_model_type not in NAME_MAPS:
@@ -193,7 +195,9 @@ def convert_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def save_hf_model(model: DecoderLM, folder: str | Path, tokenizer: Any = None) -> Path:
+def save_hf_model(
+    model: DecoderLM | EncoderModel, folder: str | Path, tokenizer: Any = None
+) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) that transformers loads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -105,15 +105,53 @@ def _gpt2_rules() -> list[Rule]:
     return rules
 
 
+def _bert_rules() -> list[Rule]:
+    """BERT and RoBERTa share tensor names (post-norm: each LayerNorm follows its sum)."""
+    layer, block = "encoder.layer.{i}", "blocks.{i}"
+    rules = [
+        _one("embeddings.word_embeddings.weight", "embed.weight"),
+        _one("embeddings.position_embeddings.weight", "positions.weight"),
+        _one("embeddings.token_type_embeddings.weight", "token_types.weight"),
+    ]
+    for kind in ("weight", "bias"):
+        rules += [
+            _one(f"embeddings.LayerNorm.{kind}", f"embed_norm.{kind}"),
+            _one(f"{layer}.attention.self.query.{kind}", f"{block}.attn.q.{kind}"),
+            _one(f"{layer}.attention.self.key.{kind}", f"{block}.attn.k.{kind}"),
+            _one(f"{layer}.attention.self.value.{kind}", f"{block}.attn.v.{kind}"),
+            _one(f"{layer}.attention.output.dense.{kind}", f"{block}.attn.o.{kind}"),
+            _one(f"{layer}.attention.output.LayerNorm.{kind}", f"{block}.attn_norm.{kind}"),
+            _one(f"{layer}.intermediate.dense.{kind}", f"{block}.mlp.up.{kind}"),
+            _one(f"{layer}.output.dense.{kind}", f"{block}.mlp.down.{kind}"),
+            _one(f"{layer}.output.LayerNorm.{kind}", f"{block}.mlp_norm.{kind}"),
+        ]
+    return rules
+
+
+def _mlm_head_rules(dense: str, norm: str, decoder: str, bias: str) -> list[Rule]:
+    """A masked-LM head: dense -> act -> norm -> decoder (tied to the embedding) + bias."""
+    rules = [_one(bias, "bias")]
+    for kind in ("weight", "bias"):
+        rules += [_one(f"{dense}.{kind}", f"dense.{kind}"), _one(f"{norm}.{kind}", f"norm.{kind}")]
+    return rules + [_one(f"{decoder}.weight", "decoder.weight")]
+
+
 @dataclass(frozen=True)
 class NameMap:
-    """The rules of one family, and HF names that are safe to ignore (stale buffers)."""
+    """The rules of one family, and HF names that are safe to ignore (stale buffers).
+
+    `prefixes` are stripped before matching: a task checkpoint nests the base model
+    (BertForMaskedLM stores `bert.encoder...`, BertModel stores `encoder...`).
+    """
 
     rules: tuple[Rule, ...]
     ignored: re.Pattern
+    prefixes: tuple[str, ...] = ()
 
     def find(self, hf_name: str) -> tuple[Rule, str | None] | None:
         """The rule matching `hf_name` and its layer index, or None."""
+        for prefix in self.prefixes:
+            hf_name = hf_name.removeprefix(prefix)
         for rule in self.rules:
             match = rule.regex.match(hf_name)
             if match:
@@ -124,4 +162,29 @@ class NameMap:
 _LLAMA = NameMap(tuple(_llama_rules()), re.compile(r".*rotary_emb\.inv_freq$"))
 _GPT2 = NameMap(tuple(_gpt2_rules()), re.compile(r".*\.attn\.(masked_)?bias$"))
 
+# The NSP pooler and pretraining heads are not part of the encoder: zenlm's task heads
+# are separate modules (the masked-LM head loads through MLM_HEAD_MAPS below).
+_BERT = NameMap(
+    tuple(_bert_rules()),
+    re.compile(r"(bert\.|roberta\.)?(embeddings\.position_ids|pooler\..*)$|(cls|lm_head)\..*"),
+    prefixes=("bert.", "roberta."),
+)
+
 NAME_MAPS: dict[str, NameMap] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
+NAME_MAPS.update({"bert": _BERT, "roberta": _BERT})
+
+# The decoder's bias is the same tensor as the head's `bias` (HF ties them); its
+# weight is the word embedding, saved only by some checkpoints.
+MLM_HEAD_MAPS: dict[str, NameMap] = {
+    "bert": NameMap(
+        tuple(_mlm_head_rules("cls.predictions.transform.dense",
+                              "cls.predictions.transform.LayerNorm",
+                              "cls.predictions.decoder", "cls.predictions.bias")),
+        re.compile(r"cls\.predictions\.decoder\.bias$|cls\.seq_relationship\..*"),
+    ),
+    "roberta": NameMap(
+        tuple(_mlm_head_rules("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
+                              "lm_head.bias")),
+        re.compile(r"lm_head\.decoder\.bias$"),
+    ),
+}

@@ -2,5 +2,6 @@
 
 from zenlm.models.build import build_model
 from zenlm.models.decoder import DecoderLM
+from zenlm.models.encoder import EncoderModel
 
-__all__ = ["DecoderLM", "build_model"]
+__all__ = ["DecoderLM", "EncoderModel", "build_model"]

@@ -6,11 +6,14 @@ from torch import nn
 
 from zenlm.config import ModelConfig, rope_attention_factor
 from zenlm.models.decoder import DecoderLM
+from zenlm.models.encoder import EncoderModel
 from zenlm.nn import MLP, Attention, Block, LearnedPositions, RotaryEmbedding, make_norm
 
 
-def build_model(config: ModelConfig) -> DecoderLM:
-    """A randomly initialised decoder LM of `config`'s shape (load weights after)."""
+def build_model(config: ModelConfig) -> DecoderLM | EncoderModel:
+    """A randomly initialised model of `config`'s shape and `arch` (load weights after)."""
+    if config.arch == "encoder":
+        return build_encoder(config)
     blocks = [_decoder_block(config) for _ in range(config.n_layers)]
     model = DecoderLM(
         config,
@@ -25,6 +28,24 @@ def build_model(config: ModelConfig) -> DecoderLM:
     return model
 
 
+def build_encoder(config: ModelConfig) -> EncoderModel:
+    """A randomly initialised bidirectional encoder of `config`'s shape."""
+    model = EncoderModel(
+        config,
+        embed=nn.Embedding(config.vocab_size, config.d_model),
+        blocks=[_decoder_block(config) for _ in range(config.n_layers)],
+        positions=_absolute_positions(config),
+        token_types=(
+            nn.Embedding(config.type_vocab_size, config.d_model)
+            if config.type_vocab_size else None
+        ),
+        embed_norm=_norm(config) if config.embed_norm else None,
+        final_norm=_norm(config) if config.final_norm else None,
+    )
+    _init_weights(model)
+    return model
+
+
 def _decoder_block(config: ModelConfig) -> Block:
     attn = Attention(
         config.d_model, config.n_heads, config.kv_heads, config.dim_per_head,
@@ -34,7 +55,7 @@ def _decoder_block(config: ModelConfig) -> Block:
         config.d_model, config.d_ff,
         activation=config.activation, gated=config.gated_mlp, bias=config.mlp_bias,
     )
-    return Block(attn, _norm(config), mlp, _norm(config), pre_norm=True)
+    return Block(attn, _norm(config), mlp, _norm(config), pre_norm=config.pre_norm)
 
 
 def _norm(config: ModelConfig) -> nn.Module:
