@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, reports and plots."""

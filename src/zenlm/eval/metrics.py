@@ -1,0 +1,199 @@
+"""Task metrics: accuracy, precision/recall/F1, confusion matrix, entity F1, SQuAD EM/F1.
+
+Pure Python over lists, so they are easy to check against slow references:
+scikit-learn for P/R/F1, seqeval for entity F1, the official SQuAD v1.1 script's
+normalisation for EM/F1.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
+    """Fraction of predictions equal to the truth."""
+    _same_length(y_true, y_pred)
+    return sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / max(len(y_true), 1)
+
+
+def _same_length(y_true: Sequence[Any], y_pred: Sequence[Any]) -> None:
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+
+
+def precision_recall_f1(
+    y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable] | None = None
+) -> dict[str, Any]:
+    """Per-class, macro and micro precision, recall and F1 (undefined ratios count as 0).
+
+    Returns:
+        {"per_class": {label: {precision, recall, f1, support}}, "macro": {...},
+        "micro": {...}}. Macro averages the classes in `labels` (default: every label
+        seen in either list); micro pools their counts.
+    """
+    _same_length(y_true, y_pred)
+    labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred), key=str)
+    counts = {label: [0, 0, 0] for label in labels}  # tp, fp, fn
+    for truth, guess in zip(y_true, y_pred, strict=True):
+        if truth == guess and truth in counts:
+            counts[truth][0] += 1
+            continue
+        if guess in counts:
+            counts[guess][1] += 1
+        if truth in counts:
+            counts[truth][2] += 1
+    per_class = {label: _prf(*c) for label, c in counts.items()}
+    macro = {k: sum(m[k] for m in per_class.values()) / max(len(labels), 1)
+             for k in ("precision", "recall", "f1")}
+    macro["support"] = sum(m["support"] for m in per_class.values())
+    micro = _prf(*(sum(c[i] for c in counts.values()) for i in range(3)))
+    return {"per_class": per_class, "macro": macro, "micro": micro}
+
+
+def confusion_matrix(
+    y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]
+) -> list[list[int]]:
+    """Counts [i][j] of examples with true label labels[i] predicted as labels[j]."""
+    _same_length(y_true, y_pred)
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for truth, guess in zip(y_true, y_pred, strict=True):
+        if truth not in index or guess not in index:
+            raise ValueError(f"label {truth if truth not in index else guess!r} not in {labels}")
+        matrix[index[truth]][index[guess]] += 1
+    return matrix
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[Hashable], path: str | Path,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Save the matrix as an annotated heat map (PNG/SVG/PDF by suffix) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    size = max(3.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    try:
+        ax.imshow(matrix, cmap="Blues")
+        names = [str(label) for label in labels]
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        peak = max((max(row) for row in matrix), default=0)
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center",
+                        color="white" if count > peak / 2 else "black")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+# ----------------------------------------------------------------- entities
+def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) chunks of an IOB2 tag sequence, with seqeval's default rules.
+
+    As seqeval (and conlleval), a chunk also starts at an I- tag that does not continue
+    a chunk of its type, so predictions with broken BIO still count their entities.
+    """
+    chunks = []
+    kind, start = None, None
+    for index, tag in enumerate([*tags, "O"]):
+        prefix, _, tag_type = tag.partition("-") if tag != "O" else ("O", "", "")
+        ends = kind is not None and (prefix in ("O", "B") or tag_type != kind)
+        if ends:
+            chunks.append((kind, start, index - 1))
+            kind = None
+        if prefix in ("B", "I") and kind is None:
+            kind, start = tag_type, index
+    return chunks
+
+
+def entity_f1(
+    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """Entity-level micro precision/recall/F1 and per type (an entity counts only if exact).
+
+    Args:
+        true_tags: Gold IOB2 tags of each sentence.
+        pred_tags: Predicted tags, one per gold tag.
+    """
+    _same_length(true_tags, pred_tags)
+    gold, pred = set(), set()
+    for index, (t, p) in enumerate(zip(true_tags, pred_tags, strict=True)):
+        if len(t) != len(p):
+            raise ValueError(f"sentence {index}: {len(t)} gold tags but {len(p)} predicted")
+        gold.update((index, *e) for e in get_entities(t))
+        pred.update((index, *e) for e in get_entities(p))
+    types = sorted({e[1] for e in gold | pred})
+    per_type = {}
+    for kind in types:
+        g = {e for e in gold if e[1] == kind}
+        q = {e for e in pred if e[1] == kind}
+        per_type[kind] = _prf(len(g & q), len(q - g), len(g - q))
+    overall = _prf(len(gold & pred), len(pred - gold), len(gold - pred))
+    return {**overall, "per_type": per_type}
+
+
+# -------------------------------------------------------------------- SQuAD
+def normalize_answer(text: str) -> str:
+    """The official SQuAD v1.1 normalisation: lower case, no punctuation/articles/extra spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_exact_match(prediction: str, truth: str) -> float:
+    """1.0 if the normalised strings are equal."""
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    """Token-overlap F1 of the normalised strings (bag of words)."""
+    pred_tokens = normalize_answer(prediction).split()
+    true_tokens = normalize_answer(truth).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(true_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(true_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(
+    predictions: dict[str, str], references: dict[str, Sequence[str]]
+) -> dict[str, float]:
+    """Official SQuAD v1.1 EM and F1 in percent: best over each question's gold answers.
+
+    A question without a prediction scores 0 (as the official script does).
+    """
+    if not references:
+        raise ValueError("no reference answers")
+    em = f1 = 0.0
+    for qid, answers in references.items():
+        if qid not in predictions:
+            continue
+        em += max(squad_exact_match(predictions[qid], a) for a in answers)
+        f1 += max(squad_f1(predictions[qid], a) for a in answers)
+    n = len(references)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
