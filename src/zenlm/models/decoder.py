@@ -7,6 +7,7 @@ from torch import nn
 
 from zenlm.config import ModelConfig
 from zenlm.nn import Block, KVCache, RotaryEmbedding, attention_mask
+from zenlm.nn.attention import slot_mask
 
 
 class DecoderLM(nn.Module):
@@ -46,12 +47,19 @@ class DecoderLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    def fuse_projections(self) -> DecoderLM:
+        """Fuse q/k/v and gate/up projections for inference (fewer, larger matmuls)."""
+        for block in self.blocks:
+            block.attn.fuse_qkv()
+            block.mlp.fuse_gate_up()
+        return self
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A KV cache sized for this model, in its parameters' dtype."""
-        weight = self.embed.weight
+        norm = self.final_norm.weight  # in the activation dtype, whatever the weights' format
         return KVCache(
             self.config.n_layers, batch, max_len, self.config.kv_heads,
-            self.config.dim_per_head, dtype=weight.dtype, device=weight.device,
+            self.config.dim_per_head, dtype=norm.dtype, device=norm.device,
         )
 
     def forward(
@@ -88,31 +96,44 @@ class DecoderLM(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, T, d_model); arguments as in `forward`."""
-        B, T = ids.shape
-        start = cache.length if cache is not None else 0
-        self._check_lengths(ids, start, attention_mask)
+        T = ids.shape[1]
+        self._check_inputs(ids, cache, attention_mask)
         if position_ids is None:
-            position_ids = _default_positions(B, T, start, attention_mask, ids.device)
+            position_ids = default_positions(ids, cache, attention_mask)
         x = self.embed(ids)  # (B, T, d)
         if self.positions is not None:
             x = x + self.positions(position_ids)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
-        mask = attention_mask_for(self.config, attention_mask, T, start + T)
-        # SDPA's is_causal aligns the mask top-left, right only when nothing is cached.
-        is_causal = start == 0
+        mask, is_causal = self._mask(T, cache, attention_mask)
         for index, block in enumerate(self.blocks):
             x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x)
 
-    def _check_lengths(
-        self, ids: torch.Tensor, start: int, attention_mask: torch.Tensor | None
+    def _mask(
+        self, T: int, cache: KVCache | None, padding: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, bool]:
+        """The attention mask of this step, and whether SDPA may apply causality itself."""
+        if cache is None or cache.uniform is not None:
+            start = 0 if cache is None else cache.uniform
+            # SDPA's is_causal aligns the mask top-left: right only when nothing is cached.
+            return attention_mask_for(self.config, padding, T, start + T), start == 0
+        window = self.config.sliding_window
+        mask = slot_mask(cache.lengths, padding, query_len=T, key_len=cache.longest + T,
+                         causal=True, sliding_window=window)
+        return mask, False
+
+    def _check_inputs(
+        self, ids: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None
     ) -> None:
         if ids.ndim != 2:
             raise ValueError(f"ids must be (batch, length), got shape {tuple(ids.shape)}")
-        expected = (ids.shape[0], start + ids.shape[1])
-        if attention_mask is not None and tuple(attention_mask.shape) != expected:
+        if attention_mask is None:
+            return
+        cached = 0 if cache is None else cache.longest
+        expected = (ids.shape[0], cached + ids.shape[1])
+        if tuple(attention_mask.shape) != expected:
             raise ValueError(
                 f"attention_mask must be (batch, cached + new) = {expected}, "
                 f"got {tuple(attention_mask.shape)}"
@@ -137,11 +158,22 @@ def attention_mask_for(
     )
 
 
-def _default_positions(
-    batch: int, length: int, start: int, padding: torch.Tensor | None, device: torch.device
+def default_positions(
+    ids: torch.Tensor, cache: KVCache | None, padding: torch.Tensor | None
 ) -> torch.Tensor:
-    """Position ids (B, T): slot index, or with padding the count of real tokens before."""
-    if padding is None:
-        return torch.arange(start, start + length, device=device).expand(batch, length)
-    positions = padding.long().cumsum(-1) - 1  # (B, S)
-    return positions.clamp(min=0)[:, start:start + length]
+    """Position ids (B, T) of new tokens.
+
+    Each row counts from its own cache length; with a padding mask (left padding),
+    a token's position is the number of real tokens before it.
+    """
+    B, T = ids.shape
+    steps = torch.arange(T, device=ids.device)
+    if padding is not None:
+        start = 0 if cache is None else cache.longest
+        positions = padding.long().cumsum(-1) - 1  # (B, S)
+        return positions.clamp(min=0)[:, start:start + T]
+    if cache is None:
+        return steps.expand(B, T)
+    if cache.uniform is not None:
+        return (steps + cache.uniform).expand(B, T)
+    return cache.lengths[:, None] + steps  # (B, T)

@@ -32,6 +32,8 @@ def backbone_states(
 ) -> torch.Tensor:
     """Last hidden states (B, T, d_model) of an encoder or a decoder (right padding)."""
     if backbone.config.arch == "encoder":
+        if backbone.config.type_vocab_size < 2:  # RoBERTa has one segment embedding
+            token_type_ids = None
         return backbone(ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     return backbone.hidden_states(ids, attention_mask=attention_mask)
 

@@ -6,6 +6,8 @@ with optional RoPE and KV cache.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,9 +15,16 @@ from torch import nn
 from zenlm.nn.kv_cache import KVCache
 from zenlm.nn.rope import apply_rope
 
+#: Up to this many new tokens, attention is two small matmuls instead of SDPA: on
+#: CPU, SDPA's flash kernel costs ~4x more than the arithmetic for a decode step.
+SMALL_QUERY = 16
+
 
 class Attention(nn.Module):
-    """Scaled dot-product attention with its four projections.
+    """Scaled dot-product attention with its projections.
+
+    The q, k and v projections can be fused into one matmul for inference
+    (`fuse_qkv`); the weights are the same numbers either way.
 
     Args:
         d_model: Width of the queries' input (and of the output).
@@ -47,6 +56,20 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_context, n_kv_heads * head_dim, bias=qkv_bias)
         self.v = nn.Linear(d_context, n_kv_heads * head_dim, bias=qkv_bias)
         self.o = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+        self.qkv: nn.Linear | None = None
+
+    def fuse_qkv(self) -> None:
+        """Replace q, k, v by one Linear over their concatenated rows (self-attention)."""
+        parts = (self.q, self.k, self.v)
+        fused = nn.Linear(self.q.in_features, sum(p.out_features for p in parts),
+                          bias=self.q.bias is not None)
+        fused = fused.to(self.q.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv = fused
+        del self.q, self.k, self.v
 
     def forward(
         self,
@@ -64,7 +87,7 @@ class Attention(nn.Module):
         Args:
             x: Queries' input (B, T, d_model).
             context: Keys' input (B, S, d_context) for cross-attention; None for self.
-            mask: Boolean (B, 1, T, S), True where a query may attend; None for all.
+            mask: Boolean (B|1, 1, T, S), True where a query may attend; None for all.
             is_causal: Let SDPA apply the causal mask itself (only when `mask` is None).
             rope: (cos, sin), each (B, 1, T, head_dim), applied to q and k.
             cache: KV cache to append this step's keys/values to (self-attention only).
@@ -74,20 +97,51 @@ class Attention(nn.Module):
             (B, T, d_model).
         """
         B, T, _ = x.shape
-        source = x if context is None else context
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k(source).view(B, source.shape[1], self.n_kv_heads, self.head_dim)
-        v = self.v(source).view(B, source.shape[1], self.n_kv_heads, self.head_dim)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, S, D)
+        q, k, v = self._project(x, context)  # (B, H, T, D), (B, Hkv, S, D) x 2
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S_total, D)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # (B, H, T, D)
+        if T <= SMALL_QUERY and not (is_causal and mask is None and T > 1):
+            out = self._small_query_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )  # (B, H, T, D)
         return self.o(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _project(
+        self, x: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.qkv is not None and context is None:
+            q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+            S = T
+        else:
+            source = x if context is None else context
+            S = source.shape[1]
+            q, k, v = self.q(x), self.k(source), self.v(source)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, S, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
+        v = v.view(B, S, Hkv, D).transpose(1, 2)
+        return q, k, v
+
+    def _small_query_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """softmax(q k^T / sqrt(D)) v for a few queries, query heads grouped per KV head."""
+        B, H, T, D = q.shape
+        Hkv, S, group = k.shape[1], k.shape[2], H // k.shape[1]
+        q = q.reshape(B, Hkv, group * T, D)  # heads h = g*group + i share KV head g
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # (B, Hkv, group*T, S)
+        if mask is not None:
+            scores = scores.view(B, Hkv, group, T, S).masked_fill(
+                ~mask[:, :, None], float("-inf")
+            ).view(B, Hkv, group * T, S)
+        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        return (probs @ v).view(B, H, T, D)
 
 
 def attention_mask(
@@ -109,24 +163,46 @@ def attention_mask(
         query_len: T.
         key_len: S.
         causal: Forbid attending to later slots.
-        sliding_window: Also forbid keys more than this many slots back (Mistral).
+        sliding_window: Also forbid keys this many slots back or more (Mistral).
 
     Returns:
         The mask, or None when every query may see every key.
     """
-    mask = None
-    if causal or sliding_window is not None:
-        q_slot = torch.arange(key_len - query_len, key_len)[:, None]  # (T, 1)
-        k_slot = torch.arange(key_len)[None, :]  # (1, S)
-        mask = k_slot <= q_slot if causal else torch.ones(query_len, key_len, dtype=torch.bool)
-        if sliding_window is not None:
-            mask = mask & (q_slot - k_slot < sliding_window)
-        mask = mask[None, None]  # (1, 1, T, S)
-        if key_padding is not None:
-            mask = mask.to(key_padding.device)
+    device = key_padding.device if key_padding is not None else None
+    first_query = torch.full((1,), key_len - query_len, device=device)
+    return slot_mask(first_query, key_padding, query_len=query_len, key_len=key_len,
+                     causal=causal, sliding_window=sliding_window)
+
+
+def slot_mask(
+    first_query: torch.Tensor,
+    key_padding: torch.Tensor | None,
+    *,
+    query_len: int,
+    key_len: int,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> torch.Tensor | None:
+    """Like `attention_mask`, with each row's first query at its own slot.
+
+    Args:
+        first_query: (B,) or (1,) slot of each row's first new token (its cache length).
+        key_padding: (B, S) 1 for real tokens, 0 for padding; None if none.
+        query_len: T.
+        key_len: S.
+        causal: Forbid attending to later slots.
+        sliding_window: Also forbid keys this many slots back or more.
+    """
+    if not causal and sliding_window is None and key_padding is None:
+        return None
+    q_slot = first_query[:, None, None] + torch.arange(query_len, device=first_query.device)[
+        :, None
+    ]  # (B, T, 1)
+    k_slot = torch.arange(key_len, device=first_query.device)[None, None, :]  # (1, 1, S)
+    mask = k_slot <= q_slot if causal else torch.ones_like(k_slot <= q_slot)
+    if sliding_window is not None:
+        mask = mask & (q_slot - k_slot < sliding_window)
+    mask = mask[:, None]  # (B, 1, T, S)
     if key_padding is not None:
-        pad = key_padding.bool()[:, None, None, :]  # (B, 1, 1, S)
-        mask = pad if mask is None else mask & pad
-    if mask is not None:
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return mask
+        mask = mask & key_padding.bool()[:, None, None, :]
+    return mask | ~mask.any(dim=-1, keepdim=True)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
-class KVCache(nn.Module):
-    """Keys and values of every layer for up to `max_len` positions of `batch` sequences.
+class KVCache:
+    """Keys and values of every layer for up to `max_len` tokens of `batch` sequences.
 
-    Slots are shared across the batch: slot `s` holds the s-th token fed to the model,
-    whatever that token's position id (left-padded rows have their own position ids).
+    Each row keeps its own length, so rows of different lengths (a batch of prompts of
+    different sizes, or sequences joining a running batch) need no padding in the
+    cache: row b's next token goes to slot `lengths[b]`. While all rows have the same
+    length the cache writes plain slices (the fast path of batch-1 decoding).
 
     Args:
         n_layers: Number of attention layers.
-        batch: Number of sequences.
-        max_len: Slots per sequence (prompt + generated tokens).
+        batch: Number of sequences (rows).
+        max_len: Slots per row (prompt + generated tokens).
         n_kv_heads: Key/value heads per layer.
         head_dim: Size of one head.
         dtype: Storage dtype (the model's activation dtype).
+        device: Where the buffers live.
     """
 
     def __init__(
@@ -31,27 +33,66 @@ class KVCache(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__()
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.max_len = max_len
-        self.length = 0  # slots filled so far
+        self.batch, self.max_len = batch, max_len
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+        self.uniform: int | None = 0  # the common length while all rows agree
+        self.longest = 0  # max(lengths), kept as a Python int to slice without a sync
+
+    @property
+    def length(self) -> int:
+        """The common length of all rows (ValueError once rows differ)."""
+        if self.uniform is None:
+            raise ValueError("cache rows have different lengths; read cache.lengths")
+        return self.uniform
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new k, v (B, Hkv, T, D) after the filled slots; return all filled (B, Hkv, S, D).
+        """Write this step's k, v (B, Hkv, T, D) after each row's filled slots.
 
-        The caller advances `length` once per forward pass (after the last layer).
+        Returns:
+            Keys and values of slots [0, longest + T), each (B, Hkv, S, D). Slots past a
+            row's own length hold stale values; the attention mask hides them.
+            The caller calls `advance(T)` once per forward pass, after the last layer.
         """
-        start, end = self.length, self.length + k.shape[2]
+        T = k.shape[2]
+        end = self.longest + T
         if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
+            raise ValueError(f"KV cache holds {self.max_len} tokens per row; {end} were needed")
+        if self.uniform is not None:
+            self.keys[layer][:, :, self.uniform:end] = k
+            self.values[layer][:, :, self.uniform:end] = v
+        else:
+            slots = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
+            rows = torch.arange(self.batch, device=k.device)[:, None]  # (B, 1)
+            # Advanced indices around a slice put their dims first: (B, T, Hkv, D).
+            self.keys[layer][rows, :, slots] = k.transpose(1, 2)
+            self.values[layer][rows, :, slots] = v.transpose(1, 2)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
-        """Mark `n` more slots filled."""
-        self.length += n
+        """Mark `n` more slots filled in every row."""
+        self.lengths += n
+        self.longest += n
+        if self.uniform is not None:
+            self.uniform += n
+
+    def set_lengths(self, lengths: torch.Tensor | list[int]) -> None:
+        """Declare each row's filled length (after a right-padded prefill, say)."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=self.lengths.device)
+        if lengths.shape != (self.batch,):
+            raise ValueError(f"lengths must have shape ({self.batch},), got {tuple(lengths.shape)}")
+        self.lengths = lengths.clone()
+        values = lengths.tolist()
+        self.longest = max(values)
+        self.uniform = values[0] if len(set(values)) == 1 else None
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (LongTensor of row indices), in that order (beam search)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.batch = len(rows)
+        self.set_lengths(self.lengths.index_select(0, rows))

@@ -37,9 +37,28 @@ class MLP(nn.Module):
         self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.gate_up: nn.Linear | None = None
+
+    def fuse_gate_up(self) -> None:
+        """Replace gate and up by one Linear over their stacked rows (one matmul)."""
+        if self.gate is None:
+            return
+        parts = (self.gate, self.up)
+        fused = nn.Linear(self.up.in_features, 2 * self.up.out_features,
+                          bias=self.up.bias is not None).to(self.up.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.gate_up = fused
+        del self.gate, self.up
+        self.gate = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, d_model)."""
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(self.act(gate) * up)
         if self.gate is None:
             return self.down(self.act(self.up(x)))
         return self.down(self.act(self.gate(x)) * self.up(x))
