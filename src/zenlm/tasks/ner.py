@@ -1,0 +1,111 @@
+"""Token classification (NER): word tags <-> sub-word labels, collate, loss, decode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zenlm.tasks.batching import TensorBatch
+from zenlm.tasks.collate import pad_ids, pad_labels
+from zenlm.tokenizer import Tokenizer
+
+IGNORE = -100
+
+
+@dataclass
+class TokenFeature:
+    """A tokenized piece of a sentence: ids, label per token, and each word's first token.
+
+    Attributes:
+        ids: Token ids, special tokens included.
+        labels: Tag index on each word's first sub-word token, IGNORE elsewhere.
+        word_starts: Token index of the first sub-word of each word of the piece.
+        sentence: Index of the sentence the piece belongs to.
+        first_word: Index (in the sentence) of the piece's first word.
+    """
+
+    ids: list[int]
+    labels: list[int]
+    word_starts: list[int]
+    sentence: int = 0
+    first_word: int = 0
+
+
+def encode_words(
+    tokenizer: Tokenizer, sentences: Sequence[Sequence[str]],
+    tags: Sequence[Sequence[int]] | None = None, *, max_length: int = 256,
+) -> list[TokenFeature]:
+    """Tokenize pre-split words; label each word's first sub-word (HF's convention).
+
+    A sentence longer than `max_length` tokens is split into pieces at word boundaries,
+    so every word gets a prediction (nothing is cut off).
+    """
+    features = []
+    for index, words in enumerate(sentences):
+        word_tags = tags[index] if tags is not None else [IGNORE] * len(words)
+        features += _encode_piece(tokenizer, list(words), list(word_tags), index, 0, max_length)
+    return features
+
+
+def _encode_piece(
+    tokenizer: Tokenizer, words: list[str], tags: list[int], sentence: int, offset: int,
+    max_length: int,
+) -> list[TokenFeature]:
+    encoding = tokenizer.backend.encode(words, is_pretokenized=True)
+    if len(encoding.ids) > max_length and len(words) > 1:
+        half = len(words) // 2
+        return (_encode_piece(tokenizer, words[:half], tags[:half], sentence, offset, max_length)
+                + _encode_piece(tokenizer, words[half:], tags[half:], sentence, offset + half,
+                                max_length))
+    if len(encoding.ids) > max_length:
+        raise ValueError(f"sentence {sentence}: word {words[0][:40]!r} alone is longer than "
+                         f"max_length={max_length} tokens")
+    labels, starts, previous = [], [], None
+    for position, word in enumerate(encoding.word_ids):
+        first = word is not None and word != previous
+        labels.append(tags[word] if first else IGNORE)
+        if first:
+            starts.append(position)
+        previous = word
+    if len(starts) != len(words):  # a word the tokenizer dropped entirely (e.g. a control char)
+        raise ValueError(f"sentence {sentence}: {len(words)} words but {len(starts)} were "
+                         f"tokenized; words: {words[:8]}")
+    return [TokenFeature(encoding.ids, labels, starts, sentence, offset)]
+
+
+def collate_tokens(features: list[TokenFeature], pad_id: int) -> TensorBatch:
+    """TensorBatch(ids (B, T), attention_mask (B, T), labels (B, T) with IGNORE padding)."""
+    ids, mask = pad_ids([f.ids for f in features], pad_id)
+    return TensorBatch(ids=ids, attention_mask=mask,
+                       labels=pad_labels([f.labels for f in features], ids.shape[1], IGNORE))
+
+
+def token_loss(model: nn.Module, batch: TensorBatch,
+               class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over labelled tokens of `model(ids, mask)` logits (B, T, C)."""
+    logits = model(batch.ids, batch.attention_mask)
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten(),
+                           weight=weight, ignore_index=IGNORE)
+
+
+@torch.inference_mode()
+def predict_tags(
+    model: nn.Module, features: Sequence[TokenFeature], n_sentences: int, pad_id: int,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Tag index of every word of every sentence (pieces joined back)."""
+    model.eval()
+    words: list[dict[int, int]] = [{} for _ in range(n_sentences)]
+    for start in range(0, len(features), batch_size):
+        chunk = list(features[start:start + batch_size])
+        batch = collate_tokens(chunk, pad_id)
+        best = model(batch.ids, batch.attention_mask).argmax(-1)  # (B, T)
+        for row, feature in enumerate(chunk):
+            for k, position in enumerate(feature.word_starts):
+                words[feature.sentence][feature.first_word + k] = int(best[row, position])
+    return [[tags[i] for i in range(len(tags))] for tags in words]

@@ -1,0 +1,176 @@
+"""Extractive QA: document-stride windows with offset mapping, labels, n-best decoding.
+
+A (question, context) pair longer than `max_length` tokens becomes several windows of
+the context that overlap by `stride` tokens; each window keeps the character offsets
+of its context tokens, so a predicted token span maps back to a substring of the
+original context. Decoding takes the n best start and end tokens of every window,
+keeps valid spans (inside the context, end >= start, at most `max_answer_length`
+tokens) and returns the best-scoring span over all windows (SQuAD v1.1: always answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tokenizers
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zenlm.data.tasks import QAExample
+from zenlm.tasks.batching import TensorBatch
+from zenlm.tasks.collate import pad_ids, pad_labels
+from zenlm.tokenizer import Tokenizer
+
+
+@dataclass
+class QAFeature:
+    """One window: ids, segment ids, context offsets, answer token span (0, 0 if absent).
+
+    Attributes:
+        offsets: (start, end) characters in the context of each token; None for question
+            and special tokens.
+    """
+
+    example: int
+    ids: list[int]
+    type_ids: list[int]
+    offsets: list[tuple[int, int] | None]
+    start: int = 0
+    end: int = 0
+
+
+def windows_tokenizer(tokenizer: Tokenizer, max_length: int, stride: int) -> tokenizers.Tokenizer:
+    """A copy of the backend that cuts only the context, with `stride` tokens of overlap."""
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
+    backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    return backend
+
+
+def qa_features(
+    tokenizer: Tokenizer, examples: Sequence[QAExample], *, max_length: int = 384,
+    stride: int = 128, max_question_tokens: int = 64, labelled: bool = True,
+) -> list[QAFeature]:
+    """Windows of every example; with `labelled`, the first answer's token span in each."""
+    backend = windows_tokenizer(tokenizer, max_length, stride)
+    features = []
+    for index, example in enumerate(examples):
+        question = _clip_question(tokenizer, example.question, max_question_tokens)
+        encoding = backend.encode(question, example.context)
+        for window in [encoding, *encoding.overflowing]:
+            feature = _feature(index, window)
+            if labelled and example.answers:
+                text, char_start = example.answers[0]
+                feature.start, feature.end = _token_span(feature, char_start,
+                                                         char_start + len(text))
+            features.append(feature)
+    return features
+
+
+def _clip_question(tokenizer: Tokenizer, question: str, limit: int) -> str:
+    """The question cut to `limit` tokens (at a character offset), so windows keep context."""
+    encoding = tokenizer.backend.encode(question, add_special_tokens=False)
+    if len(encoding.ids) <= limit:
+        return question
+    return question[: encoding.offsets[limit - 1][1]]
+
+
+def _feature(index: int, window: tokenizers.Encoding) -> QAFeature:
+    offsets = [tuple(o) if s == 1 else None
+               for o, s in zip(window.offsets, window.sequence_ids, strict=True)]
+    return QAFeature(index, list(window.ids), list(window.type_ids), offsets)
+
+
+def _token_span(feature: QAFeature, char_start: int, char_end: int) -> tuple[int, int]:
+    """Token indexes of the answer in this window, or (0, 0) when it is not all inside."""
+    context = [i for i, o in enumerate(feature.offsets) if o is not None]
+    if not context:
+        return 0, 0
+    first, last = context[0], context[-1]
+    if feature.offsets[first][0] > char_start or feature.offsets[last][1] < char_end:
+        return 0, 0
+    start = next(i for i in context if feature.offsets[i][1] > char_start)
+    end = next(i for i in reversed(context) if feature.offsets[i][0] < char_end)
+    return start, end
+
+
+def collate_qa(features: list[QAFeature], pad_id: int) -> TensorBatch:
+    """TensorBatch(ids, attention_mask, token_type_ids (B, T), starts, ends (B,))."""
+    ids, mask = pad_ids([f.ids for f in features], pad_id)
+    types = pad_labels([f.type_ids for f in features], ids.shape[1], 0)
+    return TensorBatch(
+        ids=ids, attention_mask=mask, token_type_ids=types,
+        starts=torch.tensor([f.start for f in features]),
+        ends=torch.tensor([f.end for f in features]),
+    )
+
+
+def qa_loss(model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+    """Mean of the start and end cross-entropies (a window without the answer points at 0)."""
+    start, end = model(batch.ids, batch.attention_mask, batch.token_type_ids)
+    starts = F.cross_entropy(start.float(), batch.starts)
+    return (starts + F.cross_entropy(end.float(), batch.ends)) / 2
+
+
+def best_spans(
+    start_logits: torch.Tensor, end_logits: torch.Tensor,
+    offsets: Sequence[tuple[int, int] | None], *, n_best: int = 20, max_answer_length: int = 30,
+) -> list[tuple[float, int, int]]:
+    """Valid (score, char_start, char_end) spans of one window, best first.
+
+    Args:
+        start_logits: (T,) scores of each token starting the answer.
+        end_logits: (T,) scores of each token ending it.
+        offsets: Context character offsets per token (None outside the context).
+        n_best: Candidates taken from each end, and spans returned.
+        max_answer_length: Longest span in tokens.
+    """
+    length = len(offsets)
+    starts = start_logits[:length].topk(min(n_best, length)).indices.tolist()
+    ends = end_logits[:length].topk(min(n_best, length)).indices.tolist()
+    spans = []
+    for s in starts:
+        for e in ends:
+            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            spans.append((score, offsets[s][0], offsets[e][1]))
+    return sorted(spans, reverse=True)[:n_best]
+
+
+def postprocess_qa(
+    examples: Sequence[QAExample], features: Sequence[QAFeature],
+    logits: Sequence[tuple[torch.Tensor, torch.Tensor]], *, n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, str]:
+    """Answer text per question id: the best valid span over all of its windows."""
+    best: dict[int, tuple[float, int, int]] = {}
+    for feature, (start, end) in zip(features, logits, strict=True):
+        spans = best_spans(start, end, feature.offsets, n_best=n_best,
+                           max_answer_length=max_answer_length)
+        if spans and (feature.example not in best or spans[0][0] > best[feature.example][0]):
+            best[feature.example] = spans[0]
+    answers = {}
+    for index, example in enumerate(examples):
+        _, first, last = best.get(index, (0.0, 0, 0))
+        answers[example.id] = example.context[first:last]
+    return answers
+
+
+@torch.inference_mode()
+def predict_qa(
+    model: nn.Module, examples: Sequence[QAExample], features: Sequence[QAFeature], pad_id: int,
+    *, batch_size: int = 32, n_best: int = 20, max_answer_length: int = 30,
+) -> dict[str, str]:
+    """Run `model` (a SpanQA) over every window and post-process into answers."""
+    model.eval()
+    logits = []
+    for first in range(0, len(features), batch_size):
+        chunk = list(features[first:first + batch_size])
+        batch = collate_qa(chunk, pad_id)
+        start, end = model(batch.ids, batch.attention_mask, batch.token_type_ids)
+        logits += [(start[r, : len(f.ids)].float(), end[r, : len(f.ids)].float())
+                   for r, f in enumerate(chunk)]
+    return postprocess_qa(examples, features, logits, n_best=n_best,
+                          max_answer_length=max_answer_length)

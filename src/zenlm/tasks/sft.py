@@ -1,0 +1,152 @@
+"""Instruction tuning of decoders: chat-template formatting, assistant-only loss, packing.
+
+Labels are the token ids of assistant turns (their content and end-of-turn tokens) and
+IGNORE everywhere else, so the system prompt, the user's words and the template's role
+headers carry no loss. Packing concatenates several conversations into one row; a
+block-diagonal causal mask and per-conversation position ids keep each conversation
+from attending to (or being positioned after) the others, so a packed row gives each
+conversation the logits it would get alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zenlm.models.decoder import DecoderLM
+from zenlm.tasks.batching import TensorBatch
+from zenlm.tasks.collate import pad_labels
+from zenlm.tokenizer import Message, Tokenizer
+
+IGNORE = -100
+
+
+@dataclass
+class SFTFeature:
+    """Token ids of one conversation, labels (= ids on assistant tokens, IGNORE elsewhere)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def assistant_char_spans(tokenizer: Tokenizer, messages: Sequence[Message]) -> tuple[str, list]:
+    """The rendered conversation and the [start, end) characters of each assistant turn.
+
+    A turn's span runs from the end of the generation prompt before it to the end of
+    the conversation rendered up to and including it.
+
+    Raises:
+        ValueError: the template does not render conversations as prefixes of each other.
+    """
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = (tokenizer.apply_chat_template(messages[:index], add_generation_prompt=True)
+                  if index else "")
+        upto = tokenizer.apply_chat_template(messages[: index + 1], add_generation_prompt=False)
+        if not (full.startswith(before) and full.startswith(upto)):
+            raise ValueError("the chat template does not render a conversation's turns as "
+                             "prefixes of the whole; cannot find the assistant tokens")
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def encode_conversation(
+    tokenizer: Tokenizer, messages: Sequence[Message], *, max_length: int = 512
+) -> SFTFeature:
+    """Tokenize one conversation with its template; label only assistant tokens."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    encoding = tokenizer.backend.encode(text, add_special_tokens=False)
+    labels = []
+    for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        inside = any(a <= start < b for a, b in spans) and end > start
+        labels.append(token if inside else IGNORE)
+    return SFTFeature(list(encoding.ids[:max_length]), labels[:max_length])
+
+
+def pack(features: Sequence[SFTFeature], max_length: int) -> list[TensorBatch]:
+    """Greedy packing in order: conversations share a row while they fit.
+
+    Returns:
+        One TensorBatch per row with 1-D ids, labels and segments (1, 2, ... per
+        conversation; a conversation's first token never carries a label, so no target
+        crosses from one conversation into the next).
+    """
+    rows, current = [], []
+    for feature in features:
+        if current and sum(len(f.ids) for f in current) + len(feature.ids) > max_length:
+            rows.append(_row(current))
+            current = []
+        current.append(feature)
+    if current:
+        rows.append(_row(current))
+    return rows
+
+
+def _row(features: list[SFTFeature]) -> TensorBatch:
+    ids, labels, segments = [], [], []
+    for number, feature in enumerate(features, 1):
+        ids += feature.ids
+        labels += [IGNORE, *feature.labels[1:]]
+        segments += [number] * len(feature.ids)
+    return TensorBatch(ids=torch.tensor(ids), labels=torch.tensor(labels),
+                       segments=torch.tensor(segments))
+
+
+def collate_sft(rows: list[TensorBatch | SFTFeature], pad_id: int) -> TensorBatch:
+    """TensorBatch(ids, labels, segments (B, T)); segment 0 marks padding."""
+    rows = [_row([r]) if isinstance(r, SFTFeature) else r for r in rows]
+    length = max(len(r.ids) for r in rows)
+    return TensorBatch(
+        ids=pad_labels([r.ids.tolist() for r in rows], length, pad_id),
+        labels=pad_labels([r.labels.tolist() for r in rows], length, IGNORE),
+        segments=pad_labels([r.segments.tolist() for r in rows], length, 0),
+    )
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of each token within its segment (restarting at 0)."""
+    T = segments.shape[1]
+    slots = torch.arange(T, device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, slots, torch.zeros_like(slots)).cummax(dim=1).values
+    return slots - first
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, 1, T, T): causal within a segment, nothing across segments or padding."""
+    T = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    mask = (same & causal & (segments[:, None, :] != 0))[:, None]
+    return mask | ~mask.any(dim=-1, keepdim=True)  # padding rows: finite, never read
+
+
+def packed_logits(model: DecoderLM, ids: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) of packed rows: every segment as if it were alone.
+
+    DecoderLM.forward takes a padding mask only; this runs the same parts with a
+    block-diagonal mask and per-segment positions.
+    """
+    positions = segment_positions(segments)
+    x = model.embed(ids)  # (B, T, d)
+    if model.positions is not None:
+        x = x + model.positions(positions)
+    rope = model.rope(positions, x.dtype) if model.rope is not None else None
+    mask = segment_mask(segments)
+    for block in model.blocks:
+        x = block(x, mask=mask, rope=rope)
+    return model.lm_head(model.final_norm(x))
+
+
+def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
+    """Next-token cross-entropy on assistant tokens only (labels != IGNORE)."""
+    logits = packed_logits(model, batch.ids, batch.segments)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                           ignore_index=IGNORE)
