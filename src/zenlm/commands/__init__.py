@@ -8,4 +8,6 @@ from __future__ import annotations
 
 COMMAND_MODULES = (
     "zenlm.commands.generate",
+    "zenlm.commands.finetune",
+    "zenlm.commands.pretrain",
 )

@@ -1,0 +1,163 @@
+"""Training objectives: causal LM loss, and the data transforms of masked LM and span corruption.
+
+The masking functions work on plain tensors (ids, special-token ids, vocabulary size),
+so they do not depend on any model class: an encoder's Trainer objective is
+`masked_lm_loss(model, *mask_tokens(...))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100  # label of positions that do not count in the loss (F.cross_entropy default)
+
+
+def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch of blocks.
+
+    Args:
+        model: Maps ids (B, T) to logits (B, T, V).
+        batch: Token ids (B, T + 1): inputs are [:, :-1], targets [:, 1:].
+
+    Returns:
+        Scalar loss (float32).
+    """
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def masked_lm_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the masked positions only (labels == IGNORE elsewhere).
+
+    Args:
+        model: Maps ids (B, T) to logits (B, T, V).
+        inputs: Corrupted ids (B, T) from `mask_tokens`.
+        labels: Original ids at masked positions, IGNORE elsewhere (B, T).
+    """
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+def mask_tokens(
+    ids: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    mask_prob: float = 0.15,
+    word_starts: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: choose `mask_prob` of the tokens; of those 80% [MASK], 10% random, 10% kept.
+
+    Args:
+        ids: Token ids (B, T).
+        mask_id: Id of the [MASK] token.
+        vocab_size: Random replacements are drawn from [0, vocab_size), specials excluded.
+        special_ids: Ids never chosen (CLS, SEP, PAD...).
+        mask_prob: Fraction of (non-special) tokens chosen.
+        word_starts: Bool (B, T), True where a word starts, for whole-word masking:
+            words are chosen with probability `mask_prob` and all their tokens masked.
+        generator: Random source (for reproducible masks).
+
+    Returns:
+        (inputs, labels): corrupted ids (B, T) and labels (B, T), the original id at
+        chosen positions and IGNORE elsewhere.
+    """
+    special = torch.isin(ids, torch.tensor(list(special_ids), dtype=ids.dtype))
+    chosen = _choose(ids.shape, mask_prob, word_starts, generator) & ~special
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+    roll = torch.rand(ids.shape, generator=generator)
+    to_mask = chosen & (roll < 0.8)
+    to_random = chosen & (roll >= 0.8) & (roll < 0.9)
+    inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
+    random_ids = _random_non_special(ids.shape, vocab_size, special_ids, generator)
+    return torch.where(to_random, random_ids, inputs), labels
+
+
+def _choose(shape: torch.Size, prob: float, word_starts: torch.Tensor | None,
+            generator: torch.Generator | None) -> torch.Tensor:
+    if word_starts is None:
+        return torch.rand(shape, generator=generator) < prob
+    # Number the words of each row, draw once per word, spread the draw over its tokens.
+    word_index = word_starts.long().cumsum(-1) - 1  # (B, T); -1 before the first word
+    draws = torch.rand(shape, generator=generator) < prob  # one per possible word slot
+    return torch.gather(draws, 1, word_index.clamp(min=0)) & (word_index >= 0)
+
+
+def _random_non_special(shape: torch.Size, vocab_size: int, special_ids: Sequence[int],
+                        generator: torch.Generator | None) -> torch.Tensor:
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[[i for i in special_ids if 0 <= i < vocab_size]] = False
+    pool = allowed.nonzero().squeeze(1)
+    return pool[torch.randint(len(pool), shape, generator=generator)]
+
+
+def span_corruption(
+    ids: Sequence[int],
+    *,
+    sentinel_ids: Sequence[int],
+    noise_density: float = 0.15,
+    mean_span_length: float = 3.0,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], list[int]]:
+    """T5's span corruption of one sequence.
+
+    About `noise_density` of the tokens, in spans of mean length `mean_span_length`,
+    are cut out of the input and each span replaced by one sentinel; the target lists
+    each sentinel followed by the span it replaced.
+
+    Example: ids "a b c d e f", spans (b c) and (e) -> input "a <X> d <Y> f", target
+    "<X> b c <Y> e".
+
+    Returns:
+        (input_ids, target_ids), each ending in `eos_id` when it is given.
+
+    Raises:
+        ValueError: more spans than sentinels.
+    """
+    length = len(ids)
+    noise = _span_mask(length, noise_density, mean_span_length, generator)
+    inputs, targets, sentinel = [], [], 0
+    for index, token in enumerate(ids):
+        if noise[index]:
+            if index == 0 or not noise[index - 1]:
+                if sentinel >= len(sentinel_ids):
+                    raise ValueError(f"{sentinel + 1} spans need more than the "
+                                     f"{len(sentinel_ids)} sentinel ids given")
+                inputs.append(sentinel_ids[sentinel])
+                targets.append(sentinel_ids[sentinel])
+                sentinel += 1
+            targets.append(token)
+        else:
+            inputs.append(token)
+    tail = [eos_id] if eos_id is not None else []
+    return [*inputs, *tail], [*targets, *tail]
+
+
+def _span_mask(length: int, density: float, mean_span: float,
+               generator: torch.Generator | None) -> list[bool]:
+    """Noise mask of `length` with round(length*density) noise tokens in alternating spans."""
+    n_noise = min(max(round(length * density), 1 if length > 1 else 0), length - 1)
+    if n_noise == 0:
+        return [False] * length
+    n_spans = max(1, min(round(n_noise / mean_span), n_noise, length - n_noise))
+    noise_lengths = _random_partition(n_noise, n_spans, generator)
+    clean_lengths = _random_partition(length - n_noise, n_spans, generator)
+    mask: list[bool] = []
+    for clean, noisy in zip(clean_lengths, noise_lengths, strict=True):
+        mask += [False] * clean + [True] * noisy  # every sequence starts with clean text
+    return mask
+
+
+def _random_partition(total: int, parts: int, generator: torch.Generator | None) -> list[int]:
+    """`total` split into `parts` positive integers, uniformly over compositions."""
+    cuts = torch.randperm(total - 1, generator=generator)[: parts - 1].sort().values + 1
+    edges = [0, *cuts.tolist(), total]
+    return [b - a for a, b in zip(edges, edges[1:], strict=False)]

@@ -1,0 +1,122 @@
+"""Pretraining from scratch: config -> tokenizer -> shards -> model -> Trainer -> HF folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from zenlm.data.readers import read_documents
+from zenlm.data.shards import BlockSampler, ShardSet, build_shards
+from zenlm.io.hf import save_hf_model
+from zenlm.models import build_model
+from zenlm.tokenizer import Tokenizer
+from zenlm.tokenizer_train import train_tokenizer
+from zenlm.train.config import PretrainConfig, default_cache_dir
+from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
+from zenlm.train.objectives import causal_lm_loss
+from zenlm.train.trainer import Trainer, TrainResult
+
+PYDOC_CORPUS = "pydoc:topics"
+
+
+def resolve_paths(paths: list[str], cache_dir: Path) -> list[Path]:
+    """Corpus paths, with "pydoc:topics" written out once as a JSONL file in `cache_dir`."""
+    resolved = []
+    for entry in paths:
+        if entry != PYDOC_CORPUS:
+            resolved.append(Path(entry))
+            continue
+        from pydoc_data.topics import topics
+
+        path = cache_dir / "pydoc_topics.jsonl"
+        if not path.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"text": text}) + "\n"
+                                   for _, text in sorted(topics.items())), encoding="utf-8")
+            tmp.replace(path)
+        resolved.append(path)
+    return resolved
+
+
+def prepare_tokenizer(config: PretrainConfig, paths: list[Path], dist: DistContext) -> Tokenizer:
+    """The run's tokenizer: the configured folder, the run's own, or trained now (rank 0)."""
+    if config.tokenizer.path:
+        return Tokenizer.from_folder(config.tokenizer.path)
+    folder = Path(config.train.out_dir) / "tokenizer"
+    if dist.is_main and not (folder / "tokenizer.json").is_file():
+        docs = read_documents(paths, field=config.data.field, txt_unit=config.data.txt_unit,
+                              skip_bad_lines=config.data.skip_bad_lines)
+        tokenizer = train_tokenizer(_capped(docs, config.tokenizer.max_train_chars),
+                                    kind=config.tokenizer.kind,  # type: ignore[arg-type]
+                                    vocab_size=config.tokenizer.vocab_size)
+        tmp = folder.with_name("tokenizer.tmp")
+        tokenizer.save(tmp)
+        tmp.replace(folder)  # appears whole, so a crashed run never finds half a tokenizer
+    dist.barrier()
+    return Tokenizer.from_folder(folder)
+
+
+def _capped(docs, max_chars: int):  # noqa: ANN001, ANN202
+    total = 0
+    for doc in docs:
+        if total >= max_chars:
+            return
+        total += len(doc)
+        yield doc
+
+
+def prepare_shards(config: PretrainConfig, paths: list[Path], tokenizer: Tokenizer,
+                   dist: DistContext) -> ShardSet:
+    """Tokenize once (rank 0 first; the others then find the cached shards)."""
+    cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    options = dict(val_fraction=config.data.val_fraction, field=config.data.field,
+                   txt_unit=config.data.txt_unit, skip_bad_lines=config.data.skip_bad_lines)
+    shards = None
+    if dist.is_main:
+        shards = build_shards(paths, tokenizer, cache, progress=config.train.progress,
+                              **options)  # type: ignore[arg-type]
+    dist.barrier()
+    return shards or build_shards(paths, tokenizer, cache, progress=False,
+                                  **options)  # type: ignore[arg-type]
+
+
+def pretrain(config: PretrainConfig, *, resume: str = "auto") -> TrainResult:
+    """Run a whole pretraining job (also one rank of a torchrun job)."""
+    dist = init_distributed()
+    try:
+        return _pretrain(config, resume, dist)
+    finally:
+        shutdown_distributed()
+
+
+def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainResult:
+    out_dir = Path(config.train.out_dir)
+    cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    paths = resolve_paths(config.data.paths, cache)
+    tokenizer = prepare_tokenizer(config, paths, dist)
+    shards = prepare_shards(config, paths, tokenizer, dist)
+    block = config.data.block_size
+    model_config = config.model_config(
+        vocab_size=tokenizer.vocab_size, max_seq_len=block, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.train.seed)  # the initial weights
+    model = build_model(model_config)
+    if dist.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model: {n_params / 1e6:.2f}M parameters; tokens: {len(shards.train):,} train, "
+              f"{len(shards.val):,} val ({shards.folder})")
+    train = BlockSampler(shards.train, block, seed=config.train.seed)
+    val = BlockSampler(shards.val, block, shuffle=False) if len(shards.val) > block else None
+    trainer = Trainer(
+        model, causal_lm_loss, train, val, optim=config.optim, loop=config.train, dist=dist,
+        run_config={"pretrain": config.to_dict(), "model": model_config.to_dict()},
+        save_extra=tokenizer.save,
+    )
+    result = trainer.fit(resume)
+    if dist.is_main and config.train.export_hf:
+        save_hf_model(model, out_dir / "model", tokenizer=tokenizer)
+    return result
