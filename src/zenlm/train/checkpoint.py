@@ -216,4 +216,7 @@ def _unflatten_optimizer(folder: Path) -> dict[str, Any]:
         state.setdefault(int(index), {})[key] = tensor
     for index, entry in meta["scalars"].items():
         state.setdefault(int(index), {}).update(entry)
+    for group in meta["param_groups"]:
+        if isinstance(group.get("betas"), list):  # JSON has no tuples; Adam's are tuples
+            group["betas"] = tuple(group["betas"])
     return {"state": state, "param_groups": meta["param_groups"]}

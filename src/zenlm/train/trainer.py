@@ -268,9 +268,10 @@ class Trainer:
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
+            good = latest_checkpoint(self.checkpoint_root)
             raise TrainingDiverged(
-                f"{what} is {float(value)} at step {self.step + 1}; stopped without writing a "
-                f"checkpoint for it (last good: {latest_checkpoint(self.checkpoint_root)}). "
+                f"{what} is {float(value.detach())} at step {self.step + 1}; stopped without "
+                f"writing a checkpoint for it (last good: {good}). "
                 "Lower optim.lr, raise optim.warmup_steps, or use train.dtype=float32"
             )
 

@@ -1,0 +1,48 @@
+"""Typed config: YAML sections, overrides with types, unknown keys with close matches."""
+
+from __future__ import annotations
+
+import pytest
+
+from zenlm.cli import main
+from zenlm.train.config import load_config, parse_overrides
+
+
+def test_demo_config_and_overrides_are_typed():
+    config = load_config("demo", ["--train.max_steps=7", "--optim.lr", "1e-3", "--model.n_layers=3",
+                                  "--train.compile=true", "--data.paths=a.txt,b.txt"])
+    assert config.train.max_steps == 7 and isinstance(config.train.max_steps, int)
+    assert config.optim.lr == 1e-3 and config.model["n_layers"] == 3 and config.train.compile is True
+    assert config.data.paths == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("--train.max_stpes=3", "did you mean max_steps"),
+    ("--trian.max_steps=3", "did you mean train"),
+    ("--model.n_layer=3", "did you mean n_layers"),
+    ("--train.max_steps=abc", "max_steps must be int"),
+    ("--train.compile=maybe", "must be true or false"),
+    ("--model.d_model=102", "not divisible by n_heads"),
+    ("stray", "unexpected argument"),
+])
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", [override])
+
+
+def test_yaml_unknown_key_and_missing_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"c\.yaml: optim: unknown key 'optim.learning_rate'"):
+        load_config(path)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_unknown_override(capsys):
+    assert main(["pretrain", "--config", "demo", "--train.max_stpes=3"]) == 2
+    assert "did you mean max_steps" in capsys.readouterr().err
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--a.b=1", "--c.d", "x y"]) == [("a.b", 1), ("c.d", "x y")]
