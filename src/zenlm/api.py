@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,29 @@ import torch
 
 from zenlm.config import ModelConfig, from_hf_config
 from zenlm.errors import CheckpointError
-from zenlm.generate import GenerationConfig, GenerationResult, generate
+from zenlm.generate import (
+    GenerationConfig,
+    GenerationResult,
+    TextStream,
+    generate_batch,
+    stream_tokens,
+)
+from zenlm.generate.beam import beam_search
 from zenlm.io.hf import load_hf_model, refuse_pickle
 from zenlm.io.resolve import resolve_model
 from zenlm.models import DecoderLM
+from zenlm.quant import QUANTIZE_MODES
+from zenlm.quant import quantize as quantize_model
 from zenlm.tokenizer import Message, Tokenizer
+
+
+@dataclass
+class Completion:
+    """The text of one generated sequence, and its tokens and timings."""
+
+    text: str
+    result: GenerationResult
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,21 +79,65 @@ class LM:
 
     def generate_ids(self, prompt_ids: Sequence[int], **options: Any) -> GenerationResult:
         """Generate from token ids; options are GenerationConfig fields."""
-        options.setdefault("stop_token_ids", self.stop_token_ids())
-        return generate(self.model, list(prompt_ids), GenerationConfig(**options))
+        return self.complete([list(prompt_ids)], **options)[0].result
+
+    def complete(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], **options: Any
+    ) -> list[Completion]:
+        """Generate for a batch of prompts (text or token ids) at once.
+
+        Options are GenerationConfig fields (max_new_tokens, temperature, top_k, top_p,
+        min_p, penalties, seed, stop, stop_token_ids, num_return_sequences, logprobs,
+        top_logprobs, num_beams, length_penalty, early_stopping). Stop strings end a
+        sequence at the text level; the returned text stops before them.
+
+        Returns:
+            One Completion per prompt x num_return_sequences, in order.
+        """
+        config = self._config(options)
+        ids = [self.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
+        if config.num_beams > 1:
+            return [self._completion(r, TextStream(self.tokenizer)) for prompt in ids
+                    for r in beam_search(self.model, prompt, config)]
+        streams: list[TextStream] = []
+
+        def stop_check(row: int, token: int) -> bool:
+            while len(streams) <= row:
+                streams.append(TextStream(self.tokenizer, config.stop))
+            streams[row].push(token)
+            return streams[row].stopped
+
+        check = stop_check if config.stop else None
+        results = generate_batch(self.model, ids, config, check)
+        return [self._completion(result, streams[row] if check else TextStream(self.tokenizer))
+                for row, result in enumerate(results)]
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
+        """Yield the text of one generation as it is produced (UTF-8 safe, stop-aware)."""
+        config = self._config(options)
+        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        text = TextStream(self.tokenizer, config.stop)
+        for token in stream_tokens(self.model, ids, config):
+            if token in config.stop_token_ids:
+                break
+            delta = text.push(token)
+            if delta:
+                yield delta
+            if text.stopped:
+                return
+        if tail := text.finish():
+            yield tail
 
     def generate(self, prompt: str, **options: Any) -> str:
-        """Continue `prompt` and return the new text, without the stop token.
+        """Continue `prompt` and return the new text, without the stop token or string.
 
-        Options are GenerationConfig fields: max_new_tokens, temperature, top_k, top_p,
-        seed, stop_token_ids.
+        Options are GenerationConfig fields, as for `complete`.
         """
-        result = self.generate_ids(self.encode_prompt(prompt), **options)
-        return self.decode_new(result)
+        return self.complete([prompt], **options)[0].text
 
     def chat(self, messages: Sequence[Message], **options: Any) -> str:
         """The assistant's reply to `messages`, rendered with the model's chat template."""
-        return self.decode_new(self.generate_ids(self.encode_chat(messages), **options))
+        return self.complete([self.encode_chat(messages)], **options)[0].text
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a plain prompt (ValueError if it is empty)."""
@@ -91,38 +154,23 @@ class LM:
     def decode_new(self, result: GenerationResult) -> str:
         """Text of generated tokens, without a final stop token."""
         ids = result.token_ids
-        if result.finish_reason == "stop":
+        if result.finish_reason == "stop" and ids and ids[-1] in self.stop_token_ids():
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    @torch.inference_mode()
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True
-    ) -> torch.Tensor:
-        """Sentence embeddings (N, d_model) float32, as sentence-transformers computes them.
+    def _config(self, options: dict[str, Any]) -> GenerationConfig:
+        options = dict(options)
+        options.setdefault("stop_token_ids", self.stop_token_ids())
+        if isinstance(options.get("stop"), str):
+            options["stop"] = [options["stop"]]
+        config = GenerationConfig(**options)
+        config.validate()
+        return config
 
-        Each text's last hidden states are pooled (mean over real tokens for encoders,
-        the last token for decoders) and, with `normalize`, scaled to unit L2 norm.
-        Texts longer than the model's positions are cut, keeping the final special token.
-        """
-        from zenlm.models.heads import backbone_states, default_pooling, pool
-        from zenlm.tasks.collate import pad_ids, truncate_keep_last
-
-        if isinstance(texts, str):
-            raise ValueError("embed takes a list of texts; wrap a single text in a list")
-        limit = self.config.max_seq_len - self.config.position_offset
-        encoder = self.config.arch == "encoder"
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else (self.config.pad_token_id or 0)
-        vectors = []
-        for start in range(0, len(texts), batch_size):
-            rows = [truncate_keep_last(self.tokenizer.encode(t), limit, encoder)
-                    for t in texts[start:start + batch_size]]
-            ids, mask = pad_ids(rows, pad)
-            hidden = backbone_states(self.model, ids, mask)
-            vectors.append(pool(hidden.float(), mask, default_pooling(self.config)))
-        out = torch.cat(vectors) if vectors else torch.zeros(0, self.config.d_model)
-        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+    def _completion(self, result: GenerationResult, text: TextStream) -> Completion:
+        if text.stopped:  # a stop string ended it: the text ends before the string
+            return Completion(text.text[: text.emitted], result)
+        return Completion(self.decode_new(result), result)
 
     def stop_token_ids(self) -> tuple[int, ...]:
         """Ids that end generation: the tokenizer's EOS and config.json's eos_token_id(s)."""
@@ -134,12 +182,16 @@ class LM:
         return tuple(sorted(ids))
 
 
-def load(model: str | Path, dtype: torch.dtype | str | None = None) -> LM:
+def load(
+    model: str | Path, dtype: torch.dtype | str | None = None, quantize: str | None = None
+) -> LM:
     """Load a model folder, a .gguf file, a short name or a hub id.
 
     Args:
         model: See `zenlm.io.resolve.resolve_model`.
         dtype: Parameter dtype: torch.float32 (default), torch.bfloat16, or their names.
+        quantize: Prepare for fast inference: "none" (fused float32), "bf16", "int8"
+            or "int4" (see zenlm.quant.quantize); None leaves the model as loaded.
 
     Raises:
         CheckpointError: the files are missing, corrupt, pickles, or inconsistent.
@@ -147,6 +199,8 @@ def load(model: str | Path, dtype: torch.dtype | str | None = None) -> LM:
     """
     start = time.perf_counter()
     torch_dtype = _dtype(dtype)
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     path = resolve_model(model)
     refuse_pickle(path)
     if path.is_dir():
@@ -159,6 +213,8 @@ def load(model: str | Path, dtype: torch.dtype | str | None = None) -> LM:
             f"{path}: not a model folder or a .gguf file (for a .safetensors file, "
             "give the folder holding it and its config.json)"
         )
+    if quantize is not None:
+        quantize_model(network, quantize)
     return LM(network, tokenizer, str(path), time.perf_counter() - start)
 
 

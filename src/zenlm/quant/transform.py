@@ -22,9 +22,10 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
     Modes:
         none: float32 weights, fused projections.
         bf16: bfloat16 weights and activations (norms and softmax stay float32).
-        int8: int8 weights per output channel, float32 activations.
-        int4: 4-bit group-wise weights in the blocks; the output head (and the
-            embedding it is tied to) in int8, which keeps next-token scores precise.
+        int8: int8 weights per output channel, bfloat16 activations.
+        int4: 4-bit group-wise weights in the blocks, bfloat16 activations; the output
+            head (and the embedding it is tied to) in int8, which keeps next-token
+            scores precise.
 
     Raises:
         ValueError: an unknown mode, naming the valid ones.
@@ -32,29 +33,30 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
     model.fuse_projections()
-    if mode == "bf16":
-        return model.to(torch.bfloat16)
-    if mode in ("int8", "int4"):
+    if mode == "none":
+        return model
+    if mode in ("int8", "int4"):  # quantize from the float32 weights, before casting
         block_layer = Int8Linear if mode == "int8" else _int4(group_size)
         _swap_linears(model.blocks, block_layer)
         _quantize_head(model)
-    return model
+    # bfloat16 is the activation dtype of every other mode (.to leaves int weights alone).
+    return model.to(torch.bfloat16)
 
 
 def _int4(group_size: int):  # noqa: ANN202 - a Linear factory
-    return lambda weight, bias, dtype: Int4Linear(weight, bias, group_size)
+    return lambda weight, bias: Int4Linear(weight, bias, group_size)
 
 
 def _swap_linears(root: nn.Module, make) -> None:  # noqa: ANN001
     for name, child in list(root.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(root, name, make(child.weight, child.bias, torch.float32))
+            setattr(root, name, make(child.weight, child.bias))
         else:
             _swap_linears(child, make)
 
 
 def _quantize_head(model: DecoderLM) -> None:
-    head = Int8Linear(model.lm_head.weight, model.lm_head.bias, torch.float32)
+    head = Int8Linear(model.lm_head.weight, model.lm_head.bias)
     model.lm_head = head
     if model.config.tie_embeddings:
         model.embed = Int8Embedding(head)
