@@ -174,3 +174,13 @@ def test_sampler_is_a_function_of_seed_and_position():
     again = TaskSampler(list(range(10)), lambda xs: xs, block_size=1, seed=3)
     assert [again.batch(n, 4) for n in (12, 0, 8, 4)] == [first[3], first[0], first[2], first[1]]
     assert sorted(first[0] + first[1] + first[2][:2]) == list(range(10))
+
+
+def test_length_grouped_batches_cover_every_example_once_per_epoch():
+    lengths = [(7 * i) % 23 + 1 for i in range(100)]
+    sampler = TaskSampler(list(range(100)), lambda xs: xs, block_size=1, seed=0,
+                          group_batch=10, lengths=lengths)
+    batches = [sampler.batch(n, 10) for n in range(0, 100, 10)]
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 40  # random batches of 10 would span ~18 each

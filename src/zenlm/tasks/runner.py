@@ -53,6 +53,8 @@ class FinetuneOptions:
     pooling: str | None = None  # classify: cls | mean | last
     class_weights: bool = False  # classify/ner: inverse-frequency loss weights
     freeze_layers: int = 0  # freeze the embeddings and this many lowest blocks
+    freeze_embeddings: bool = False  # freeze the embeddings only (a third of MiniLM's weights)
+    group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
     lora: bool = False
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -191,7 +193,7 @@ def prepare_model(opts: FinetuneOptions, info: dict[str, Any], backbone: nn.Modu
     if opts.lora:
         apply_lora(backbone_of(model), opts.lora_rank, opts.lora_alpha, opts.lora_dropout,
                    opts.lora_targets)
-    if opts.freeze_layers:
+    if opts.freeze_layers or opts.freeze_embeddings:
         freeze_lower(backbone_of(model), opts.freeze_layers)
     return model
 
@@ -200,7 +202,7 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
     """Freeze the embeddings and the `n_blocks` lowest blocks (they change least in tuning)."""
     if n_blocks > len(backbone.blocks):
         raise ValueError(f"freeze_layers={n_blocks} but the model has {len(backbone.blocks)}")
-    frozen = [backbone.embed, *backbone.blocks[:n_blocks]]
+    frozen = [backbone.embed, *backbone.blocks[:n_blocks]]  # n_blocks=0: embeddings only
     frozen += [getattr(backbone, n) for n in ("positions", "token_types", "embed_norm")
                if getattr(backbone, n, None) is not None]
     for module in frozen:
@@ -236,7 +238,9 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     out = Path(opts.output)
     trainer = Trainer(
         model, objective_for(opts.task, _class_weights(opts, info, train_features)),
-        TaskSampler(train_features, collate, block_size=opts.max_length, seed=opts.seed),
+        TaskSampler(train_features, collate, block_size=opts.max_length, seed=opts.seed,
+                    group_batch=opts.batch_size if opts.group_by_length else 0,
+                    lengths=[len(f.ids) for f in train_features]),
         TaskSampler(val_features, collate, block_size=opts.max_length, shuffle=False),
         optim=OptimConfig(lr=opts.lr, min_lr=0.0, warmup_steps=int(opts.warmup_fraction * steps),
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999),
