@@ -184,3 +184,21 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
     assert sorted(i for b in batches for i in b) == list(range(100))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
     assert spread < 40  # random batches of 10 would span ~18 each
+
+
+def test_extend_vocabulary_encodes_unknown_chinese_characters(minilm_folder):
+    from zenlm.tasks.vocab import extend_vocabulary, unknown_characters
+
+    lm = zenlm.load(minilm_folder)
+    texts = ["酒店很好，服务很棒", "房间太差"]
+    unk = lm.tokenizer.token_to_id("[UNK]")
+    assert unk in lm.tokenizer.encode(texts[0])
+    added = unknown_characters(lm.tokenizer, texts, 100)
+    assert "酒" in added and "，" not in added  # punctuation is already known
+    old_vocab = lm.config.vocab_size
+    assert extend_vocabulary(lm.tokenizer, lm.model, added) == len(added)
+    ids = lm.tokenizer.encode(texts[0])
+    assert unk not in ids and max(ids) >= old_vocab
+    assert lm.model.embed.weight.shape[0] == lm.config.vocab_size == old_vocab + len(added)
+    with torch.no_grad():
+        assert torch.isfinite(lm.model(torch.tensor([ids]))).all()

@@ -27,6 +27,7 @@ from zenlm.nn.lora import apply_lora
 from zenlm.tasks import classify, ner, qa, sft
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.checkpoint import backbone_of, build_task_model, save_task_model
+from zenlm.tasks.vocab import extend_vocabulary, unknown_characters
 
 TASKS = ("classify", "ner", "qa", "sft")
 
@@ -55,6 +56,7 @@ class FinetuneOptions:
     freeze_layers: int = 0  # freeze the embeddings and this many lowest blocks
     freeze_embeddings: bool = False  # freeze the embeddings only (a third of MiniLM's weights)
     group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
+    extend_vocab: int = 0  # add up to this many unknown characters of --train as tokens
     lora: bool = False
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -227,6 +229,10 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
             "max_length": opts.max_length, "stride": opts.stride, "pooling": opts.pooling,
             "arch": lm.config.arch, "base_model": str(opts.model)}
     _check_val_labels(opts.task, info["labels"], val_examples)
+    if opts.extend_vocab:
+        texts = [_example_text(e) for e in train_examples]
+        added = unknown_characters(lm.tokenizer, texts, opts.extend_vocab)
+        info["added_tokens"] = extend_vocabulary(lm.tokenizer, lm.model, added)
     pad = pad_id(lm.tokenizer, lm.config)
     train_features = features_for(opts.task, lm.tokenizer, train_examples, info)
     if opts.task == "sft" and opts.pack:
@@ -259,6 +265,16 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
             "train_minutes": train_s / 60, "train_examples": len(train_examples),
             "val_examples": len(val_examples), "validation": scores,
             "model_dir": str(out / "model")}
+
+
+def _example_text(example: Any) -> str:
+    if hasattr(example, "text"):
+        return example.text
+    if hasattr(example, "tokens"):
+        return " ".join(example.tokens)
+    if hasattr(example, "context"):
+        return f"{example.question} {example.context}"
+    return " ".join(m["content"] for m in example.messages)
 
 
 def _check_val_labels(task: str, labels: list[str], examples: list) -> None:
