@@ -63,6 +63,8 @@ class FinetuneOptions:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
     pack: bool = True  # sft: pack conversations into max_length rows
+    eval_every: int = 0  # steps between validation-metric evaluations (0: at the end only)
+    patience: int = 0  # stop after this many evaluations without improvement (0: never)
     seed: int = 0
     dtype: str = "float32"
 
@@ -213,10 +215,7 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
 
 
 def finetune(opts: FinetuneOptions) -> dict[str, Any]:
-    """Train, evaluate on the validation split, save; returns the run's summary."""
-    from zenlm.train.config import LoopConfig, OptimConfig
-    from zenlm.train.trainer import Trainer
-
+    """Train, select the best model on the validation split, save; returns a summary."""
     torch.manual_seed(opts.seed)
     lm = zenlm.load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None)
     train_examples = read_task_file(opts.task, opts.train)
@@ -239,32 +238,57 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
         train_features = sft.pack(train_features, opts.max_length)
     val_features = features_for(opts.task, lm.tokenizer, val_examples, info)
     model = prepare_model(opts, info, lm.model)
-    collate = collate_for(opts.task, pad)
-    steps = opts.max_steps or math.ceil(opts.epochs * len(train_features) / opts.batch_size)
+    metric = functools.partial(_headline, tokenizer=lm.tokenizer, info=info,
+                               examples=val_examples, pad=pad)
+    trainer = _trainer(opts, model, train_features, val_features, collate_for(opts.task, pad),
+                       _class_weights(opts, info, train_features), metric)
+    start = time.perf_counter()
+    result = trainer.fit(resume="none")
+    train_s = time.perf_counter() - start
+    trainer.restore_best()
+    scores = evaluate_task(model, lm.tokenizer, info, val_examples, pad)
     out = Path(opts.output)
-    trainer = Trainer(
-        model, objective_for(opts.task, _class_weights(opts, info, train_features)),
+    save_task_model(model, out / "model", lm.tokenizer, info)
+    return {"task": opts.task, "steps": result.steps, "final_loss": result.final_loss,
+            "train_minutes": train_s / 60, "train_examples": len(train_examples),
+            "val_examples": len(val_examples), "best_step": trainer.best_step,
+            "history": trainer.history, "validation": scores, "model_dir": str(out / "model")}
+
+
+def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
+             val_features: list, collate: Callable, weights: torch.Tensor | None,
+             metric: Callable[[nn.Module], float]) -> Any:
+    """The one Trainer (with metric-based model selection) set up for a task run."""
+    from zenlm.tasks.selection import MetricTrainer
+    from zenlm.train.config import LoopConfig, OptimConfig
+
+    steps = opts.max_steps or math.ceil(opts.epochs * len(train_features) / opts.batch_size)
+    return MetricTrainer(
+        model, objective_for(opts.task, weights),
         TaskSampler(train_features, collate, block_size=opts.max_length, seed=opts.seed,
                     group_batch=opts.batch_size if opts.group_by_length else 0,
                     lengths=[len(f.ids) for f in train_features]),
         TaskSampler(val_features, collate, block_size=opts.max_length, shuffle=False),
         optim=OptimConfig(lr=opts.lr, min_lr=0.0, warmup_steps=int(opts.warmup_fraction * steps),
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999),
-        loop=LoopConfig(out_dir=str(out / "run"), max_steps=steps, batch_size=opts.batch_size,
-                        seed=opts.seed, eval_every=0, eval_batches=0, save_every=0,
-                        keep_last=1, max_minutes=opts.max_minutes, export_hf=False,
-                        dtype="float32"),
+        loop=LoopConfig(out_dir=str(Path(opts.output) / "run"), max_steps=steps,
+                        batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
+                        eval_batches=0, save_every=0, keep_last=1, max_minutes=opts.max_minutes,
+                        export_hf=False, dtype="float32"),
         run_config={"finetune": asdict(opts)},
+        metric=metric, patience=opts.patience,
     )
-    start = time.perf_counter()
-    result = trainer.fit(resume="none")
-    train_s = time.perf_counter() - start
-    scores = evaluate_task(model, lm.tokenizer, info, val_examples, pad)
-    save_task_model(model, out / "model", lm.tokenizer, info)
-    return {"task": opts.task, "steps": result.steps, "final_loss": result.final_loss,
-            "train_minutes": train_s / 60, "train_examples": len(train_examples),
-            "val_examples": len(val_examples), "validation": scores,
-            "model_dir": str(out / "model")}
+
+
+HEADLINE = {"classify": "accuracy", "ner": "f1", "qa": "f1", "sft": "loss"}
+
+
+def _headline(model: nn.Module, *, tokenizer: Any, info: dict[str, Any], examples: list,
+              pad: int) -> float:
+    """The task's headline validation metric, higher is better (sft: minus the loss)."""
+    scores = evaluate_task(model, tokenizer, info, examples, pad)
+    value = scores[HEADLINE[info["task"]]]
+    return -value if info["task"] == "sft" else value
 
 
 def _example_text(example: Any) -> str:
