@@ -202,3 +202,18 @@ def test_extend_vocabulary_encodes_unknown_chinese_characters(minilm_folder):
     assert lm.model.embed.weight.shape[0] == lm.config.vocab_size == old_vocab + len(added)
     with torch.no_grad():
         assert torch.isfinite(lm.model(torch.tensor([ids]))).all()
+
+
+def test_qa_labels_recover_every_real_squad_answer(minilm, shared_data):
+    from zenlm.data.tasks import read_squad
+
+    examples = read_squad(shared_data / "squad" / "train-sample.json")[:300]
+    features = qa_features(minilm.tokenizer, examples, max_length=128, stride=48)
+    located = set()
+    for f in features:
+        if f.start:
+            text, _ = examples[f.example].answers[0]
+            span = examples[f.example].context[f.offsets[f.start][0]:f.offsets[f.end][1]]
+            assert span.strip() == text.strip() or text in span, (span, text)
+            located.add(f.example)
+    assert len(located) == len(examples)  # every answer is inside some window
