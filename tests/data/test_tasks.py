@@ -120,3 +120,16 @@ def test_shared_files_parse_with_documented_counts(shared_data):
     assert len(read_conll(shared_data / "conll2003/valid.txt")) == 3250
     assert len(read_squad(shared_data / "squad/train-sample.json")) == 11089
     assert len(read_chat(shared_data / "alpaca/alpaca_5k.jsonl")) == 5000
+
+
+def test_unlabelled_inputs_for_prediction(tmp_path):
+    sentences = read_conll(_write(tmp_path, "p.txt", "Peter\nlives\n\nhere\n"), require_tags=False)
+    assert [s.tokens for s in sentences] == [["Peter", "lives"], ["here"]]
+    with pytest.raises(TaskDataError, match=r"p\.txt:1: expected 'token ... TAG'"):
+        read_conll(tmp_path / "p.txt")
+    qa = {"question": "Q?", "id": "q9"}
+    doc = json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [qa]}]}]})
+    path = _write(tmp_path, "q.json", doc)
+    assert read_squad(path, require_answers=False)[0].answers == []
+    with pytest.raises(TaskDataError, match=r"q\.json:1: .*\(id q9\): no answers"):
+        read_squad(path)

@@ -157,12 +157,14 @@ _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
 def read_conll(
-    path: str | Path, *, tag_column: int = -1, labels: Sequence[str] | None = None
+    path: str | Path, *, tag_column: int = -1, labels: Sequence[str] | None = None,
+    require_tags: bool = True,
 ) -> list[TaggedSentence]:
     """Read CoNLL-2003 style files: `token ... TAG` per line, blank lines between sentences.
 
     `-DOCSTART-` lines are document markers, not words. Tags must be IOB2 (BIO): `O`,
-    `B-X`, or `I-X` right after `B-X`/`I-X` of the same type.
+    `B-X`, or `I-X` right after `B-X`/`I-X` of the same type. With `require_tags=False`
+    (texts to predict) a line may hold the token alone; its tag reads as `O`.
 
     Raises:
         TaskDataError: empty file, a line without a tag, a malformed tag, a broken BIO
@@ -180,9 +182,9 @@ def read_conll(
                 sentences.append(TaggedSentence(tokens, tags, start))
             tokens, tags = [], []
             continue
-        if len(fields) < 2:
+        if len(fields) < 2 and require_tags:
             raise TaskDataError(f"{path}:{line}: expected 'token ... TAG', got {raw!r}")
-        tag = fields[tag_column]
+        tag = fields[tag_column] if len(fields) >= 2 else "O"
         _check_bio(path, line, tag, tags[-1] if tags else "O")
         _check_label(path, line, tag, labels)
         if not tokens:
@@ -207,12 +209,15 @@ def _check_bio(path: Path, line: int, tag: str, previous: str) -> None:
 
 
 # --------------------------------------------------------------------- SQuAD
-def read_squad(path: str | Path) -> list[QAExample]:
+def read_squad(path: str | Path, *, require_answers: bool = True) -> list[QAExample]:
     """Read SQuAD v1.1 JSON: `{"data": [{"title", "paragraphs": [{"context", "qas"}]}]}`.
 
+    With `require_answers=False` (questions to predict) `answers` may be absent or empty.
+
     Raises:
-        TaskDataError: empty or invalid JSON, a missing key, or an answer whose text is
-            not at its `answer_start` in the context (line = where its question id is).
+        TaskDataError: empty or invalid JSON, a missing key, a question without answers,
+            or an answer whose text is not at its `answer_start` in the context (line =
+            where its question id is).
     """
     path, text = _read_text(path)
     try:
@@ -224,7 +229,11 @@ def read_squad(path: str | Path) -> list[QAExample]:
         for p_index, paragraph in enumerate(article.get("paragraphs", [])):
             for q_index, qa in enumerate(paragraph.get("qas", [])):
                 where = f"data[{a_index}].paragraphs[{p_index}].qas[{q_index}]"
-                examples.append(_qa_example(path, text, article, paragraph, qa, where))
+                example = _qa_example(path, text, article, paragraph, qa, where)
+                if require_answers and not example.answers:
+                    raise TaskDataError(f"{path}:{_line_of(text, example.id)}: {where} "
+                                        f"(id {example.id}): no answers")
+                examples.append(example)
     if not examples:
         raise TaskDataError(f"{path}:1: no questions in 'data'")
     return examples
@@ -236,7 +245,7 @@ def _qa_example(
     qid = str(qa.get("id", where))
     try:
         context, question = paragraph["context"], qa["question"]
-        answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
+        answers = [(a["text"], int(a["answer_start"])) for a in qa.get("answers", [])]
     except (KeyError, TypeError, ValueError) as exc:
         line = _line_of(raw, qid)
         raise TaskDataError(f"{path}:{line}: {where} (id {qid}): missing key {exc}") from exc

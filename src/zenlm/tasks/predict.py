@@ -30,13 +30,13 @@ def predict_records(model: nn.Module, tokenizer: Any, info: dict[str, Any], path
                    "probs": dict(zip(info["labels"], [round(float(p), 6) for p in row],
                                      strict=True))}
     elif task == "ner":
-        examples = readers.read_conll(path)
+        examples = readers.read_conll(path, require_tags=False)
         features = features_for(task, tokenizer, examples, info, labelled=False)
         for example, tags in zip(examples, ner.predict_tags(model, features, len(examples), pad),
                                  strict=True):
             yield {"tokens": example.tokens, "tags": [info["labels"][t] for t in tags]}
     elif task == "qa":
-        examples = readers.read_squad(path)
+        examples = readers.read_squad(path, require_answers=False)
         features = features_for(task, tokenizer, examples, info, labelled=False)
         for qid, answer in qa.predict_qa(model, examples, features, pad).items():
             yield {"id": qid, "answer": answer}
