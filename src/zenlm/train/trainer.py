@@ -64,8 +64,8 @@ def adamw(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": optim.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, foreach=True,
-    )
+        lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=True,
+    )  # fused: one kernel for the whole update (CPU and CUDA)
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:

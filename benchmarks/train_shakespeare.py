@@ -1,0 +1,199 @@
+"""zenlm pretraining vs a nanoGPT-equivalent loop on Shakespeare characters.
+
+Two measurements, both in one invocation so that they share the machine's conditions:
+
+1. speed: tokens/s of nanoGPT's model and loop (copied below: GPT of 6 layers, 6 heads,
+   d=384, context 256, batch 12, fp32, eager, AdamW, dropout 0) against zenlm's Trainer
+   on the same shape, run alternately, a few rounds each.
+2. budget: zenlm's `pretrain` for a fixed wall-clock (15 minutes by default), with
+   evaluation included in the clock; prints the validation loss reached.
+
+Usage:
+    .venv/bin/python benchmarks/train_shakespeare.py --phase speed
+    .venv/bin/python benchmarks/train_shakespeare.py --phase budget --minutes 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+BLOCK, BATCH, LAYERS, HEADS, WIDTH = 256, 12, 6, 6, 384
+
+
+# ---------------------------------------------------------------- nanoGPT (model.py, abridged)
+class CausalSelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c_attn = nn.Linear(WIDTH, 3 * WIDTH, bias=False)
+        self.c_proj = nn.Linear(WIDTH, WIDTH, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(WIDTH, dim=2)
+        k = k.view(B, T, HEADS, C // HEADS).transpose(1, 2)
+        q = q.view(B, T, HEADS, C // HEADS).transpose(1, 2)
+        v = v.view(B, T, HEADS, C // HEADS).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(WIDTH, bias=False), nn.LayerNorm(WIDTH, bias=False)
+        self.attn = CausalSelfAttention()
+        self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH, bias=False), nn.GELU(),
+                                 nn.Linear(4 * WIDTH, WIDTH, bias=False))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPT(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, WIDTH), nn.Embedding(BLOCK, WIDTH)
+        self.h = nn.ModuleList([NanoBlock() for _ in range(LAYERS)])
+        self.ln_f = nn.LayerNorm(WIDTH, bias=False)
+        self.lm_head = nn.Linear(WIDTH, vocab, bias=False)
+        self.wte.weight = self.lm_head.weight
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def nanogpt_tokens_per_s(data: torch.Tensor, vocab: int, iters: int) -> float:
+    torch.manual_seed(0)
+    model = NanoGPT(vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    times = []
+    for it in range(iters + 2):  # two warm-up iterations
+        ix = torch.randint(len(data) - BLOCK, (BATCH,))
+        x = torch.stack([data[i:i + BLOCK] for i in ix])
+        y = torch.stack([data[i + 1:i + 1 + BLOCK] for i in ix])
+        tick = time.perf_counter()
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if it >= 2:
+            times.append(time.perf_counter() - tick)
+    return BATCH * BLOCK * len(times) / sum(times)
+
+
+# ---------------------------------------------------------------------------------- zenlm
+def zenlm_config(out_dir: Path, **train) -> dict:
+    return {
+        # Llama-style: RMSNorm, SwiGLU with d_ff=1024 (same parameter count as GELU 4d), RoPE.
+        "model": {"d_model": WIDTH, "n_layers": LAYERS, "n_heads": HEADS, "d_ff": 1024,
+                  "tie_embeddings": True, "hf_model_type": "llama"},
+        "data": {"paths": [str(DATA)], "txt_unit": "file", "block_size": BLOCK,
+                 "val_fraction": 0.1, "cache_dir": str(out_dir / "cache")},
+        "tokenizer": {"kind": "char"},
+        "optim": {"lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta2": 0.99,
+                  "weight_decay": 0.1, "grad_clip": 1.0},
+        "train": {"out_dir": str(out_dir / "run"), "batch_size": BATCH, "dtype": "bfloat16",
+                  "eval_every": 100, "eval_batches": 20, "save_every": 0, "keep_last": 1,
+                  "log_every": 50, "progress": False, "export_hf": False, **train},
+    }
+
+
+def zenlm_tokens_per_s(out_dir: Path, iters: int, **train) -> float:
+    from zenlm.train.config import PretrainConfig
+    from zenlm.train.pretrain import pretrain
+
+    config = PretrainConfig.from_dict(zenlm_config(out_dir, max_steps=iters + 2, eval_every=0,
+                                                   eval_batches=0, **train))
+    import shutil
+
+    shutil.rmtree(out_dir / "run", ignore_errors=True)
+    pretrain(config, resume="none")
+    records = [json.loads(line) for line in (out_dir / "run" / "log.jsonl").open()]
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]
+    return len(rates) / sum(1 / r for r in rates)  # tokens/s over the timed steps
+
+
+def speed(out_dir: Path, iters: int, rounds: int, compile_: bool) -> dict:
+    text = DATA.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
+    results: dict[str, list[float]] = {"nanogpt_fp32_eager": [], "zenlm_bf16": []}
+    if compile_:
+        results["zenlm_bf16_compile"] = []
+    for _ in range(rounds):  # alternate, so that both see the same background load
+        results["nanogpt_fp32_eager"].append(nanogpt_tokens_per_s(data, len(chars), iters))
+        results["zenlm_bf16"].append(zenlm_tokens_per_s(out_dir, iters))
+        if compile_:
+            results["zenlm_bf16_compile"].append(zenlm_tokens_per_s(out_dir, iters,
+                                                                    compile=True))
+    summary = {k: round(sum(v) / len(v)) for k, v in results.items()}
+    summary["ratio_bf16"] = round(summary["zenlm_bf16"] / summary["nanogpt_fp32_eager"], 2)
+    if compile_:
+        summary["ratio_bf16_compile"] = round(
+            summary["zenlm_bf16_compile"] / summary["nanogpt_fp32_eager"], 2)
+    return {"per_round": results, "mean_tokens_per_s": summary, "threads": torch.get_num_threads()}
+
+
+def budget(out_dir: Path, minutes: float, steps: int, compile_: bool) -> dict:
+    from zenlm.train.config import PretrainConfig
+    from zenlm.train.pretrain import pretrain
+
+    import shutil
+
+    shutil.rmtree(out_dir / "run", ignore_errors=True)
+    config = PretrainConfig.from_dict(zenlm_config(out_dir, max_steps=steps, max_minutes=minutes,
+                                                   compile=compile_, save_every=steps))
+    result = pretrain(config, resume="none")
+    records = [json.loads(line) for line in (out_dir / "run" / "log.jsonl").open()]
+    evals = [(r["step"], round(r["elapsed_s"] / 60, 2), round(r["val_loss"], 4))
+             for r in records if "val_loss" in r]
+    return {"steps": result.steps, "elapsed_min": round(result.elapsed_s / 60, 2),
+            "final_val_loss": result.val_loss, "tokens_per_s": round(result.tokens_per_s),
+            "evals (step, minutes, val loss)": evals}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=["speed", "budget", "both"], default="both")
+    parser.add_argument("--out", default="/tmp/zenlm-bench-shakespeare")
+    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="schedule length (budget); 0 = fitted to the speed just measured")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    torch.set_num_threads(torch.get_num_threads())
+    steps = args.steps or 1000
+    if args.phase in ("speed", "both"):
+        measured = speed(out, args.iters, args.rounds, args.compile)
+        print(json.dumps({"speed": measured}, indent=1), flush=True)
+        rate = measured["mean_tokens_per_s"]["zenlm_bf16_compile" if args.compile else "zenlm_bf16"]
+        # Fit the schedule to the budget as nanoGPT's was: ~90% of the steps that fit.
+        steps = args.steps or int(0.9 * rate * 60 * args.minutes / (BATCH * BLOCK))
+        print(f"schedule fitted to the budget: {steps} steps", flush=True)
+    if args.phase in ("budget", "both"):
+        print(json.dumps({"budget": budget(out, args.minutes, steps, args.compile)},
+                         indent=1, default=lambda x: None if isinstance(x, float) and
+                         math.isnan(x) else str(x)))
+
+
+if __name__ == "__main__":
+    main()
