@@ -35,14 +35,14 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = w.shape[1], w.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), in the activation dtype."""
+        """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs)."""
         shape = x.shape
         out = torch.ops.aten._weight_int8pack_mm(
             x.reshape(-1, shape[-1]).to(self.scales.dtype), self.weight, self.scales
         )
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*shape[:-1], self.out_features)
+        return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (N, K) this layer multiplies by."""
@@ -62,9 +62,9 @@ class Int8Embedding(nn.Module):
         return self.table.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) vectors in the activation dtype."""
-        rows = F.embedding(ids, self.table.weight).to(self.table.scales.dtype)
-        return rows * self.table.scales[ids][..., None]
+        """(B, T) ids -> (B, T, D) float32 vectors."""
+        rows = F.embedding(ids, self.table.weight).float()
+        return rows * self.table.scales[ids].float()[..., None]
 
 
 class Int4Linear(nn.Module):
@@ -101,7 +101,7 @@ class Int4Linear(nn.Module):
         self.group_size, self.in_features, self.out_features = group_size, K, N
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), in the activation dtype."""
+        """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs)."""
         shape = x.shape
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype), self.packed,
@@ -109,7 +109,7 @@ class Int4Linear(nn.Module):
         )
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*shape[:-1], self.out_features)
+        return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (N, K) this layer multiplies by (slow; for tests)."""

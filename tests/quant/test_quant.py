@@ -1,0 +1,132 @@
+"""Weight-only quantization: layers against their dequantized weights, and model quality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zenlm
+from zenlm.generate import GenerationConfig, generate
+from zenlm.quant import Int4Linear, Int8Linear, quantize
+from zenlm.quant.weights import quantize_groups
+
+from ..models.tiny_hf import VOCAB, tiny_hf_model
+
+
+def test_int8_linear_equals_its_dequantized_weight():
+    w, x = torch.randn(96, 64), torch.randn(5, 64)
+    layer = Int8Linear(w, torch.randn(96))
+    expected = x @ layer.dequantized().T + layer.bias.float()
+    got = layer(x.bfloat16()).float()
+    assert torch.allclose(got, expected, rtol=2e-2, atol=5e-2)
+    assert (layer.dequantized() - w).abs().max() <= w.abs().max() / 127
+
+
+def test_int4_groups_are_min_max_asymmetric():
+    w = torch.randn(64, 128)
+    q, scales, zeros = quantize_groups(w, 32)
+    dequant = ((q.view(64, 4, 32).float() - 8) * scales[..., None] + zeros[..., None]).view(64, 128)
+    assert (dequant - w).abs().max() <= scales.max() / 2 + 1e-6
+    assert q.min() == 0 and q.max() == 15
+
+
+def test_int4_linear_equals_its_dequantized_weight():
+    w, x = torch.randn(96, 64), torch.randn(3, 64)
+    layer = Int4Linear(w, None, group_size=32)
+    q, scales, zeros = quantize_groups(w, 32)
+    dequant = ((q.view(96, 2, 32).float() - 8) * scales[..., None] + zeros[..., None]).view(96, 64)
+    assert torch.allclose(layer(x.bfloat16()).float(), x @ dequant.T, rtol=2e-2, atol=5e-2)
+
+
+def test_q4_1_blocks_round_trip_exactly():
+    """Weights that are Q4_1 blocks (w = d*q + m) re-quantize to the same values."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (32, 64), generator=g)
+    q[:, ::32] = 0  # every block uses the full range, as llama.cpp's quantizer makes it
+    q[:, 1::32] = 15
+    d = torch.rand(32, 2, generator=g).half().float() / 10
+    m = -torch.rand(32, 2, generator=g).half().float()
+    w = (q.view(32, 2, 32) * d[..., None] + m[..., None]).view(32, 64)
+    q2, scales, zeros = quantize_groups(w, 32)
+    assert torch.equal(q2, q.to(torch.int32))
+    back = ((q2.view(32, 2, 32).float() - 8) * scales[..., None] + zeros[..., None]).view(32, 64)
+    assert (back - w).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["none", "bf16", "int8", "int4"])
+def test_quantized_model_computes_with_its_dequantized_weights(mode, tmp_path):
+    """A quantized model equals a float32 model holding its dequantized weights, up to
+    the bfloat16 activations (the rounding of the weights themselves is tested above)."""
+    hf = tiny_hf_model("llama")
+    hf.save_pretrained(tmp_path)
+    ids = torch.randint(3, VOCAB, (2, 20))
+    fast = zenlm.load(tmp_path, quantize=mode)
+    reference = quantize(zenlm.load(tmp_path).model, "none")  # fused, float32
+    layers = dict(reference.named_modules())
+    with torch.no_grad():
+        for name, module in fast.model.named_modules():
+            if isinstance(module, (Int8Linear, Int4Linear)):
+                layers[name].weight.copy_(module.dequantized())
+    expected = reference(ids)
+    rel = ((fast.logits(ids) - expected).norm() / expected.norm()).item()
+    bound = 1e-6 if mode == "none" else 0.03
+    assert rel < bound, f"{mode}: relative logit error {rel}"
+    prompt = ids[0, :5].tolist()
+    assert len(generate(fast.model, prompt, GenerationConfig(max_new_tokens=8)).token_ids) == 8
+
+
+def test_unknown_quantize_mode_names_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="int4"):
+        zenlm.load(tmp_path, quantize="int3")
+
+
+# --------------------------------------------------------------- real model quality
+def _perplexity(lm, ids: torch.Tensor) -> float:
+    logits = lm.logits(ids[:, :-1]).float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                            ids[:, 1:].reshape(-1))
+    return math.exp(nll.item())
+
+
+@pytest.fixture(scope="module")
+def shakespeare_ids(shared_data, smollm2_gguf):
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    lm = zenlm.load(smollm2_gguf)
+    ids = lm.tokenizer.encode(text[:20000], add_special_tokens=False)
+    return torch.tensor(ids[: 4 * 256]).view(4, 256)
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(smollm2_gguf, shakespeare_ids):
+    lm = zenlm.load(smollm2_gguf)
+    return lm, _perplexity(lm, shakespeare_ids)
+
+
+@pytest.mark.parametrize("mode,tolerance", [("int8", 0.01), ("int4", 0.05)])
+def test_perplexity_on_tinyshakespeare(smollm2_gguf, shakespeare_ids, fp32_reference, mode,
+                                       tolerance):
+    _, reference = fp32_reference
+    fast = zenlm.load(smollm2_gguf, quantize=mode)
+    ppl = _perplexity(fast, shakespeare_ids)
+    print(f"perplexity fp32 {reference:.3f}, {mode} {ppl:.3f} ({ppl / reference - 1:+.2%})")
+    assert abs(ppl / reference - 1) <= tolerance
+
+
+def test_int8_greedy_agrees_with_fp32(smollm2_gguf, shakespeare_ids, fp32_reference):
+    """At each of 5 x 64 positions of fp32's greedy continuations, int8's greedy choice
+    (given the same text so far) is the same token on >= 90% of them."""
+    lm, _ = fp32_reference
+    fast = zenlm.load(smollm2_gguf, quantize="int8")
+    config = GenerationConfig(max_new_tokens=64, stop_token_ids=())
+    prompts = [shakespeare_ids[i // 2, (i % 2) * 100:(i % 2) * 100 + 40].tolist() for i in range(5)]
+    same = total = 0
+    for prompt in prompts:
+        continuation = generate(lm.model, prompt, config).token_ids
+        text = torch.tensor([prompt + continuation[:-1]])
+        choices = fast.logits(text)[0, len(prompt) - 1:].argmax(-1).tolist()
+        same += sum(a == b for a, b in zip(choices, continuation, strict=True))
+        total += len(continuation)
+    print(f"int8 greedy agreement with fp32: {same}/{total}")
+    assert same / total >= 0.9
