@@ -10,4 +10,5 @@ COMMAND_MODULES = (
     "zenlm.commands.generate",
     "zenlm.commands.finetune",
     "zenlm.commands.pretrain",
+    "zenlm.commands.export",
 )

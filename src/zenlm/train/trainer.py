@@ -117,7 +117,9 @@ class Trainer:
         self.model = (model_transform or (lambda m: m))(model).to(self.dist.device)
         self.objective, self.train_data, self.val_data = objective, train_data, val_data
         self.optim, self.loop = optim, loop
-        self.run_config = run_config or {}
+        # Checkpoints carry the model's config, so that they load without the run's YAML.
+        own = {"model": model.config.to_dict()} if hasattr(model, "config") else {}
+        self.run_config = {**own, **(run_config or {})}
         self.save_extra = save_extra
         self.out_dir = Path(loop.out_dir)
         self.optimizer = optimizer_factory(self.model, optim)

@@ -1,0 +1,38 @@
+"""Load a trained model back from a run or checkpoint folder, and export it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zenlm.config import ModelConfig
+from zenlm.errors import CheckpointError
+from zenlm.models import DecoderLM, build_model
+from zenlm.tokenizer import Tokenizer
+from zenlm.train.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def load_trained(path: str | Path) -> tuple[DecoderLM, Tokenizer | None]:
+    """Model and tokenizer of a run folder (newest checkpoint), checkpoint or HF folder.
+
+    Raises:
+        CheckpointError: nothing loadable at `path`.
+        FileNotFoundError: `path` does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run, checkpoint or model folder")
+    if (path / "checkpoints").is_dir():
+        newest = latest_checkpoint(path / "checkpoints")
+        if newest is None:
+            raise CheckpointError(f"{path}: the run has no complete checkpoint")
+        path = newest
+    if (path / "trainer_state.json").is_file():
+        run = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        model = build_model(ModelConfig.from_dict(run["model"]))
+        load_checkpoint(path, model=model, optimizer=None)
+        return model.eval(), Tokenizer.from_folder(path)
+    import zenlm
+
+    lm = zenlm.load(str(path))
+    return lm.model, lm._tokenizer
