@@ -8,7 +8,9 @@ from __future__ import annotations
 
 COMMAND_MODULES = (
     "zenlm.commands.generate",
+    "zenlm.commands.bench",
     "zenlm.commands.finetune",
     "zenlm.commands.pretrain",
     "zenlm.commands.export",
+    "zenlm.commands.data",
 )

@@ -1,0 +1,140 @@
+"""Measure a model's speed and memory: load time, prefill and decode tokens/s, RSS.
+
+The same procedure as the peers' scripts in ../shared/anchors: a warm-up, then greedy
+decoding of the SmolLM chat prompt (decode time excludes the prompt's prefill), and
+a 512-token prefill of random token ids timed on its second run.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from zenlm.api import LM, load
+from zenlm.generate import GenerationConfig, generate
+
+CHAT = [
+    {"role": "system",
+     "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+    {"role": "user", "content": "What is the capital of France? Explain in detail."},
+]
+
+
+@dataclass
+class BenchResult:
+    """What `zenlm bench` reports (all rates in tokens per second)."""
+
+    model: str
+    quantize: str
+    threads: int
+    load_s: float
+    prompt_tokens: int
+    new_tokens: int
+    decode_tokens_per_s: float
+    prefill_tokens: int
+    prefill_tokens_per_s: float
+    weights_mb: float
+    peak_rss_mb: float  # the process's high-water mark, loading included
+    generate_peak_rss_mb: float  # the highest RSS sampled while generating
+    text: str
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (or its peak, field="VmHWM") in MB, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def weights_mb(model: torch.nn.Module) -> float:
+    """Bytes of parameters and buffers, each storage counted once (tied weights)."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total / 2**20
+
+
+class _RssSampler:
+    """Samples RSS every few milliseconds in a thread; `peak` is the highest seen."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.peak, self.every_s = rss_mb(), every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, rss_mb())
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def chat_prompt(lm: LM) -> list[int]:
+    """The peers' benchmark prompt, through the model's chat template when it has one."""
+    if lm.tokenizer.chat_template:
+        return lm.encode_chat(CHAT)
+    return lm.encode_prompt(CHAT[1]["content"])
+
+
+def measure(
+    model: str, *, quantize: str = "none", new_tokens: int = 128, prompt_tokens: int = 512,
+    threads: int | None = None,
+) -> BenchResult:
+    """Load `model` in `quantize` mode and measure it (see the module docstring)."""
+    if threads:
+        torch.set_num_threads(threads)
+    lm = load(model, quantize=quantize)
+    prompt = chat_prompt(lm)
+    config = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())
+    generate(lm.model, prompt, GenerationConfig(max_new_tokens=8, stop_token_ids=()))  # warm-up
+    with _RssSampler() as sampler:
+        result = generate(lm.model, prompt, config)
+    prefill_s = _prefill_seconds(lm, prompt_tokens)
+    return BenchResult(
+        model=lm.source, quantize=quantize, threads=torch.get_num_threads(),
+        load_s=round(lm.load_s, 3), prompt_tokens=len(prompt),
+        new_tokens=len(result.token_ids),
+        decode_tokens_per_s=round(result.decode_tokens_per_s, 2),
+        prefill_tokens=prompt_tokens,
+        prefill_tokens_per_s=round(prompt_tokens / prefill_s, 1),
+        weights_mb=round(weights_mb(lm.model), 1),
+        peak_rss_mb=round(rss_mb("VmHWM"), 1),
+        generate_peak_rss_mb=round(sampler.peak, 1),
+        text=lm.tokenizer.decode(result.token_ids, skip_special_tokens=True)[:200],
+    )
+
+
+@torch.inference_mode()
+def _prefill_seconds(lm: LM, n: int) -> float:
+    """Seconds for one prefill of n random tokens into a fresh cache (second run timed)."""
+    rng = random.Random(0)
+    high = min(40000, lm.config.vocab_size - 1)
+    ids = torch.tensor([[rng.randint(100, high) for _ in range(n)]])
+    timings = []
+    for _ in range(2):
+        cache = lm.model.new_cache(1, n)
+        start = time.perf_counter()
+        hidden = lm.model.hidden_states(ids, cache=cache)
+        lm.model.lm_head(hidden[:, -1])  # a prefill needs the last position's logits only
+        timings.append(time.perf_counter() - start)
+    return timings[-1]

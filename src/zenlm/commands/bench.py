@@ -1,0 +1,51 @@
+"""`zenlm bench`: speed and memory of a model on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from zenlm.quant import QUANTIZE_MODES
+
+
+def bench_command(
+    model: str,
+    *,
+    quantize: str = "none",
+    prompt_tokens: int = 512,
+    new_tokens: int = 128,
+    threads: int | None = None,
+    as_json: bool = False,
+) -> int:
+    """Measure load time, decode and prefill tokens/s and peak RSS, and print them."""
+    from zenlm.bench import measure
+
+    if new_tokens < 2 or prompt_tokens < 1:
+        raise ValueError(
+            f"--new-tokens must be >= 2 and --prompt-tokens >= 1, got {new_tokens}, {prompt_tokens}"
+        )
+    result = measure(model, quantize=quantize, new_tokens=new_tokens,
+                     prompt_tokens=prompt_tokens, threads=threads)
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    print(f"{result.model} [{quantize}, {result.threads} threads]")
+    print(f"  load      {result.load_s:.2f} s")
+    print(f"  decode    {result.decode_tokens_per_s:.1f} tokens/s "
+          f"({result.new_tokens} new after a {result.prompt_tokens}-token chat prompt)")
+    print(f"  prefill   {result.prefill_tokens_per_s:.0f} tokens/s ({prompt_tokens} tokens)")
+    print(f"  weights   {result.weights_mb:.0f} MB; peak RSS {result.peak_rss_mb:.0f} MB "
+          f"(while generating {result.generate_peak_rss_mb:.0f} MB)")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `bench`."""
+    bench = commands.add_parser("bench", help="measure decode/prefill speed and memory")
+    bench.add_argument("model", help="model folder, .gguf file, short name or hub id")
+    bench.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    bench.add_argument("--prompt-tokens", type=int, default=512)
+    bench.add_argument("--new-tokens", type=int, default=128)
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--json", action="store_true", dest="as_json")
+    bench.set_defaults(handler=bench_command)
