@@ -21,16 +21,16 @@ def test_sinusoidal_matches_paper_formula():
 def test_rope_rotates_pairs_by_position_times_frequency():
     head_dim, theta = 8, 10000.0
     rope = RotaryEmbedding(head_dim, theta)
-    x = torch.randn(1, 1, 5, head_dim)
+    x = torch.randn(1, 5, 1, head_dim)  # (B, T, H, D)
     cos, sin = rope(torch.arange(5)[None], torch.float32)
     ours = apply_rope(x, cos, sin)
     half = head_dim // 2
     for t in range(5):
         for j in range(half):
             angle = t / theta ** (2 * j / head_dim)
-            a, b = x[0, 0, t, j].item(), x[0, 0, t, j + half].item()
-            assert abs(ours[0, 0, t, j].item() - (a * math.cos(angle) - b * math.sin(angle))) < 1e-5
-            assert abs(ours[0, 0, t, j + half].item() - (b * math.cos(angle) + a * math.sin(angle))) < 1e-5
+            a, b = x[0, t, 0, j].item(), x[0, t, 0, j + half].item()
+            assert abs(ours[0, t, 0, j].item() - (a * math.cos(angle) - b * math.sin(angle))) < 1e-5
+            assert abs(ours[0, t, 0, j + half].item() - (b * math.cos(angle) + a * math.sin(angle))) < 1e-5
 
 
 def test_rope_relative_property():

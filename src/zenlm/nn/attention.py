@@ -89,7 +89,7 @@ class Attention(nn.Module):
             context: Keys' input (B, S, d_context) for cross-attention; None for self.
             mask: Boolean (B|1, 1, T, S), True where a query may attend; None for all.
             is_causal: Let SDPA apply the causal mask itself (only when `mask` is None).
-            rope: (cos, sin), each (B, 1, T, head_dim), applied to q and k.
+            rope: (cos, sin), each (B, T, 1, head_dim), applied to q and k.
             cache: KV cache to append this step's keys/values to (self-attention only).
             layer: This layer's index into `cache`.
 
@@ -97,9 +97,7 @@ class Attention(nn.Module):
             (B, T, d_model).
         """
         B, T, _ = x.shape
-        q, k, v = self._project(x, context)  # (B, H, T, D), (B, Hkv, S, D) x 2
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self._project(x, context, rope)  # (B, H, T, D), (B, Hkv, S, D) x 2
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S_total, D)
         if T <= SMALL_QUERY and not (is_causal and mask is None and T > 1):
@@ -112,21 +110,29 @@ class Attention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _project(
-        self, x: torch.Tensor, context: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, D), k and v (B, Hkv, S, D), RoPE applied to q and k."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv is not None and context is None:
-            q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
-            S = T
+            heads = self.qkv(x).view(B, T, H + 2 * Hkv, D)
+            qk, v = heads[:, :, : H + Hkv], heads[:, :, H + Hkv:]
+            if rope is not None:  # one rotation for q and k together
+                qk = apply_rope(qk, *rope)
+            q, k = qk[:, :, :H], qk[:, :, H:]
         else:
             source = x if context is None else context
             S = source.shape[1]
-            q, k, v = self.q(x), self.k(source), self.v(source)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, S, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
-        v = v.view(B, S, Hkv, D).transpose(1, 2)
-        return q, k, v
+            q = self.q(x).view(B, T, H, D)
+            k = self.k(source).view(B, S, Hkv, D)
+            v = self.v(source).view(B, S, Hkv, D)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _small_query_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None

@@ -87,16 +87,19 @@ class RotaryEmbedding(nn.Module):
         self.attention_factor = attention_factor
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Positions (B, T) -> (cos, sin), each (B, 1, T, head_dim) in `dtype`."""
+        """Positions (B, T) -> (cos, sin), each (B, T, 1, head_dim) in `dtype`.
+
+        The head axis is 1 so that one table broadcasts over the heads of q and k.
+        """
         freqs = positions.float()[..., None] * self.inv_freq  # (B, T, D/2), float32
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, :, None]  # (B, T, 1, D)
         cos = angles.cos() * self.attention_factor
         sin = angles.sin() * self.attention_factor
         return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, D) by the angles in cos/sin (B, 1, T, D)."""
+    """Rotate x (B, T, H, D) by the angles in cos/sin (B, T, 1, D)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
