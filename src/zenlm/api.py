@@ -172,6 +172,19 @@ class LM:
             return Completion(text.text[: text.emitted], result)
         return Completion(self.decode_new(result), result)
 
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True
+    ) -> torch.Tensor:
+        """Sentence embeddings (N, d_model) float32, L2-normalised.
+
+        Mean pooling for encoders, the last token for decoders; see
+        `zenlm.tasks.embed.embed_texts`.
+        """
+        from zenlm.tasks.embed import embed_texts
+
+        return embed_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
+                           normalize=normalize)
+
     def stop_token_ids(self) -> tuple[int, ...]:
         """Ids that end generation: the tokenizer's EOS and config.json's eos_token_id(s)."""
         ids: set[int] = set()
