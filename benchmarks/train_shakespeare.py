@@ -151,10 +151,10 @@ def speed(out_dir: Path, iters: int, rounds: int, compile_: bool) -> dict:
 
 
 def budget(out_dir: Path, minutes: float, steps: int, compile_: bool) -> dict:
+    import shutil
+
     from zenlm.train.config import PretrainConfig
     from zenlm.train.pretrain import pretrain
-
-    import shutil
 
     shutil.rmtree(out_dir / "run", ignore_errors=True)
     config = PretrainConfig.from_dict(zenlm_config(out_dir, max_steps=steps, max_minutes=minutes,

@@ -68,8 +68,10 @@ def test_sigkill_during_saves_always_leaves_a_complete_checkpoint(reference):
         done = logged_steps(out)
         if done >= 36:
             break
+        # Step done+2 is logged only after step done+1's save returned: from then on a
+        # complete checkpoint exists, and the random delay lands anywhere, saves included.
         _kill_after(cli("pretrain", "--config", config, "--resume", "auto"), out,
-                    min_steps=done + 1, extra_delay=rng.uniform(0.0, 0.15))
+                    min_steps=done + 2, extra_delay=rng.uniform(0.0, 0.15))
         newest = latest_checkpoint(out / "checkpoints")
         assert newest is not None, f"kill {attempt}: no complete checkpoint"
         # Every visible step folder is complete: incomplete ones only exist as .tmp-*.
