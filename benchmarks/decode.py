@@ -1,0 +1,152 @@
+"""Decode and prefill speed: zenlm vs llama.cpp vs transformers, side by side in one run.
+
+Every peer runs the same GGUF weights (SmolLM2-135M-Instruct, Q4_1), the same chat
+prompt and greedy decoding, in its own subprocess (so that memory and thread pools
+do not mix), one after another, for several rounds; the table reports each peer's
+median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
+
+    .venv/bin/python benchmarks/decode.py [--rounds 3] [--new-tokens 128] [--threads 2]
+
+transformers runs a Hugging Face folder of the same weights (dequantized to float32,
+written once by zenlm's own exporter) in bfloat16, its fastest CPU mode here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+ZENLM_MODES = ("none", "bf16", "int8", "int4")
+PEER_SCRIPT = r'''
+import json, random, resource, sys, time
+kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+CHAT = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+        {"role": "user", "content": "What is the capital of France? Explain in detail."}]
+random.seed(0)
+long = [random.randint(100, 40000) for _ in range(512)]
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if kind == "llamacpp":
+    from llama_cpp import Llama
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=2048, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    load_s = time.perf_counter() - t0
+    prompt = ("<|im_start|>system\n" + CHAT[0]["content"] + "<|im_end|>\n<|im_start|>user\n"
+              + CHAT[1]["content"] + "<|im_end|>\n<|im_start|>assistant\n")
+    toks = llm.tokenize(prompt.encode(), special=True)
+    def greedy(n):
+        llm.reset(); llm.eval(toks); out = []; t0 = time.perf_counter()
+        for _ in range(n):
+            tok = llm.sample(temp=0.0); out.append(tok); llm.eval([tok])
+        return out, time.perf_counter() - t0
+    greedy(8)
+    out, dt = greedy(n_new)
+    decode = len(out) / dt
+    llm.reset(); llm.eval(long); llm.reset()
+    t0 = time.perf_counter(); llm.eval(long); prefill = 512 / (time.perf_counter() - t0)
+    text = llm.detokenize(out).decode(errors="replace")
+elif kind == "transformers":
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(path)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    load_s = time.perf_counter() - t0
+    ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if torch.is_tensor(ids) else ids["input_ids"]
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=8, do_sample=False)
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+        decode = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
+        x = torch.tensor([long]); model(x); t0 = time.perf_counter(); model(x)
+        prefill = 512 / (time.perf_counter() - t0)
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+print(json.dumps({"load_s": load_s, "decode_tokens_per_s": decode,
+                  "prefill_tokens_per_s": prefill, "peak_rss_mb": peak_mb(), "text": text[:80]}))
+'''
+
+
+def run(cmd: list[str]) -> dict:
+    """Run one measurement subprocess; its last stdout line is a JSON object."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def zenlm_cmd(mode: str, args: argparse.Namespace) -> list[str]:
+    """The real CLI: `zenlm bench MODEL --quantize MODE --json`."""
+    zenlm = str(Path(sys.executable).parent / "zenlm")
+    return [zenlm, "bench", MODEL, "--quantize", mode, "--new-tokens", str(args.new_tokens),
+            "--threads", str(args.threads), "--json"]
+
+
+def hf_folder(gguf: Path, out: Path) -> Path:
+    """A Hugging Face folder of the GGUF's weights (float32), made by zenlm's exporter."""
+    import zenlm
+    from zenlm.io.hf import save_hf_model
+
+    lm = zenlm.load(gguf)
+    save_hf_model(lm.model, out, tokenizer=lm.tokenizer)
+    return out
+
+
+def main() -> None:
+    """Measure every peer for several rounds and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(ZENLM_MODES))
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+
+    from zenlm.io.resolve import resolve_model
+
+    gguf = resolve_model(MODEL)
+    peers: dict[str, list[str]] = {
+        f"zenlm {m}": zenlm_cmd(m, args) for m in args.modes.split(",")
+    }
+    common = [str(args.new_tokens), str(args.threads)]
+    peers["llama.cpp Q4_1"] = [sys.executable, "-c", PEER_SCRIPT, "llamacpp", str(gguf), *common]
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_transformers:
+            folder = hf_folder(gguf, Path(tmp) / "smollm2")
+            peers["transformers bf16"] = [sys.executable, "-c", PEER_SCRIPT, "transformers",
+                                          str(folder), *common]
+        results: dict[str, list[dict]] = {name: [] for name in peers}
+        for round_index in range(args.rounds):
+            for name, cmd in peers.items():
+                results[name].append(run(cmd))
+                r = results[name][-1]
+                print(f"round {round_index + 1} {name:18s} decode {r['decode_tokens_per_s']:7.1f} "
+                      f"prefill {r['prefill_tokens_per_s']:7.0f}", flush=True)
+    print_table(results)
+
+
+def print_table(results: dict[str, list[dict]]) -> None:
+    """Medians per peer, with ratios to llama.cpp (decode) and transformers (prefill)."""
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    llama = median("llama.cpp Q4_1", "decode_tokens_per_s")
+    hf = median("transformers bf16", "prefill_tokens_per_s") if "transformers bf16" in results \
+        else float("nan")
+    print("\n| peer | decode tok/s | x llama.cpp | prefill tok/s (512) | x transformers bf16 "
+          "| load s | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in results:
+        decode, prefill = median(name, "decode_tokens_per_s"), median(name, "prefill_tokens_per_s")
+        print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {prefill:.0f} | {prefill / hf:.2f} "
+              f"| {median(name, 'load_s'):.2f} | {median(name, 'peak_rss_mb'):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
