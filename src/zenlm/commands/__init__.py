@@ -13,4 +13,5 @@ COMMAND_MODULES = (
     "zenlm.commands.pretrain",
     "zenlm.commands.export",
     "zenlm.commands.data",
+    "zenlm.commands.serve",
 )

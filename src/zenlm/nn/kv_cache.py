@@ -96,3 +96,31 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
         self.batch = len(rows)
         self.set_lengths(self.lengths.index_select(0, rows))
+
+    def write_row(self, row: int, other: KVCache, other_row: int = 0) -> None:
+        """Copy the filled slots of `other`'s row `other_row` into row `row`; set its length.
+
+        A sequence prefilled in a cache of its own joins a running batch this way
+        (continuous batching); the other rows are left untouched.
+        """
+        n = int(other.lengths[other_row])
+        if n > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens per row; the row has {n}")
+        for mine, theirs in zip(self.keys + self.values, other.keys + other.values, strict=True):
+            mine[row, :, :n] = theirs[other_row, :, :n]
+        lengths = self.lengths.clone()
+        lengths[row] = n
+        self.set_lengths(lengths)
+
+    def narrow_rows(self, n: int) -> KVCache:
+        """A cache over the first `n` rows that shares this one's storage (writes go through).
+
+        Lengths are copied, not shared: set them on the view before using it.
+        """
+        view = KVCache.__new__(KVCache)
+        view.keys = [k[:n] for k in self.keys]
+        view.values = [v[:n] for v in self.values]
+        view.batch, view.max_len = n, self.max_len
+        view.lengths = self.lengths[:n].clone()
+        view.set_lengths(view.lengths)
+        return view

@@ -1,0 +1,103 @@
+"""`zenlm serve`: the OpenAI-compatible HTTP server with its web playground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from zenlm.quant import QUANTIZE_MODES
+
+KEY_ENV = "ZENLM_API_KEY"
+
+
+def serve_command(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    api_key_file: str | None = None,
+    model_name: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    kv_budget_mb: float = 1024.0,
+    max_body_mb: float = 1.0,
+    quantize: str | None = None,
+    dtype: str | None = None,
+    drain_timeout: float = 30.0,
+    log_level: str = "info",
+) -> int:
+    """Serve `model` until SIGINT/SIGTERM; on a signal, finish in-flight requests, then exit."""
+    import uvicorn
+
+    import zenlm
+    from zenlm.serve import ServeOptions, create_app
+
+    key = _api_key(api_key, api_key_file)
+    name = model_name or _default_name(model)
+    options = ServeOptions(
+        model_name=name, api_key=key, max_batch=max_batch, max_queue=max_queue,
+        kv_budget_mb=kv_budget_mb, max_body_bytes=int(max_body_mb * 2**20),
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(lambda: zenlm.load(model, dtype=dtype, quantize=quantize), options)
+    auth = "an API key" if key else "no API key"
+    print(f"zenlm serve: {name} on http://{host}:{port}/ with {auth} "
+          f"(the model loads in the background; GET /health says when it is ready)", flush=True)
+    # uvicorn handles SIGTERM: it stops accepting connections, lets in-flight requests
+    # finish (up to drain_timeout), then runs the app's shutdown, which stops the engine.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=drain_timeout)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
+    """The key from --api-key, --api-key-file or $ZENLM_API_KEY (ValueError if empty)."""
+    if api_key is not None and api_key_file is not None:
+        raise ValueError("give --api-key or --api-key-file, not both")
+    if api_key_file is not None:
+        api_key = Path(api_key_file).read_text().strip()
+    elif api_key is None:
+        api_key = os.environ.get(KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty")
+    return api_key.strip() if api_key is not None else None
+
+
+def _default_name(model: str) -> str:
+    """The id clients pass as `model`: a short name as given, else the file/folder name."""
+    path = Path(model)
+    return path.stem if path.suffix.lower() == ".gguf" else path.name or model
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `serve`."""
+    serve = commands.add_parser(
+        "serve", help="OpenAI-compatible HTTP server with continuous batching and a playground"
+    )
+    serve.add_argument("model", help="model folder, .gguf file, short name or hub id")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None,
+                       help=f"require this key (visible in `ps`: prefer --api-key-file "
+                       f"or ${KEY_ENV})")
+    serve.add_argument("--api-key-file", default=None, help="read the key from this file")
+    serve.add_argument("--model-name", default=None, help="the id clients pass as `model`")
+    serve.add_argument("--max-batch", type=int, default=16,
+                       help="sequences decoded together (KV cache rows)")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="requests allowed to wait; past it: 429 with Retry-After")
+    serve.add_argument("--kv-budget-mb", type=float, default=1024.0,
+                       help="memory for the KV cache (sets tokens per row)")
+    serve.add_argument("--max-body-mb", type=float, default=1.0, help="request body size limit")
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES, default=None)
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish after SIGTERM")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(handler=serve_command)

@@ -1,0 +1,98 @@
+"""Request bodies of the OpenAI API, as strict pydantic models.
+
+Strict: a string is not a number and 1.5 is not an integer, as OpenAI's own API
+answers. Unknown fields are ignored (clients send fields we do not use, e.g. `user`).
+Ranges follow OpenAI's documentation; a few vLLM-style extensions (top_k, min_p,
+repetition_penalty, ignore_eos) expose the rest of the generation engine.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 128  # choices per request the schema accepts; the engine may allow fewer
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    """`stream_options`: whether the last chunk carries token usage."""
+
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    """Fields shared by chat and text completions."""
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: Finite = Field(1.0, ge=0.0, le=2.0)
+    top_p: Finite = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = Field(None)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Finite = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Finite = Field(0.0, ge=-2.0, le=2.0)
+    # Extensions, named as vLLM names them.
+    top_k: int = Field(0, ge=0)
+    min_p: Finite = Field(0.0, ge=0.0, lt=1.0)
+    repetition_penalty: Finite = Field(1.0, gt=0.0)
+    ignore_eos: bool = False
+
+    def stop_list(self) -> list[str]:
+        """Stop strings as a list (OpenAI allows up to 4)."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+
+class TextPart(_Strict):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    """One message of a conversation."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string."""
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(_Sampling):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+
+
+class EmbeddingRequest(_Strict):
+    """`POST /v1/embeddings`."""
+
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float"] = "float"
