@@ -219,7 +219,8 @@ class Engine:
         with self.lock:
             if self.stopping:
                 raise QueueFullError(retry_after=5)
-            if len(self.waiting) >= self.max_queue and self._free_rows() < request.rows_needed:
+            # Requests that free rows will take at the next step do not count as queued.
+            if len(self.waiting) >= self.max_queue + self._free_rows():
                 raise QueueFullError(self._retry_after())
             self.waiting.append(request)
             self.metrics.queue_depth.set(len(self.waiting))
