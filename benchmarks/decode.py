@@ -26,7 +26,8 @@ ZENLM_MODES = ("none", "bf16", "int8", "int4")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-CHAT = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHAT = [{"role": "system", "content": SYSTEM},
         {"role": "user", "content": "What is the capital of France? Explain in detail."}]
 random.seed(0)
 long = [random.randint(100, 40000) for _ in range(512)]
@@ -143,7 +144,8 @@ def print_table(results: dict[str, list[dict]]) -> None:
           "| load s | peak RSS MB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in results:
-        decode, prefill = median(name, "decode_tokens_per_s"), median(name, "prefill_tokens_per_s")
+        decode = median(name, "decode_tokens_per_s")
+        prefill = median(name, "prefill_tokens_per_s")
         print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {prefill:.0f} | {prefill / hf:.2f} "
               f"| {median(name, 'load_s'):.2f} | {median(name, 'peak_rss_mb'):.0f} |")
 

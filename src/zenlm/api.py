@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from zenlm.generate import (
     stream_tokens,
 )
 from zenlm.generate.beam import beam_search
+from zenlm.generate.compile import compile_decoding
 from zenlm.io.hf import load_hf_model, refuse_pickle
 from zenlm.io.resolve import resolve_model
 from zenlm.models import DecoderLM
@@ -196,7 +199,10 @@ class LM:
 
 
 def load(
-    model: str | Path, dtype: torch.dtype | str | None = None, quantize: str | None = None
+    model: str | Path,
+    dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
+    compile: bool = False,
 ) -> LM:
     """Load a model folder, a .gguf file, a short name or a hub id.
 
@@ -205,6 +211,8 @@ def load(
         dtype: Parameter dtype: torch.float32 (default), torch.bfloat16, or their names.
         quantize: Prepare for fast inference: "none" (fused float32), "bf16", "int8"
             or "int4" (see zenlm.quant.quantize); None leaves the model as loaded.
+        compile: torch.compile the decode step (faster decoding after a one-off
+            compilation; falls back to eager if compiling fails).
 
     Raises:
         CheckpointError: the files are missing, corrupt, pickles, or inconsistent.
@@ -228,7 +236,24 @@ def load(
         )
     if quantize is not None:
         quantize_model(network, quantize)
+    if compile:
+        compile_decoding(network)
+    release_free_memory()
     return LM(network, tokenizer, str(path), time.perf_counter() - start)
+
+
+def release_free_memory() -> None:
+    """Give memory freed during loading back to the OS.
+
+    Loading builds float32 tensors that quantization or casting then drops; glibc
+    keeps the freed heap mapped, so without this the process's RSS stays at the
+    float32 size while generating with int4 weights.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[DecoderLM, Tokenizer]:

@@ -31,6 +31,7 @@ class BenchResult:
 
     model: str
     quantize: str
+    compiled: bool
     threads: int
     load_s: float
     prompt_tokens: int
@@ -98,20 +99,21 @@ def chat_prompt(lm: LM) -> list[int]:
 
 def measure(
     model: str, *, quantize: str = "none", new_tokens: int = 128, prompt_tokens: int = 512,
-    threads: int | None = None,
+    threads: int | None = None, compile: bool = False,
 ) -> BenchResult:
     """Load `model` in `quantize` mode and measure it (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
-    lm = load(model, quantize=quantize)
+    lm = load(model, quantize=quantize, compile=compile)
     prompt = chat_prompt(lm)
     config = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())
-    generate(lm.model, prompt, GenerationConfig(max_new_tokens=8, stop_token_ids=()))  # warm-up
+    # Warm-up (and, with compile, compilation): long enough to see a few cache lengths.
+    generate(lm.model, prompt, GenerationConfig(max_new_tokens=16, stop_token_ids=()))
     with _RssSampler() as sampler:
         result = generate(lm.model, prompt, config)
     prefill_s = _prefill_seconds(lm, prompt_tokens)
     return BenchResult(
-        model=lm.source, quantize=quantize, threads=torch.get_num_threads(),
+        model=lm.source, quantize=quantize, compiled=compile, threads=torch.get_num_threads(),
         load_s=round(lm.load_s, 3), prompt_tokens=len(prompt),
         new_tokens=len(result.token_ids),
         decode_tokens_per_s=round(result.decode_tokens_per_s, 2),

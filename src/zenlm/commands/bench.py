@@ -15,6 +15,7 @@ def bench_command(
     prompt_tokens: int = 512,
     new_tokens: int = 128,
     threads: int | None = None,
+    compile: bool = False,
     as_json: bool = False,
 ) -> int:
     """Measure load time, decode and prefill tokens/s and peak RSS, and print them."""
@@ -25,11 +26,12 @@ def bench_command(
             f"--new-tokens must be >= 2 and --prompt-tokens >= 1, got {new_tokens}, {prompt_tokens}"
         )
     result = measure(model, quantize=quantize, new_tokens=new_tokens,
-                     prompt_tokens=prompt_tokens, threads=threads)
+                     prompt_tokens=prompt_tokens, threads=threads, compile=compile)
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
-    print(f"{result.model} [{quantize}, {result.threads} threads]")
+    mode = f"{quantize}, compiled" if compile else quantize
+    print(f"{result.model} [{mode}, {result.threads} threads]")
     print(f"  load      {result.load_s:.2f} s")
     print(f"  decode    {result.decode_tokens_per_s:.1f} tokens/s "
           f"({result.new_tokens} new after a {result.prompt_tokens}-token chat prompt)")
@@ -47,5 +49,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--prompt-tokens", type=int, default=512)
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     bench.add_argument("--json", action="store_true", dest="as_json")
     bench.set_defaults(handler=bench_command)

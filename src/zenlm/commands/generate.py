@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from zenlm.quant import QUANTIZE_MODES
+
 DEMO_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant. Answer in two sentences."},
     {"role": "user", "content": "What is a language model, and what can I use one for?"},
@@ -23,12 +25,18 @@ def generate_command(
     top_p: float = 1.0,
     seed: int | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
+    compile: bool = False,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    stop: list[str] | None = None,
+    num_beams: int = 1,
     as_json: bool = False,
 ) -> int:
     """Generate a continuation of `prompt` (or a chat reply to it) and print it."""
     import zenlm
 
-    lm = zenlm.load(model, dtype=dtype)
+    lm = zenlm.load(model, dtype=dtype, quantize=quantize, compile=compile)
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
@@ -36,11 +44,12 @@ def generate_command(
         prompt_ids = lm.encode_chat(messages)
     else:
         prompt_ids = lm.encode_prompt(prompt)
-    result = lm.generate_ids(
-        prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed,
-    )
-    text = lm.decode_new(result)
+    completion = lm.complete(
+        [prompt_ids], max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+        seed=seed, stop=stop or (), num_beams=num_beams,
+    )[0]
+    result, text = completion.result, completion.text
     if not as_json:
         print(text)
         return 0
@@ -86,7 +95,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    gen.add_argument("--quantize", choices=QUANTIZE_MODES, default=None)
+    gen.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     gen.add_argument("--json", action="store_true", dest="as_json")
     gen.set_defaults(handler=generate_command)
 

@@ -232,7 +232,7 @@ class _LoopState:
 
     def step(self) -> torch.Tensor:
         """Feed each row's last token; logits (B, V) of the next."""
-        return self.model(self.last[:, None], cache=self.cache)[:, 0].float()
+        return self.model.step(self.last[:, None], self.cache)[:, 0].float()
 
     def choose(self, logits: torch.Tensor, stop_check: StopCheck | None) -> list[TokenEvent]:
         tokens = sample_next(logits, self.params, seen=self.seen, counts=self.counts,

@@ -46,6 +46,13 @@ class DecoderLM(nn.Module):
         self.lm_head = lm_head
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.step_fn = None  # a compiled decode step (zenlm.generate.compile), if any
+
+    def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode step: logits (B, T, V) of new tokens ids (B, T) appended to `cache`."""
+        if self.step_fn is not None:
+            return self.step_fn(ids, cache)
+        return self(ids, cache=cache)
 
     def fuse_projections(self) -> DecoderLM:
         """Fuse q/k/v and gate/up projections for inference (fewer, larger matmuls)."""

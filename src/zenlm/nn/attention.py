@@ -115,7 +115,7 @@ class Attention(nn.Module):
         context: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, H, T, D), k and v (B, Hkv, S, D), RoPE applied to q and k."""
+        """Queries (B, H, T, D), keys and values (B, Hkv, S, D); RoPE applied to q and k."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv is not None and context is None:
