@@ -223,16 +223,24 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         state.check_model(body.model)
         lm = state.require_embedder()
         texts = [body.input] if isinstance(body.input, str) else body.input
-        vectors = (await asyncio.to_thread(lm.embed, texts)).tolist()
+        vectors = await asyncio.to_thread(lm.embed, texts)  # (N, d)
         tokens = sum(len(lm.tokenizer.encode(t)) for t in texts)
         return {"object": "list", "model": body.model,
-                "data": [{"object": "embedding", "index": i, "embedding": v}
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": _encode_vector(v, body.encoding_format)}
                          for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"))
+
+
+def _encode_vector(vector: Any, encoding: str) -> list[float] | str:
+    """A list of floats, or base64 of little-endian float32 (what the openai client asks)."""
+    if encoding == "base64":
+        return base64.b64encode(vector.float().numpy().astype("<f4").tobytes()).decode()
+    return vector.tolist()
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:

@@ -152,6 +152,16 @@ class _Sequence:
                 info.top = list(zip(ids[0].tolist(), values[0].tolist(), strict=True))
         return info
 
+    def flush(self) -> str:
+        """The text not yet sent, at the end: bytes of an unfinished character included."""
+        tail = self.text.finish()
+        full = self.text.tokenizer.decode(self.text.ids, skip_special_tokens=True)
+        # An unfinished character decodes to U+FFFD: send it, as a whole decode would.
+        if len(full) > self.text.emitted and full.startswith(self.text.text[: self.text.emitted]):
+            tail += full[self.text.emitted:]
+            self.text.emitted = len(full)
+        return tail
+
     def record(self, token: int) -> None:
         if self.seen is not None:
             self.seen[0, token] = True
@@ -392,13 +402,13 @@ class Engine:
         self.metrics.tokens_out.inc()
         finish = None
         if token in self.stop_ids and not request.ignore_eos:
-            finish, text = "stop", seq.text.finish()
+            finish, text = "stop", seq.flush()
         else:
             text = seq.text.push(token)
             if seq.text.stopped:
                 finish = "stop"
             elif seq.prompt_len + seq.generated >= seq.limit:
-                finish, text = "length", text + seq.text.finish()
+                finish, text = "length", text + seq.flush()
         _emit(request, Delta(seq.choice, text, [info], finish))
         if finish is not None:
             self._free(row)

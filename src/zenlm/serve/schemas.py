@@ -95,4 +95,4 @@ class EmbeddingRequest(_Strict):
 
     model: str
     input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
