@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 MODEL = "smollm2-135m-instruct"
-ZENLM_MODES = ("none", "bf16", "int8", "int4")
+ZENLM_MODES = ("none", "bf16", "int8", "int4", "int8+compile", "int4+compile")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -83,10 +83,11 @@ def run(cmd: list[str]) -> dict:
 
 
 def zenlm_cmd(mode: str, args: argparse.Namespace) -> list[str]:
-    """The real CLI: `zenlm bench MODEL --quantize MODE --json`."""
+    """The real CLI: `zenlm bench MODEL --quantize MODE [--compile] --json`."""
     zenlm = str(Path(sys.executable).parent / "zenlm")
-    return [zenlm, "bench", MODEL, "--quantize", mode, "--new-tokens", str(args.new_tokens),
-            "--threads", str(args.threads), "--json"]
+    quantize, _, compiled = mode.partition("+")
+    return [zenlm, "bench", MODEL, "--quantize", quantize, "--new-tokens", str(args.new_tokens),
+            "--threads", str(args.threads), "--json", *(["--compile"] if compiled else [])]
 
 
 def hf_folder(gguf: Path, out: Path) -> Path:
