@@ -1,0 +1,121 @@
+"""Production behaviour: disconnects, loading, SIGTERM drain through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+
+from .conftest import MODEL, cli_server, metric
+
+
+def test_fifty_clients_dropping_after_the_first_chunk_leave_nothing_running(make_server):
+    server = make_server(max_batch=32, max_queue=64)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1500, "stream": True,
+            "ignore_eos": True}
+
+    async def drop_after_first_chunk(client):
+        async with client.stream("POST", server.url + "/v1/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    return json.loads(line[6:])
+
+    async def run():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*[drop_after_first_chunk(client) for _ in range(50)])
+
+    first_chunks = asyncio.run(run())
+    assert all(chunk["choices"][0]["text"] is not None for chunk in first_chunks)
+    dropped_at = time.monotonic()
+    while time.monotonic() - dropped_at < 2.0:
+        if (metric(server.url, "zenlm_running_sequences") == 0
+                and metric(server.url, "zenlm_queue_depth") == 0):
+            break
+        time.sleep(0.02)
+    assert metric(server.url, "zenlm_running_sequences") == 0
+    assert metric(server.url, "zenlm_queue_depth") == 0
+    # Cancelled early: far fewer than 50 x 1500 tokens were generated.
+    assert metric(server.url, "zenlm_generated_tokens_total") < 50 * 200
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_health_is_503_while_loading_then_200(make_server, tiny_lm):
+    release = threading.Event()
+
+    def slow_loader():
+        release.wait(30)
+        return tiny_lm
+
+    server = make_server(loader=slow_loader, wait_ready=False)
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 503 and health.json()["status"] == "loading"
+    busy = httpx.post(server.url + "/v1/chat/completions",
+                      json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "model_not_ready"
+    assert "retry-after" in busy.headers
+    release.set()
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_health_reports_a_failed_load(make_server):
+    def broken():
+        raise OSError("disk on fire")
+
+    server = make_server(loader=broken, wait_ready=False)
+    deadline = time.monotonic() + 10
+    while (reply := httpx.get(server.url + "/health").json())["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert reply["status"] == "failed" and "disk on fire" in reply["error"]
+
+
+def test_cli_serves_then_drains_on_sigterm(tiny_chat, tmp_path):
+    key = "zk-cli-secret-0123456789"
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    proc, url = cli_server([str(tiny_chat), "--api-key-file", str(key_file),
+                            "--model-name", MODEL, "--max-batch", "4"])
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 800, "stream": True,
+                "ignore_eos": True, "stream_options": {"include_usage": True}}
+        lines = []
+        with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers,
+                          timeout=120) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line and not lines:
+                    proc.send_signal(signal.SIGTERM)  # mid-stream
+                    time.sleep(0.3)
+                    with pytest.raises(httpx.HTTPError):  # no new connections once draining
+                        httpx.get(url + "/health", timeout=2)
+                if line:
+                    lines.append(line)
+        assert lines[-1] == "data: [DONE]"
+        usage = json.loads(lines[-2][6:])["usage"]
+        assert usage["completion_tokens"] == 800  # the in-flight request finished
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read()
+    assert "Shutting down" in output or "Finished server process" in output
+    assert key not in output  # the key is never logged
