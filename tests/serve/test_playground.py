@@ -1,0 +1,60 @@
+"""The playground in Debian's Chromium, driven by Playwright: type, send, see a streamed answer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (`make` installs it when run as root)")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1100, "height": 700},
+        )
+        yield context
+        context.close()
+
+
+def test_playground_streams_an_answer(browser, make_server, tmp_path):
+    server = make_server(max_batch=4)
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat'")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "48")
+    page.fill("#prompt", "Hello, world!")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".msg.user")
+    # While streaming, the answer grows in steps; record the lengths seen.
+    lengths = page.evaluate("""() => new Promise((resolve) => {
+        const seen = [];
+        const poll = () => {
+            const out = document.querySelector('.msg.assistant .content');
+            if (out) seen.push(out.textContent.length);
+            if (document.querySelector('.msg.assistant.done')) resolve(seen);
+            else setTimeout(poll, 1);
+        };
+        poll();
+    })""")
+    answer = page.text_content(".msg.assistant .content")
+    assert answer and "Error" not in answer
+    assert len(set(lengths)) > 2, "the answer should arrive in several pieces"
+    assert "tokens in" in page.text_content("#stats")
+    shot = tmp_path / "zenlm-playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"playground screenshot: {shot}")
+    assert shot.stat().st_size > 1000
+    assert all(u.startswith(server.url) for u in requests)  # nothing leaves 127.0.0.1
