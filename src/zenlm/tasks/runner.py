@@ -238,15 +238,18 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
         train_features = sft.pack(train_features, opts.max_length)
     val_features = features_for(opts.task, lm.tokenizer, val_examples, info)
     model = prepare_model(opts, info, lm.model)
+    last: dict[str, Any] = {}  # the latest evaluation's full scores
     metric = functools.partial(_headline, tokenizer=lm.tokenizer, info=info,
-                               examples=val_examples, pad=pad)
+                               examples=val_examples, pad=pad, last=last)
     trainer = _trainer(opts, model, train_features, val_features, collate_for(opts.task, pad),
                        _class_weights(opts, info, train_features), metric)
     start = time.perf_counter()
     result = trainer.fit(resume="none")
     train_s = time.perf_counter() - start
     trainer.restore_best()
-    scores = evaluate_task(model, lm.tokenizer, info, val_examples, pad)
+    # The run ends with an evaluation; score again only if an earlier model was better.
+    scores = last["scores"] if trainer.best_step == result.steps and last else evaluate_task(
+        model, lm.tokenizer, info, val_examples, pad)
     out = Path(opts.output)
     save_task_model(model, out / "model", lm.tokenizer, info)
     return {"task": opts.task, "steps": result.steps, "final_loss": result.final_loss,
@@ -284,9 +287,9 @@ HEADLINE = {"classify": "accuracy", "ner": "f1", "qa": "f1", "sft": "loss"}
 
 
 def _headline(model: nn.Module, *, tokenizer: Any, info: dict[str, Any], examples: list,
-              pad: int) -> float:
+              pad: int, last: dict[str, Any]) -> float:
     """The task's headline validation metric, higher is better (sft: minus the loss)."""
-    scores = evaluate_task(model, tokenizer, info, examples, pad)
+    scores = last["scores"] = evaluate_task(model, tokenizer, info, examples, pad)
     value = scores[HEADLINE[info["task"]]]
     return -value if info["task"] == "sft" else value
 
