@@ -16,14 +16,6 @@ from ..models.tiny_hf import VOCAB, tiny_hf_model
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "mistral"])
-def pair(request, tmp_path_factory):
-    hf = tiny_hf_model(request.param)
-    folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    return hf, zenlm.load(folder)
-
-
 def _prompts(lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]

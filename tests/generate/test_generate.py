@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import zenlm
 from zenlm.generate import GenerationConfig, generate
 from zenlm.generate.sampling import mask_top_k, mask_top_p, sample_next
 
-from ..models.tiny_hf import VOCAB, tiny_hf_model
+from ..models.tiny_hf import VOCAB
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2", "mistral"])
-def pair(request, tmp_path_factory):
-    hf = tiny_hf_model(request.param)
-    folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    return hf, zenlm.load(folder)
 
 
 def test_greedy_equals_transformers_greedy(pair):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zenlm
-from zenlm.generate import GenerationConfig, generate
+from zenlm.generate import GenerationConfig, generate, generate_batch
 from zenlm.quant import Int4Linear, Int8Linear, quantize
 from zenlm.quant.weights import quantize_groups
 
@@ -122,8 +122,8 @@ def test_int8_greedy_agrees_with_fp32(smollm2_gguf, shakespeare_ids, fp32_refere
     config = GenerationConfig(max_new_tokens=64, stop_token_ids=())
     prompts = [shakespeare_ids[i // 2, (i % 2) * 100:(i % 2) * 100 + 40].tolist() for i in range(5)]
     same = total = 0
-    for prompt in prompts:
-        continuation = generate(lm.model, prompt, config).token_ids
+    continuations = [r.token_ids for r in generate_batch(lm.model, prompts, config)]
+    for prompt, continuation in zip(prompts, continuations, strict=True):
         text = torch.tensor([prompt + continuation[:-1]])
         choices = fast.logits(text)[0, len(prompt) - 1:].argmax(-1).tolist()
         same += sum(a == b for a, b in zip(choices, continuation, strict=True))
