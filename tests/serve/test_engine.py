@@ -9,7 +9,17 @@ import pytest
 import torch
 
 from zenlm.generate import GenerationConfig
-from zenlm.serve.engine import Delta, Done, Engine, Failed, QueueFullError, Request, _Sequence
+from zenlm.generate.sampling import SamplingParams, warp
+from zenlm.serve.engine import (
+    Delta,
+    Done,
+    Engine,
+    Failed,
+    QueueFullError,
+    Request,
+    _Sequence,
+    choose_rows,
+)
 from zenlm.serve.metrics import Metrics
 
 
@@ -124,19 +134,42 @@ def test_cancel_frees_the_row_within_a_step(engine):
 
 
 def test_one_failing_request_leaves_the_others_running(engine, tiny_lm, monkeypatch):
-    choose = _Sequence.choose
+    record = _Sequence.record
 
-    def flaky(self, logits):
+    def flaky(self, token):
         if self.request.config.seed == 666 and self.generated == 4:
             raise RuntimeError("boom")
-        return choose(self, logits)
+        return record(self, token)
 
-    monkeypatch.setattr(_Sequence, "choose", flaky)
+    monkeypatch.setattr(_Sequence, "record", flaky)
     good = submit(engine, [5, 6, 7], max_new_tokens=20)
     bad = submit(engine, [8, 9], max_new_tokens=20, temperature=0.5, seed=666)
     assert bad.done.wait(30) and good.done.wait(30)
     assert isinstance(bad.events[-1], Failed) and "boom" in bad.events[-1].message
     assert good.tokens() == reference(tiny_lm, [5, 6, 7], 20)
+
+
+def test_batched_draws_follow_the_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6) * 2
+    params = SamplingParams(temperature=0.7, top_k=4)
+
+    class Seq:  # the two attributes choose_rows reads
+        def __init__(self, seed):
+            self.params = params
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def uniform(self):
+            return float(torch.rand((), generator=self.generator))
+
+    seqs = {0: Seq(1), 1: Seq(2), 2: Seq(3)}
+    draws = torch.zeros(6)
+    for _ in range(4000):
+        for token in choose_rows(logits.expand(3, 6), seqs).values():
+            draws[token] += 1
+    expected = torch.softmax(warp(logits, params), -1)[0]
+    assert draws[expected == 0].sum() == 0  # top-k masked tokens are never drawn
+    torch.testing.assert_close(draws / draws.sum(), expected, atol=0.015, rtol=0)
 
 
 def test_queue_limit_and_request_checks(tiny_lm):

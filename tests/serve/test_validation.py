@@ -62,6 +62,7 @@ CASES = [  # (id, route, JSON body or raw bytes, expected status, expected param
     ("seed beyond 64 bits", CHAT, chat(seed=2**70), 400, "seed"),
     ("completions logprobs 6", COMPLETIONS, {"model": MODEL, "prompt": "x", "logprobs": 6}, 400,
      "logprobs"),
+    ("echo", COMPLETIONS, {"model": MODEL, "prompt": "x", "echo": True}, 400, "echo"),
     ("unknown model", CHAT, chat(model="gpt-9"), 404, "model"),
     ("10 MB body", CHAT, b'{"model": "' + b"x" * (10 * 2**20) + b'"}', 413, None),
 ]

@@ -113,7 +113,9 @@ class ServerState:
                 self.engine.start()
             self.lm = lm
             self.ready.set()
-            log.info("model %s ready", self.options.model_name)
+            rows = (f"; {self.engine.max_batch} KV cache rows of {self.engine.row_len} tokens"
+                    if self.engine else "")
+            log.info("model %s ready%s", self.options.model_name, rows)
         except Exception as exc:  # reported by /health; the server stays up to say so
             log.exception("loading the model failed")
             self.error = f"loading the model failed: {exc}"
@@ -295,6 +297,8 @@ def _prompts(state: ServerState, body: _Sampling, chat: bool) -> list[list[int]]
         except Exception as exc:  # the template refused these messages (e.g. role order)
             raise APIError(400, f"messages: the chat template failed: {exc}",
                            param="messages") from None
+    if body.echo:
+        raise APIError(400, "echo: returning the prompt is not supported", param="echo")
     prompt = body.prompt
     if isinstance(prompt, str):
         prompt = [prompt]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zenlm.generate import GenerationConfig, TextStream
-from zenlm.generate.sampling import sample_next, token_logprobs
+from zenlm.generate.sampling import SamplingParams, sample_next, token_logprobs, warp
 from zenlm.nn.kv_cache import KVCache
 from zenlm.serve.metrics import Metrics
 
@@ -132,16 +132,21 @@ class _Sequence:
         self.last_token_at = 0.0
 
     @property
-    def simple_greedy(self) -> bool:
-        """Greedy without penalties or logprobs: an argmax shared with other rows."""
-        c = self.request.config
-        return (self.params.greedy and self.seen is None and self.counts is None
-                and not c.logprobs and not c.top_logprobs)
+    def batchable(self) -> bool:
+        """Without penalties, its token is drawn together with other rows' (`choose_rows`)."""
+        return self.seen is None and self.counts is None
 
-    def choose(self, logits: torch.Tensor) -> TokenInfo:
-        """Pick this row's token from its logits (1, V)."""
-        token = int(sample_next(logits, self.params, seen=self.seen, counts=self.counts,
-                                generator=self.generator)[0])
+    def uniform(self) -> float:
+        """One draw in [0, 1) from this sequence's own generator (its seed)."""
+        return float(torch.rand((), generator=self.generator))
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """Pick this row's token from its logits (1, V), penalties included."""
+        return int(sample_next(logits, self.params, seen=self.seen, counts=self.counts,
+                               generator=self.generator)[0])
+
+    def info(self, token: int, logits: torch.Tensor) -> TokenInfo:
+        """The token, with its log-probabilities (from logits (1, V)) if the request wants them."""
         info = TokenInfo(token)
         config = self.request.config
         if config.logprobs or config.top_logprobs:
@@ -167,6 +172,37 @@ class _Sequence:
             self.seen[0, token] = True
         if self.counts is not None:
             self.counts[0, token] += 1
+
+
+def choose_rows(logits: torch.Tensor, seqs: dict[int, _Sequence]) -> dict[int, int]:
+    """Tokens of batchable rows: one warp per sampling setting, one draw per row.
+
+    Args:
+        logits: (B, V) logits; `seqs` maps a row of it to its sequence.
+        seqs: Sequences without penalties.
+
+    Returns:
+        Row -> token. Greedy rows take the argmax. Sampled rows share softmax and
+        cumsum, then each inverts the CDF at a uniform draw from its own generator,
+        so a seeded request samples the same tokens whatever else is in the batch.
+    """
+    groups: dict[SamplingParams, list[int]] = collections.defaultdict(list)
+    for row, seq in seqs.items():
+        groups[seq.params].append(row)
+    out: dict[int, int] = {}
+    for params, rows in groups.items():
+        scores = logits[torch.tensor(rows)]  # (G, V)
+        if params.greedy:
+            tokens = scores.argmax(-1)
+        else:
+            cdf = torch.softmax(warp(scores, params), dim=-1).cumsum(-1)  # (G, V)
+            # Scale by the total (float32 sums fall a little short of 1): the draw then
+            # always lands on a token of non-zero probability.
+            u = torch.tensor([seqs[r].uniform() for r in rows]) * cdf[:, -1]  # (G,)
+            tokens = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
+            tokens = tokens.clamp_(max=scores.shape[-1] - 1)
+        out.update(zip(rows, tokens.tolist(), strict=True))
+    return out
 
 
 class Engine:
@@ -256,6 +292,8 @@ class Engine:
             self.stopping = True
             for request in self.waiting:
                 request.cancel()
+                _emit(request, Failed("the server is shutting down"))
+            self.waiting.clear()
             self.lock.notify()
         self.thread.join(timeout)
 
@@ -354,8 +392,8 @@ class Engine:
         self.lengths[row] = len(prompt)
         request.live += 1
         self.metrics.running.set(self.running_sequences())
-        self._deliver(row, seq.choose(logits) if not seq.simple_greedy
-                      else TokenInfo(int(logits.argmax(-1)[0])))
+        token = choose_rows(logits, {0: seq})[0] if seq.batchable else seq.choose(logits)
+        self._deliver(row, seq.info(token, logits))
 
     def _step(self) -> None:
         """One decode step over rows [0, highest occupied row]."""
@@ -367,17 +405,12 @@ class Engine:
         for row in range(hi):
             if self.rows[row] is not None:
                 self.lengths[row] += 1
-        greedy = [r for r in range(hi) if self.rows[r] is not None and self.rows[r].simple_greedy]
-        argmax = logits[greedy].argmax(-1).tolist() if greedy else []
-        choices = dict(zip(greedy, argmax, strict=True))
-        for row in range(hi):
-            seq = self.rows[row]
-            if seq is None:
-                continue
+        running = {r: seq for r, seq in enumerate(self.rows[:hi]) if seq is not None}
+        batched = choose_rows(logits, {r: s for r, s in running.items() if s.batchable})
+        for row, seq in running.items():
             try:
-                info = TokenInfo(choices[row]) if row in choices else seq.choose(
-                    logits[row: row + 1])
-                self._deliver(row, info)
+                token = batched[row] if row in batched else seq.choose(logits[row: row + 1])
+                self._deliver(row, seq.info(token, logits[row: row + 1]))
             except Exception as exc:  # one request's failure stays its own
                 log.exception("request %d failed", seq.request.id)
                 self._fail(seq.request, f"generation failed: {exc}")
