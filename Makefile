@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt models.txt
 
 # The main job: the OpenAI-compatible server and its playground on http://127.0.0.1:8000/
 run: $(STAMP)
-	$(BIN)/zenlm serve $(MODEL) --host 127.0.0.1 --port 8000
+	$(BIN)/zenlm serve $(MODEL) --host 127.0.0.1 --port 8000 --quantize bf16
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests
