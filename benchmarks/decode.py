@@ -147,7 +147,8 @@ def print_table(results: dict[str, list[dict]]) -> None:
     for name in results:
         decode = median(name, "decode_tokens_per_s")
         prefill = median(name, "prefill_tokens_per_s")
-        print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {prefill:.0f} | {prefill / hf:.2f} "
+        print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {prefill:.0f} "
+              f"| {prefill / hf:.2f} "
               f"| {median(name, 'load_s'):.2f} | {median(name, 'peak_rss_mb'):.0f} |")
 
 
