@@ -84,6 +84,35 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
 
 
+class MaskedLM(nn.Module):
+    """Encoder + masked-LM head: token ids (B, T) -> vocabulary logits (B, T, V).
+
+    The model `zenlm pretrain` trains for `train.objective: mlm`; `encoder` alone is
+    what exports as a Hugging Face BertModel.
+
+    Args:
+        encoder: The bidirectional encoder.
+        head: Its head (default: a new `MaskedLMHead` tied to the encoder's embedding).
+    """
+
+    def __init__(self, encoder: EncoderModel, head: MaskedLMHead | None = None) -> None:
+        super().__init__()
+        self.config = encoder.config
+        self.encoder = encoder
+        self.head = head or MaskedLMHead(encoder.config, encoder.embed)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The encoder's blocks (for gradient checkpointing and sharding)."""
+        return self.encoder.blocks
+
+    def forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V)."""
+        return self.head(self.encoder(ids, attention_mask=attention_mask))
+
+
 def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
     """The masked-LM head saved in a Hugging Face *ForMaskedLM folder.
 

@@ -80,7 +80,9 @@ class LoopConfig:
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock; 0 = no limit
     progress: bool = True
     tensorboard: bool = False
-    distributed: str = "ddp"  # under torchrun: ddp (fsdp is not implemented yet)
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp (parameters sharded over ranks)
+    objective: str = "auto"  # auto (causal for decoders, mlm for encoders) | causal | mlm
+    mask_prob: float = 0.15  # mlm: fraction of tokens masked (80% [MASK], 10% random, 10% kept)
     export_hf: bool = True  # write <out_dir>/model as a Hugging Face folder at the end
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from zenlm.config import ModelConfig
 from zenlm.errors import CheckpointError
-from zenlm.models import DecoderLM, build_model
+from zenlm.models import DecoderLM
+from zenlm.models.heads import MaskedLM
 from zenlm.tokenizer import Tokenizer
 from zenlm.train.checkpoint import latest_checkpoint, load_checkpoint
 
 
-def load_trained(path: str | Path) -> tuple[DecoderLM, Tokenizer | None]:
+def load_trained(path: str | Path) -> tuple[DecoderLM | MaskedLM, Tokenizer | None]:
     """Model and tokenizer of a run folder (newest checkpoint), checkpoint or HF folder.
 
     Raises:
@@ -29,10 +30,19 @@ def load_trained(path: str | Path) -> tuple[DecoderLM, Tokenizer | None]:
         path = newest
     if (path / "trainer_state.json").is_file():
         run = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        model = build_model(ModelConfig.from_dict(run["model"]))
+        model = _build_trained(run)
         load_checkpoint(path, model=model, optimizer=None)
         return model.eval(), Tokenizer.from_folder(path)
     import zenlm
 
     lm = zenlm.load(str(path))
     return lm.model, lm._tokenizer
+
+
+def _build_trained(run: dict) -> DecoderLM | MaskedLM:
+    """The module a checkpoint's config.json describes (masked-LM runs have a head)."""
+    from zenlm.train.pretrain import build_for_objective, resolve_objective
+
+    model_config = ModelConfig.from_dict(run["model"])
+    name = run.get("pretrain", {}).get("train", {}).get("objective", "auto")
+    return build_for_objective(model_config, resolve_objective(name, model_config))  # type: ignore[return-value]

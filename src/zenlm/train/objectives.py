@@ -43,6 +43,56 @@ def masked_lm_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor)
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
 
+class MaskedLMObjective:
+    """Trainer objective for encoders: mask a block BERT's way, score the masked tokens.
+
+    Training masks come from torch's global RNG, which the Trainer reseeds from
+    (seed, step, rank) at every step, so a resumed run masks exactly as the original.
+    In eval mode the mask is a function of the block's content, so every evaluation
+    scores the same positions.
+
+    Args:
+        mask_id: Id of the [MASK] token.
+        vocab_size: Random replacements are drawn from [0, vocab_size).
+        special_ids: Ids never masked nor drawn (EOS between documents, PAD...).
+        mask_prob: Fraction of tokens chosen.
+    """
+
+    def __init__(self, *, mask_id: int, vocab_size: int, special_ids: Sequence[int],
+                 mask_prob: float = 0.15) -> None:
+        self.mask_id, self.vocab_size = mask_id, vocab_size
+        self.special_ids, self.mask_prob = sorted({*special_ids, mask_id}), mask_prob
+
+    def mask(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> tuple[
+        torch.Tensor, torch.Tensor
+    ]:
+        """(inputs, labels) of `ids` (B, T), as `mask_tokens` makes them."""
+        return mask_tokens(ids.cpu(), mask_id=self.mask_id, vocab_size=self.vocab_size,
+                           special_ids=self.special_ids, mask_prob=self.mask_prob,
+                           generator=generator)
+
+    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """Masked-LM loss of blocks (B, T + 1); the encoder reads the first T tokens."""
+        ids = batch[:, :-1]
+        generator = None if model.training else content_generator(ids)
+        inputs, labels = self.mask(ids, generator)
+        return masked_lm_loss(model, inputs.to(batch.device), labels.to(batch.device))
+
+
+def content_generator(ids: torch.Tensor) -> torch.Generator:
+    """A generator seeded by the content of `ids` (same blocks, same draws)."""
+    seed = int((ids.long().cpu() * torch.arange(1, ids.numel() + 1).view_as(ids)).sum())
+    return torch.Generator().manual_seed(seed % (2**63))
+
+
+@torch.no_grad()
+def masked_lm_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of masked positions (labels != IGNORE) whose argmax logit is the label."""
+    chosen = labels != IGNORE
+    predicted = model(inputs).argmax(-1)
+    return float((predicted[chosen] == labels[chosen]).float().mean())
+
+
 def mask_tokens(
     ids: torch.Tensor,
     *,

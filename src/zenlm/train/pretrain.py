@@ -7,18 +7,21 @@ from pathlib import Path
 
 import torch
 
+from zenlm.config import ModelConfig
 from zenlm.data.readers import read_documents
 from zenlm.data.shards import BlockSampler, ShardSet, build_shards
 from zenlm.io.hf import save_hf_model
 from zenlm.models import build_model
+from zenlm.models.heads import MaskedLM
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import PretrainConfig, default_cache_dir
 from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
-from zenlm.train.objectives import causal_lm_loss
-from zenlm.train.trainer import Trainer, TrainResult
+from zenlm.train.objectives import MaskedLMObjective, causal_lm_loss
+from zenlm.train.trainer import Objective, Trainer, TrainResult
 
 PYDOC_CORPUS = "pydoc:topics"
+MASK_TOKEN = "[MASK]"  # added to trained tokenizers of masked-LM runs
 
 
 def resolve_paths(paths: list[str], cache_dir: Path) -> list[Path]:
@@ -49,9 +52,11 @@ def prepare_tokenizer(config: PretrainConfig, paths: list[Path], dist: DistConte
     if dist.is_main and not (folder / "tokenizer.json").is_file():
         docs = read_documents(paths, field=config.data.field, txt_unit=config.data.txt_unit,
                               skip_bad_lines=config.data.skip_bad_lines)
+        extra = [MASK_TOKEN] if needs_mask_token(config) else []
         tokenizer = train_tokenizer(_capped(docs, config.tokenizer.max_train_chars),
                                     kind=config.tokenizer.kind,  # type: ignore[arg-type]
-                                    vocab_size=config.tokenizer.vocab_size)
+                                    vocab_size=config.tokenizer.vocab_size,
+                                    extra_special_tokens=extra)
         tmp = folder.with_name("tokenizer.tmp")
         tokenizer.save(tmp)
         tmp.replace(folder)  # appears whole, so a crashed run never finds half a tokenizer
@@ -103,8 +108,9 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
         vocab_size=tokenizer.vocab_size, max_seq_len=block, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    objective_name = resolve_objective(config.train.objective, model_config)
     torch.manual_seed(config.train.seed)  # the initial weights
-    model = build_model(model_config)
+    model = build_for_objective(model_config, objective_name)
     if dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params / 1e6:.2f}M parameters; tokens: {len(shards.train):,} train, "
@@ -112,11 +118,62 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     train = BlockSampler(shards.train, block, seed=config.train.seed)
     val = BlockSampler(shards.val, block, shuffle=False) if len(shards.val) > block else None
     trainer = Trainer(
-        model, causal_lm_loss, train, val, optim=config.optim, loop=config.train, dist=dist,
+        model, make_objective(objective_name, tokenizer, config), train, val,
+        optim=config.optim, loop=config.train, dist=dist,
         run_config={"pretrain": config.to_dict(), "model": model_config.to_dict()},
         save_extra=tokenizer.save,
     )
     result = trainer.fit(resume)
     if dist.is_main and config.train.export_hf:
-        save_hf_model(model, out_dir / "model", tokenizer=tokenizer)
+        save_hf_model(getattr(model, "encoder", model), out_dir / "model", tokenizer=tokenizer)
     return result
+
+
+OBJECTIVES = ("auto", "causal", "mlm")
+
+
+def resolve_objective(name: str, model_config: ModelConfig) -> str:
+    """`train.objective` made concrete: "auto" is mlm for encoders, causal for decoders.
+
+    Raises:
+        ValueError: an unknown objective, or one the architecture cannot train with.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    if name == "auto":
+        return "mlm" if model_config.arch == "encoder" else "causal"
+    wanted = "encoder" if name == "mlm" else "decoder"
+    if model_config.arch != wanted:
+        raise ValueError(f"train.objective={name} needs model.arch={wanted}, "
+                         f"got {model_config.arch}")
+    return name
+
+
+def needs_mask_token(config: PretrainConfig) -> bool:
+    """Whether the run trains a masked LM (its tokenizer then needs [MASK])."""
+    arch = config.model.get("arch", "decoder")
+    return config.train.objective == "mlm" or (config.train.objective == "auto"
+                                                and arch == "encoder")
+
+
+def build_for_objective(model_config: ModelConfig, objective: str) -> torch.nn.Module:
+    """The trained module: the decoder, or encoder + masked-LM head for "mlm"."""
+    model = build_model(model_config)
+    return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
+
+
+def make_objective(name: str, tokenizer: Tokenizer, config: PretrainConfig) -> Objective:
+    """The Trainer objective of `name` for this tokenizer.
+
+    Raises:
+        ValueError: a masked LM whose tokenizer has no [MASK] token.
+    """
+    if name == "causal":
+        return causal_lm_loss
+    mask_id = tokenizer.backend.token_to_id(MASK_TOKEN)
+    if mask_id is None:
+        raise ValueError(f"train.objective=mlm needs a {MASK_TOKEN} token, and tokenizer "
+                         f"{config.tokenizer.path or 'of the run'} has none")
+    specials = [i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special]
+    return MaskedLMObjective(mask_id=mask_id, vocab_size=tokenizer.vocab_size,
+                             special_ids=specials, mask_prob=config.train.mask_prob)
