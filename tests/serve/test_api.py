@@ -169,3 +169,13 @@ def test_embeddings(tiny_server, tiny_lm):
     assert len(reply.data) == 2
     expected = tiny_lm.embed(["Hello", "world"])
     assert reply.data[1].embedding == pytest.approx(expected[1].tolist(), abs=1e-5)
+
+
+def test_streamed_chat_with_n_choices(tiny_server):
+    chunks = list(client(tiny_server).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5, n=3, temperature=1.0, seed=11,
+        stream=True, extra_body={"ignore_eos": True}))
+    roles = [ch.choices[0].index for ch in chunks if ch.choices[0].delta.role == "assistant"]
+    finishes = {ch.choices[0].index: ch.choices[0].finish_reason for ch in chunks
+                if ch.choices[0].finish_reason}
+    assert roles == [0, 1, 2] and finishes == {0: "length", 1: "length", 2: "length"}

@@ -119,3 +119,14 @@ def test_cli_serves_then_drains_on_sigterm(tiny_chat, tmp_path):
     output = proc.stdout.read()
     assert "Shutting down" in output or "Finished server process" in output
     assert key not in output  # the key is never logged
+
+
+def test_non_streamed_request_is_cancelled_when_its_client_leaves(make_server):
+    server = make_server(max_batch=4)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1900, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)
+    left_at = time.monotonic()
+    while metric(server.url, "zenlm_running_sequences") and time.monotonic() - left_at < 2:
+        time.sleep(0.02)
+    assert metric(server.url, "zenlm_running_sequences") == 0

@@ -414,14 +414,18 @@ async def _stream(job: EngineRequest, bridge: _Bridge, formatter: sse.Formatter,
 
 async def _collect(request: Request, job: EngineRequest, bridge: _Bridge,
                    formatter: sse.Formatter) -> dict[str, Any]:
+    checked = time.monotonic()
     try:
         while True:
             try:
-                event = await asyncio.wait_for(bridge.queue.get(), timeout=0.5)
+                event = await asyncio.wait_for(bridge.queue.get(), timeout=0.25)
             except TimeoutError:
+                event = None
+            # Events may never pause for long: look for a gone client by the clock.
+            if time.monotonic() - checked > 0.25:
+                checked = time.monotonic()
                 if await request.is_disconnected():
-                    raise APIError(499, "client disconnected") from None
-                continue
+                    raise APIError(499, "client disconnected")
             if isinstance(event, Failed):
                 raise APIError(500, event.message, kind="server_error")
             if isinstance(event, Delta):
