@@ -130,3 +130,35 @@ def test_non_streamed_request_is_cancelled_when_its_client_leaves(make_server):
     while metric(server.url, "zenlm_running_sequences") and time.monotonic() - left_at < 2:
         time.sleep(0.02)
     assert metric(server.url, "zenlm_running_sequences") == 0
+
+
+def test_a_failing_request_gets_an_error_and_the_others_finish(make_server, monkeypatch):
+    from zenlm.serve.engine import _Sequence
+
+    record = _Sequence.record
+
+    def flaky(self, token):
+        if self.request.config.seed == 666 and self.generated == 3:
+            raise RuntimeError("boom")
+        return record(self, token)
+
+    monkeypatch.setattr(_Sequence, "record", flaky)
+    server = make_server(max_batch=4)
+    url = server.url + "/v1/completions"
+    bad = {"model": MODEL, "prompt": "Hello", "max_tokens": 50, "seed": 666, "ignore_eos": True}
+    results = {}
+
+    def good():
+        results["good"] = httpx.post(url, json={**bad, "seed": 1}, timeout=60)
+
+    thread = threading.Thread(target=good)
+    thread.start()
+    failed = httpx.post(url, json=bad, timeout=60)
+    with httpx.stream("POST", url, json={**bad, "stream": True}, timeout=60) as response:
+        events = [line for line in response.iter_lines() if line]
+    thread.join(60)
+    assert failed.status_code == 500 and "boom" in failed.json()["error"]["message"]
+    assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
+    assert results["good"].status_code == 200
+    assert results["good"].json()["usage"]["completion_tokens"] == 50
+    assert httpx.get(server.url + "/health").status_code == 200
