@@ -64,11 +64,13 @@ def save_checkpoint(
     root: str | Path,
     step: int,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     extra: Callable[[Path], None] | None = None,
     keep_last: int = 3,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint of `step` atomically, then prune old ones.
 
@@ -80,6 +82,9 @@ def save_checkpoint(
         state: JSON-able trainer state (step, data position, RNG, ...).
         extra: Writes more files (config, tokenizer) into the folder being built.
         keep_last: Checkpoints to keep; the newest complete one is never deleted.
+        model_state: Weights to write instead of `model`'s (gathered FSDP shards,
+            tied duplicates already removed).
+        optimizer_state: An optimizer state dict to write instead of `optimizer`'s.
 
     Returns:
         The finished folder.
@@ -90,8 +95,13 @@ def save_checkpoint(
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, opt_json = _flatten_optimizer(optimizer)
+    if model_state is not None:
+        save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
+    tensors, opt_json = _flatten_optimizer(optimizer_state)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     write_json(tmp / "optimizer.json", opt_json)
     write_json(tmp / "trainer_state.json", state)
@@ -174,9 +184,8 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as named tensors + JSON (param_groups and non-tensor state)."""
-    sd = optimizer.state_dict()
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as named tensors + JSON (param_groups and non-tensor state)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in sd["state"].items():
@@ -206,6 +215,20 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(folder))
     return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def read_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
+                                                  dict[str, Any]]:
+    """(weights, optimizer state dict, trainer_state.json) of a checkpoint, as stored.
+
+    Raises:
+        CheckpointError: the folder is incomplete or damaged.
+    """
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise CheckpointError(f"{folder}: incomplete or damaged checkpoint (manifest mismatch)")
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    return load_file(str(folder / "model.safetensors")), _unflatten_optimizer(folder), state
 
 
 def _unflatten_optimizer(folder: Path) -> dict[str, Any]:

@@ -125,6 +125,10 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     )
     result = trainer.fit(resume)
     if dist.is_main and config.train.export_hf:
+        if trainer.sharded:  # the weights are spread over ranks: take them from the checkpoint
+            from zenlm.train.export import load_trained
+
+            model = load_trained(out_dir)[0]
         save_hf_model(getattr(model, "encoder", model), out_dir / "model", tokenizer=tokenizer)
     return result
 

@@ -31,7 +31,13 @@ from tqdm import tqdm
 
 from zenlm.data.shards import BlockSampler
 from zenlm.errors import ZenlmError
-from zenlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from zenlm.train import fsdp
+from zenlm.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from zenlm.train.config import LoopConfig, OptimConfig
 from zenlm.train.distributed import DistContext
 from zenlm.train.schedule import lr_at
@@ -113,10 +119,11 @@ class Trainer:
         model_transform: Callable[[nn.Module], nn.Module] | None = None,
         optimizer_factory: OptimizerFactory = adamw,
     ) -> None:
-        self.dist = dist or DistContext()
+        self.dist, self.optim, self.loop = dist or DistContext(), optim, loop
         self.model = (model_transform or (lambda m: m))(model).to(self.dist.device)
+        if self.sharded:  # before the optimizer: it must see the sharded parameters
+            self.model = fsdp.shard_model(self.model)
         self.objective, self.train_data, self.val_data = objective, train_data, val_data
-        self.optim, self.loop = optim, loop
         # Checkpoints carry the model's config, so that they load without the run's YAML.
         own = {"model": model.config.to_dict()} if hasattr(model, "config") else {}
         self.run_config = {**own, **(run_config or {})}
@@ -131,11 +138,23 @@ class Trainer:
         self.elapsed_s = 0.0
 
     # ------------------------------------------------------------------ setup
+    @property
+    def sharded(self) -> bool:
+        """FSDP: a distributed run with `train.distributed: fsdp`.
+
+        Raises:
+            ValueError: `train.distributed` is neither ddp nor fsdp.
+        """
+        if self.loop.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"train.distributed must be ddp or fsdp, "
+                             f"got {self.loop.distributed!r}")
+        return self.dist.enabled and self.loop.distributed == "fsdp"
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
         if self.loop.compile:
             wrapped = torch.compile(wrapped)
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             wrapped = nn.parallel.DistributedDataParallel(wrapped)
         return wrapped
 
@@ -168,7 +187,11 @@ class Trainer:
         folder = latest_checkpoint(self.checkpoint_root) if spec == "auto" else Path(spec)
         if folder is None:
             return None
-        state = load_checkpoint(folder, model=self.model, optimizer=self.optimizer)
+        if self.sharded:
+            weights, optim_state, state = read_checkpoint(folder)  # every rank reads it
+            fsdp.load_state(self.model, self.optimizer, weights, optim_state)
+        else:
+            state = load_checkpoint(folder, model=self.model, optimizer=self.optimizer)
         self.step, self.sequences_seen = state["step"], state["sequences_seen"]
         self.elapsed_s = state.get("elapsed_s", 0.0)
         torch.set_rng_state(_decode_rng(state["rng"]["torch"]))
@@ -256,7 +279,10 @@ class Trainer:
             yield self.train_data.batch(first, size)
 
     def _no_sync(self, sync: bool) -> contextlib.AbstractContextManager:
-        # DDP all-reduces gradients on the last micro-batch only.
+        # DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-batch only.
+        if self.sharded:
+            self.model.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
         if self.dist.enabled and not sync:
             return self.step_model.no_sync()
         return contextlib.nullcontext()
@@ -264,7 +290,7 @@ class Trainer:
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = fsdp.full_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self._check_finite(norm, "gradient norm")
         return float(norm)
 
@@ -286,12 +312,15 @@ class Trainer:
         self.step_model.eval()
         size, n = self.loop.batch_size, self.loop.eval_batches
         total, count = torch.zeros(()), torch.zeros(())
-        for index in range(self.dist.rank, n, self.dist.world_size):
-            first = (index * size) % max(1, self.val_data.blocks_per_epoch)
+        # Under FSDP a forward is collective: every rank runs as many, extras uncounted.
+        rounds = -(-n // self.dist.world_size) * self.dist.world_size if self.sharded else n
+        for index in range(self.dist.rank, rounds, self.dist.world_size):
+            first = (index % n * size) % max(1, self.val_data.blocks_per_epoch)
             with self._autocast():
-                total += self.objective(self.model, self.val_data.batch(first, size)
-                                        .to(self.dist.device)).float().cpu()
-            count += 1
+                loss = self.objective(self.model, self.val_data.batch(first, size)
+                                      .to(self.dist.device)).float().cpu()
+            if index < n:
+                total, count = total + loss, count + 1
         if self.dist.enabled:
             both = torch.stack([total, count])
             torch.distributed.all_reduce(both)
@@ -301,6 +330,8 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (main process; others wait)."""
         folder = None
+        weights, optim_state = (fsdp.gather_state(self.model, self.optimizer, self.dist.is_main)
+                                if self.sharded else (None, None))
         if self.dist.is_main:
             state = {"step": self.step, "sequences_seen": self.sequences_seen,
                      "elapsed_s": self.elapsed_s, "seed": self.loop.seed,
@@ -315,7 +346,8 @@ class Trainer:
 
             folder = save_checkpoint(self.checkpoint_root, self.step, model=self.model,
                                      optimizer=self.optimizer, state=state, extra=extra,
-                                     keep_last=self.loop.keep_last)
+                                     keep_last=self.loop.keep_last, model_state=weights,
+                                     optimizer_state=optim_state)
         self.dist.barrier()
         return folder
 
