@@ -89,10 +89,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None,
-                       help=f"require this key (visible in `ps`: prefer --api-key-file "
-                       f"or ${KEY_ENV})")
-    serve.add_argument("--api-key-file", default=None, help="read the key from this file")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None,
+                      help=f"require this key (visible in `ps`: prefer --api-key-file "
+                      f"or ${KEY_ENV})")
+    keys.add_argument("--api-key-file", default=None, help="read the key from this file")
     serve.add_argument("--model-name", default=None, help="the id clients pass as `model`")
     serve.add_argument("--max-batch", type=int, default=16,
                        help="sequences decoded together (KV cache rows)")
