@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,16 @@ def browser(tmp_path):
         context.close()
 
 
-def test_playground_streams_an_answer(browser, make_server, tmp_path):
+def test_playground_streams_an_answer(browser, make_server, tmp_path, monkeypatch):
+    from zenlm.serve.engine import Engine
+
+    step = Engine._step
+
+    def paced_step(self):  # the tiny model is too quick to watch: ~20 ms per token
+        step(self)
+        time.sleep(0.02)
+
+    monkeypatch.setattr(Engine, "_step", paced_step)
     server = make_server(max_batch=4)
     page = browser.new_page()
     requests: list[str] = []
@@ -35,20 +45,19 @@ def test_playground_streams_an_answer(browser, make_server, tmp_path):
     page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat'")
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "48")
+    # Record every length the answer takes while it streams in.
+    page.evaluate("""() => {
+        window.seen = [];
+        new MutationObserver(() => {
+            const out = document.querySelector('.msg.assistant .content');
+            if (out) window.seen.push(out.textContent.length);
+        }).observe(document.getElementById('messages'),
+                   {childList: true, subtree: true, characterData: true});
+    }""")
     page.fill("#prompt", "Hello, world!")
     page.keyboard.press("Enter")
-    page.wait_for_selector(".msg.user")
-    # While streaming, the answer grows in steps; record the lengths seen.
-    lengths = page.evaluate("""() => new Promise((resolve) => {
-        const seen = [];
-        const poll = () => {
-            const out = document.querySelector('.msg.assistant .content');
-            if (out) seen.push(out.textContent.length);
-            if (document.querySelector('.msg.assistant.done')) resolve(seen);
-            else setTimeout(poll, 1);
-        };
-        poll();
-    })""")
+    page.wait_for_selector(".msg.assistant.done", timeout=60_000)
+    lengths = page.evaluate("window.seen")
     answer = page.text_content(".msg.assistant .content")
     assert answer and "Error" not in answer
     assert len(set(lengths)) > 2, "the answer should arrive in several pieces"
