@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from zenlm.tokenizer import Tokenizer
+
+from .tiny_tokenizer import byte_level_bpe
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,14 +42,7 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def bpe_folder(tmp_path_factory):
     """A small byte-level BPE trained here, saved and wrapped by transformers."""
-    backend = HFTokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(SAMPLES * 20, trainer)
+    backend = byte_level_bpe(SAMPLES * 20)
     folder = tmp_path_factory.mktemp("bpe")
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", chat_template=CHATML

@@ -23,6 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from ..models.tiny_hf import randomize  # noqa: E402
 from ..test_tokenizer import CHATML, SAMPLES  # noqa: E402
+from ..tiny_tokenizer import byte_level_bpe  # noqa: E402
 
 MODEL = "tiny-chat"
 
@@ -30,17 +31,7 @@ MODEL = "tiny-chat"
 @pytest.fixture(scope="session")
 def tiny_chat(tmp_path_factory) -> Path:
     """A 2-layer random Llama with a byte-level BPE and a ChatML template, as an HF folder."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    backend = HFTokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(SAMPLES * 20, trainer)
+    backend = byte_level_bpe(SAMPLES * 20)
     folder = tmp_path_factory.mktemp("tiny_chat")
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="<|im_end|>", chat_template=CHATML

@@ -139,6 +139,14 @@ def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
     return head.to(encoder.embed.weight.dtype)
 
 
+def new_head(d_model: int, n_outputs: int) -> nn.Linear:
+    """A linear task head initialised as BERT's: normal(0, 0.02) weights, zero bias."""
+    head = nn.Linear(d_model, n_outputs)
+    nn.init.normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class SequenceClassifier(nn.Module):
     """Backbone -> pooled vector -> dropout -> linear: one label per sequence.
 
@@ -157,9 +165,7 @@ class SequenceClassifier(nn.Module):
         self.backbone = backbone
         self.pooling: Pooling = pooling or default_pooling(backbone.config)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.d_model, n_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = new_head(backbone.config.d_model, n_labels)
 
     def forward(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -184,9 +190,7 @@ class TokenClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.d_model, n_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = new_head(backbone.config.d_model, n_labels)
 
     def forward(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -207,9 +211,7 @@ class SpanQA(nn.Module):
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.config.d_model, 2)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = new_head(backbone.config.d_model, 2)
 
     def forward(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
