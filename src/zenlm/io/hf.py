@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from zenlm.config import ModelConfig, from_hf_config, to_hf_config
 from zenlm.errors import CheckpointError, UnsafeFormatError, UnsupportedModelError
 from zenlm.io.names import NAME_MAPS, NameMap
-from zenlm.models import DecoderLM, EncoderModel, build_model
+from zenlm.models import DecoderLM, EncoderModel, build_skeleton
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UNSAFE_HINT = (
@@ -118,8 +118,7 @@ def model_from_hf_tensors(
     dtype = dtype or torch.float32
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     ours = convert_from_hf(items, NAME_MAPS[config.hf_model_type], source)
-    with torch.device("meta"):
-        model = build_model(config)
+    model = build_skeleton(config)
     expected = model.state_dict()
     if config.tie_embeddings:
         ours.pop("lm_head.weight", None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from zenlm.config import ModelConfig, rope_attention_factor
 from zenlm.models.decoder import DecoderLM
@@ -26,6 +28,26 @@ def build_model(config: ModelConfig) -> DecoderLM | EncoderModel:
     )
     _init_weights(model)
     return model
+
+
+def build_skeleton(config: ModelConfig) -> DecoderLM | EncoderModel:
+    """`config`'s model on the meta device, uninitialised: a frame to assign loaded weights to.
+
+    Initialising meta tensors is not free: torch routes `nn.init` on the meta device
+    through `torch._refs`, which imports torch._dynamo and sympy (~75 MB of resident
+    memory and ~1 s that a model being loaded for inference never needs).
+    """
+    with torch.device("meta"), _SkipInit():
+        return build_model(config)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Makes every `torch.nn.init` function a no-op inside its `with` block."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def build_encoder(config: ModelConfig) -> EncoderModel:
