@@ -65,8 +65,11 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def tiny_hf_model(name: str) -> transformers.PreTrainedModel:
-    """A randomized tiny model of family `name`, in eval mode, fp32, eager attention."""
+def tiny_hf_model(name: str, **overrides: object) -> transformers.PreTrainedModel:
+    """A randomized tiny model of family `name` (config fields overridden by `overrides`),
+    in eval mode, fp32, eager attention."""
     config = tiny_configs()[name]
+    for key, value in overrides.items():
+        setattr(config, key, value)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return randomize(model).eval()
