@@ -69,3 +69,25 @@ def test_lora_adapter_save_load_merge_same_logits(smollm2, shared_data, tmp_path
             assert len(list(handle.keys())) == 2 * 2 * smollm2.config.n_layers  # adapters only
     finally:
         smollm2.model = None  # the module-scoped model now carries adapters; do not reuse
+
+
+def test_lora_merge_equals_unmerged_to_1e5_in_float64(smollm2_gguf, shared_data):
+    """Merging is exact arithmetic: in float64 (no fp32 reordering noise) the real model's
+    merged and unmerged logits agree to 1e-5 absolute."""
+    lm = zenlm.load(smollm2_gguf, dtype=torch.float64)
+    model = lm.model
+    apply_lora(model, rank=4, alpha=8, target_modules=("q", "v", "o", "gate", "up", "down"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_b.normal_(0, 0.02)
+    example = _alpaca(shared_data, 1)[0]
+    ids = torch.tensor([encode_conversation(lm.tokenizer, example.messages, max_length=64).ids])
+    with torch.no_grad():
+        unmerged = model(ids)
+        merge_lora(model)
+        merged = model(ids)
+    base = zenlm.load(smollm2_gguf, dtype=torch.float64).model
+    with torch.no_grad():
+        assert (unmerged - base(ids)).abs().max().item() > 1e-2  # the adapters do change logits
+    assert (merged - unmerged).abs().max().item() <= 1e-5
