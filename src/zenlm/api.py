@@ -74,7 +74,16 @@ class LM:
 
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits (B, T, V) float32 for ids (B, T); mask (B, T) marks real tokens."""
+        """Next-token logits (B, T, V) float32 for ids (B, T); mask (B, T) marks real tokens.
+
+        Raises:
+            TypeError: the model is an encoder (no next-token head; see `embed`).
+        """
+        if not isinstance(self.model, DecoderLM):
+            raise TypeError(
+                f"{self.source} is an encoder: it has no next-token logits; use "
+                "lm.embed(texts) for sentence vectors or fine-tune a task head"
+            )
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.ndim == 1:
             ids = ids[None]

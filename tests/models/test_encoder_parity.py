@@ -104,6 +104,8 @@ def test_zenlm_save_transformers_load(pair, tmp_path):
     again = zenlm.load(tmp_path)
     with torch.no_grad():
         assert torch.equal(again.model(ids, attention_mask=mask), ours)
+    with pytest.raises(TypeError, match="encoder.*embed"):
+        again.logits(ids)
 
 
 SENTENCES = [
