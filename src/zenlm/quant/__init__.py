@@ -1,6 +1,13 @@
 """Weight-only quantization as a transform that swaps modules on a built model."""
 
 from zenlm.quant.transform import QUANTIZE_MODES, quantize
-from zenlm.quant.weights import Int4Linear, Int8Embedding, Int8Linear
+from zenlm.quant.weights import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
-__all__ = ["QUANTIZE_MODES", "Int4Linear", "Int8Embedding", "Int8Linear", "quantize"]
+__all__ = [
+    "QUANTIZE_MODES",
+    "Int4Embedding",
+    "Int4Linear",
+    "Int8Embedding",
+    "Int8Linear",
+    "quantize",
+]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from zenlm.models import DecoderLM
-from zenlm.quant.weights import Int4Linear, Int8Embedding, Int8Linear
+from zenlm.quant.weights import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
 QUANTIZE_MODES = ("none", "bf16", "int8", "int4")
 
@@ -25,9 +25,10 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
         int8: int8 weights per output channel. The matmuls take bfloat16 inputs (the
             kernels' fast path); the residual stream, norms and attention stay float32,
             which keeps the model within 1% of float32 perplexity.
-        int4: 4-bit group-wise weights in the blocks (GGUF Q4_1 blocks convert
-            exactly); the output head, and the embedding tied to it, in int8, which
-            keeps next-token scores precise. Activations as for int8.
+        int4: 4-bit group-wise weights (GGUF Q4_1 blocks convert exactly), the
+            output head and the embedding tied to it included (the head is a third of
+            the bytes a decode step reads); layers whose shapes the int4 layout does
+            not tile stay int8. Activations as for int8.
 
     Raises:
         ValueError: an unknown mode, naming the valid ones.
@@ -39,9 +40,9 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
         return model
     if mode == "bf16":
         return model.to(torch.bfloat16)
-    block_layer = Int8Linear if mode == "int8" else _int4(group_size)
-    _swap_linears(model.blocks, block_layer)
-    _quantize_head(model)
+    make = Int8Linear if mode == "int8" else _int4(group_size)
+    _swap_linears(model.blocks, make)
+    _quantize_head(model, make)
     return model
 
 
@@ -62,8 +63,11 @@ def _swap_linears(root: nn.Module, make) -> None:  # noqa: ANN001
             _swap_linears(child, make)
 
 
-def _quantize_head(model: DecoderLM) -> None:
-    head = Int8Linear(model.lm_head.weight, model.lm_head.bias)
+def _quantize_head(model: DecoderLM, make) -> None:  # noqa: ANN001
+    weight = model.lm_head.weight
+    if weight.shape[0] % Int4Embedding.BLOCK:  # the int4 lookup needs whole row blocks
+        make = Int8Linear
+    head = make(weight, model.lm_head.bias)
     model.lm_head = head
     if model.config.tie_embeddings:
-        model.embed = Int8Embedding(head)
+        model.embed = Int8Embedding(head) if isinstance(head, Int8Linear) else Int4Embedding(head)

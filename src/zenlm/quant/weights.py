@@ -117,10 +117,53 @@ class Int4Linear(nn.Module):
         return self(eye).float().T.contiguous()
 
 
+class Int4Embedding(nn.Module):
+    """Embedding lookup from an Int4Linear's rows (a tied output head shares them).
+
+    Reads torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, torch 2.13):
+    rows come in blocks of 64, stored as (K, 32) bytes per block, the low nibble of
+    byte (k, j) holding row j's weight k and the high nibble row j + 32's. The tests
+    check these rows against the layer's own matmul, so a layout change cannot pass
+    unnoticed.
+    """
+
+    BLOCK = 64
+
+    def __init__(self, table: Int4Linear) -> None:
+        super().__init__()
+        if table.out_features % self.BLOCK:
+            raise ValueError(f"int4 embedding needs rows ({table.out_features}) divisible by 64")
+        self.table = table
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The packed table (V, D / 2) uint8; its dtype says how activations are stored."""
+        return self.table.packed
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) float32 vectors."""
+        table = self.table
+        K, half = table.in_features, self.BLOCK // 2
+        blocks = table.packed.view(-1, K, half)  # (V / 64, K, 32)
+        block, within = ids // self.BLOCK, ids % self.BLOCK
+        packed = blocks[block, :, within % half]  # (B, T, K)
+        q = (packed >> (4 * (within >= half)).to(torch.uint8)[..., None]) & 15
+        scale_zero = table.scales_and_zeros[:, ids].float()  # (K / group, B, T, 2)
+        scale = scale_zero[..., 0].movedim(0, -1).repeat_interleave(table.group_size, dim=-1)
+        zero = scale_zero[..., 1].movedim(0, -1).repeat_interleave(table.group_size, dim=-1)
+        return (q.float() - 8) * scale + zero
+
+
 def quantize_groups(
-    weight: torch.Tensor, group_size: int
+    weight: torch.Tensor, group_size: int, refits: int = 6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric 4-bit min/max quantization of each group of `group_size` along K.
+    """Asymmetric 4-bit quantization of each group of `group_size` along K.
+
+    Starts from the group's min/max grid. Groups whose weights are not on that grid
+    are then refined `refits` times: fit the group's scale and offset to its rounded
+    codes by least squares, round again, keep whichever grid errs less (llama.cpp's
+    K-quants refine the same way). Groups already on a 4-bit grid (GGUF Q4_1 blocks)
+    are kept exactly, and cost nothing more.
 
     Returns:
         q (N, K) int32 in 0..15, scales (N, K/group), zeros (N, K/group), with
@@ -130,5 +173,52 @@ def quantize_groups(
     groups = weight.view(N, K // group_size, group_size)
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, G)
     scales = ((high - low) / 15).clamp(min=1e-12)
-    q = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
+    q = _codes(groups, scales, low)
+    off_grid = (q * scales[..., None] + low[..., None] - groups).abs().amax(-1) > 1e-3 * scales
+    if refits and off_grid.any():
+        todo = off_grid.nonzero(as_tuple=True)
+        # In slices: small temporaries are reused by the allocator, where whole-matrix
+        # ones would each fault in fresh pages (a 49152 x 576 head: 7.5 s -> ~1 s).
+        for rows in torch.arange(len(todo[0])).split(65536):
+            at = (todo[0][rows], todo[1][rows])
+            q[at], scales[at], low[at] = _refine(groups[at], scales[at], low[at], refits)
     return q.view(N, K).to(torch.int32), scales, low + 8 * scales
+
+
+def _codes(groups: torch.Tensor, scales: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """Nearest 4-bit codes (..., group) of each group on the grid low + scale * q."""
+    return torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
+
+
+def _refine(
+    groups: torch.Tensor, scales: torch.Tensor, low: torch.Tensor, refits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares refits of groups (M, group) from their grids (M,): codes, scales, lows."""
+    q = _codes(groups, scales, low)
+    error = _error(groups, q, scales, low)
+    for _ in range(refits):
+        fitted_scale, fitted_low = _fit_grid(groups, q)
+        fitted_q = _codes(groups, fitted_scale, fitted_low)
+        fitted_error = _error(groups, fitted_q, fitted_scale, fitted_low)
+        better = fitted_error < error
+        q = torch.where(better[:, None], fitted_q, q)
+        scales = torch.where(better, fitted_scale, scales)
+        low = torch.where(better, fitted_low, low)
+        error = torch.minimum(error, fitted_error)
+    return q, scales, low
+
+
+def _fit_grid(groups: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares scale and offset of w ~= q * scale + offset per group (N, G, group)."""
+    q_mean, w_mean = q.mean(-1, keepdim=True), groups.mean(-1, keepdim=True)
+    covariance = ((q - q_mean) * (groups - w_mean)).sum(-1)
+    variance = ((q - q_mean) ** 2).sum(-1)
+    scale = torch.where(variance > 0, covariance / variance.clamp(min=1e-12), 0.0)
+    scale = scale.clamp(min=1e-12)  # a constant group keeps a tiny positive scale
+    return scale, (w_mean - q_mean * scale[..., None]).squeeze(-1)
+
+
+def _error(groups: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+           low: torch.Tensor) -> torch.Tensor:
+    """Squared error (M,) of codes q (M, group) on the grids low + scale * q."""
+    return ((q * scale[:, None] + low[:, None] - groups) ** 2).sum(-1)
