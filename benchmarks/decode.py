@@ -141,16 +141,23 @@ def print_table(results: dict[str, list[dict]]) -> None:
     llama = median("llama.cpp Q4_1", "decode_tokens_per_s")
     hf = median("transformers bf16", "prefill_tokens_per_s") if "transformers bf16" in results \
         else float("nan")
-    print("\n| peer | decode tok/s | x llama.cpp | prefill tok/s (512) | x transformers bf16 "
-          "| load s | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| peer | decode tok/s | x llama.cpp | x llama.cpp, same round (median) "
+          "| prefill tok/s (512) | x transformers bf16 | load s | peak RSS MB "
+          "| RSS while generating MB | limit 1.5 x weights + 200 MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in results:
         decode = median(name, "decode_tokens_per_s")
         prefill = median(name, "prefill_tokens_per_s")
-        print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {prefill:.0f} "
-              f"| {prefill / hf:.2f} "
-              f"| {median(name, 'load_s'):.2f} | {median(name, 'peak_rss_mb'):.0f} |")
-
+        paired = statistics.median(
+            r["decode_tokens_per_s"] / peer["decode_tokens_per_s"]
+            for r, peer in zip(results[name], results["llama.cpp Q4_1"], strict=True))
+        generating = limit = "-"  # only zenlm samples RSS while generating
+        if "generate_peak_rss_mb" in results[name][0]:
+            generating = f"{median(name, 'generate_peak_rss_mb'):.0f}"
+            limit = f"{1.5 * median(name, 'weights_mb') + 200:.0f}"
+        print(f"| {name} | {decode:.1f} | {decode / llama:.2f} | {paired:.2f} | {prefill:.0f} "
+              f"| {prefill / hf:.2f} | {median(name, 'load_s'):.2f} "
+              f"| {median(name, 'peak_rss_mb'):.0f} | {generating} | {limit} |")
 
 if __name__ == "__main__":
     main()
