@@ -121,6 +121,21 @@ def tiny_server(tiny_chat) -> Iterator[LiveServer]:
     server.stop()
 
 
+def fail_sequences_seeded(monkeypatch: pytest.MonkeyPatch, seed: int, at_token: int) -> None:
+    """Make the engine raise "boom" while recording token `at_token` of any request with
+    sampling seed `seed` (one failing request among healthy ones)."""
+    from zenlm.serve.engine import _Sequence
+
+    record = _Sequence.record
+
+    def flaky(self, token):  # noqa: ANN001, ANN202
+        if self.request.config.seed == seed and self.generated == at_token:
+            raise RuntimeError("boom")
+        return record(self, token)
+
+    monkeypatch.setattr(_Sequence, "record", flaky)
+
+
 def metric(url: str, name: str) -> float:
     """A metric's value from /metrics (sum over its label sets)."""
     text = httpx.get(url + "/metrics", timeout=5).text

@@ -17,10 +17,11 @@ from zenlm.serve.engine import (
     Failed,
     QueueFullError,
     Request,
-    _Sequence,
     choose_rows,
 )
 from zenlm.serve.metrics import Metrics
+
+from .conftest import fail_sequences_seeded
 
 
 class Collector:
@@ -134,14 +135,7 @@ def test_cancel_frees_the_row_within_a_step(engine):
 
 
 def test_one_failing_request_leaves_the_others_running(engine, tiny_lm, monkeypatch):
-    record = _Sequence.record
-
-    def flaky(self, token):
-        if self.request.config.seed == 666 and self.generated == 4:
-            raise RuntimeError("boom")
-        return record(self, token)
-
-    monkeypatch.setattr(_Sequence, "record", flaky)
+    fail_sequences_seeded(monkeypatch, seed=666, at_token=4)
     good = submit(engine, [5, 6, 7], max_new_tokens=20)
     bad = submit(engine, [8, 9], max_new_tokens=20, temperature=0.5, seed=666)
     assert bad.done.wait(30) and good.done.wait(30)

@@ -11,7 +11,7 @@ import time
 import httpx2 as httpx
 import pytest
 
-from .conftest import MODEL, cli_server, metric
+from .conftest import MODEL, cli_server, fail_sequences_seeded, metric
 
 
 def test_fifty_clients_dropping_after_the_first_chunk_leave_nothing_running(make_server):
@@ -133,16 +133,7 @@ def test_non_streamed_request_is_cancelled_when_its_client_leaves(make_server):
 
 
 def test_a_failing_request_gets_an_error_and_the_others_finish(make_server, monkeypatch):
-    from zenlm.serve.engine import _Sequence
-
-    record = _Sequence.record
-
-    def flaky(self, token):
-        if self.request.config.seed == 666 and self.generated == 3:
-            raise RuntimeError("boom")
-        return record(self, token)
-
-    monkeypatch.setattr(_Sequence, "record", flaky)
+    fail_sequences_seeded(monkeypatch, seed=666, at_token=3)
     server = make_server(max_batch=4)
     url = server.url + "/v1/completions"
     bad = {"model": MODEL, "prompt": "Hello", "max_tokens": 50, "seed": 666, "ignore_eos": True}
