@@ -148,10 +148,9 @@ class Int4Embedding(nn.Module):
         block, within = ids // self.BLOCK, ids % self.BLOCK
         packed = blocks[block, :, within % half]  # (B, T, K)
         q = (packed >> (4 * (within >= half)).to(torch.uint8)[..., None]) & 15
-        scale_zero = table.scales_and_zeros[:, ids].float()  # (K / group, B, T, 2)
-        scale = scale_zero[..., 0].movedim(0, -1).repeat_interleave(table.group_size, dim=-1)
-        zero = scale_zero[..., 1].movedim(0, -1).repeat_interleave(table.group_size, dim=-1)
-        return (q.float() - 8) * scale + zero
+        q = q.view(*ids.shape, -1, table.group_size).float()  # (B, T, K / group, group)
+        scale, zero = table.scales_and_zeros[:, ids].float().movedim(0, -2).unbind(-1)
+        return ((q - 8) * scale[..., None] + zero[..., None]).flatten(-2)  # (B, T, K)
 
 
 def quantize_groups(
