@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from zenlm.models import DecoderLM
-from zenlm.quant.weights import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
+from zenlm.quant.weights import Int4Linear, Int8Linear, QuantizedEmbedding
 
 QUANTIZE_MODES = ("none", "bf16", "int8", "int4")
 
 
-def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
+def quantize(model: DecoderLM, mode: str) -> DecoderLM:
     """Prepare `model` for fast inference in `mode`, in place; returns it.
 
     Modes:
@@ -25,10 +25,10 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
         int8: int8 weights per output channel. The matmuls take bfloat16 inputs (the
             kernels' fast path); the residual stream, norms and attention stay float32,
             which keeps the model within 1% of float32 perplexity.
-        int4: 4-bit group-wise weights (GGUF Q4_1 blocks convert exactly), the
+        int4: 4-bit weights in groups of 32 (GGUF Q4_1 blocks convert exactly), the
             output head and the embedding tied to it included (the head is a third of
-            the bytes a decode step reads); layers whose shapes the int4 layout does
-            not tile stay int8. Activations as for int8.
+            the bytes a decode step reads); layers whose inputs are not a multiple of
+            64 stay int8. The matmuls quantize their float32 inputs to int8 blocks.
 
     Raises:
         ValueError: an unknown mode, naming the valid ones.
@@ -40,19 +40,16 @@ def quantize(model: DecoderLM, mode: str, *, group_size: int = 32) -> DecoderLM:
         return model
     if mode == "bf16":
         return model.to(torch.bfloat16)
-    make = Int8Linear if mode == "int8" else _int4(group_size)
+    make = Int8Linear if mode == "int8" else _int4_or_int8
     _swap_linears(model.blocks, make)
     _quantize_head(model, make)
     return model
 
 
-def _int4(group_size: int):  # noqa: ANN202 - a Linear factory
-    def make(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-        if weight.shape[1] % group_size:  # groups must tile the input; int8 fits any shape
-            return Int8Linear(weight, bias)
-        return Int4Linear(weight, bias, group_size)
-
-    return make
+def _int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    if weight.shape[1] % 64:  # the int4 layout tiles inputs by 64; int8 fits any shape
+        return Int8Linear(weight, bias)
+    return Int4Linear(weight, bias)
 
 
 def _swap_linears(root: nn.Module, make) -> None:  # noqa: ANN001
@@ -64,10 +61,7 @@ def _swap_linears(root: nn.Module, make) -> None:  # noqa: ANN001
 
 
 def _quantize_head(model: DecoderLM, make) -> None:  # noqa: ANN001
-    weight = model.lm_head.weight
-    if weight.shape[0] % Int4Embedding.BLOCK:  # the int4 lookup needs whole row blocks
-        make = Int8Linear
-    head = make(weight, model.lm_head.bias)
+    head = make(model.lm_head.weight, model.lm_head.bias)
     model.lm_head = head
     if model.config.tie_embeddings:
-        model.embed = Int8Embedding(head) if isinstance(head, Int8Linear) else Int4Embedding(head)
+        model.embed = QuantizedEmbedding(head)

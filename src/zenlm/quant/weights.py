@@ -1,17 +1,19 @@
 """Weight-only int8 (per output channel) and int4 (group-wise) layers.
 
-They run PyTorch's CPU kernels for weight-only quantized matmul
-(`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`), which read the
-packed weights directly: a decode step is bound by reading weights, so fewer bytes
-per weight is more tokens per second. Activations are bfloat16: with float32
-inputs the same kernels take a slow reference path (~20x slower here).
+Both multiply by their packed weights directly, without dequantizing: a decode step
+is bound by reading weights, so fewer bytes per weight is more tokens per second.
+int8 runs PyTorch's CPU kernel (`aten._weight_int8pack_mm`, on bfloat16 activations:
+with float32 inputs it takes a slow reference path, ~20x slower here); int4 runs
+zenlm's own (`zenlm/kernels/int4_linear.cpp`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from zenlm import kernels
+from zenlm.kernels.layout import pack_codes, unpack_codes
 
 
 class Int8Linear(nn.Module):
@@ -44,113 +46,84 @@ class Int8Linear(nn.Module):
             out = out + self.bias
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Dequantized weight rows (*index.shape, K) float32, e.g. a tied embedding's."""
+        return self.weight[index].float() * self.scales[index].float()[..., None]
+
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (N, K) this layer multiplies by."""
-        return self.weight.float() * self.scales.float()[:, None]
-
-
-class Int8Embedding(nn.Module):
-    """Embedding lookup from an Int8Linear's rows (a tied output head shares them)."""
-
-    def __init__(self, table: Int8Linear) -> None:
-        super().__init__()
-        self.table = table
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The int8 table (V, D); its dtype says how activations are stored."""
-        return self.table.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) float32 vectors."""
-        rows = F.embedding(ids, self.table.weight).float()
-        return rows * self.table.scales[ids].float()[..., None]
+        return self.rows(torch.arange(self.out_features))
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T + b with W in 4-bit groups along K, each with a scale and an offset.
+    """y = x W^T + b with W in 4-bit groups of 32 along K, each with a scale and an offset.
 
-    A group of `group_size` input weights is stored as q in 0..15 with
-    w = (q - 8) * scale + zero (asymmetric min/max quantization). GGUF's Q4_1 blocks
-    (w = d * q + m, 32 weights) are this format exactly: scale = d, zero = m + 8 d.
+    A group is stored as codes q in 0..15 with w = q * scale + min (asymmetric min/max
+    quantization, refined by least squares; GGUF's Q4_1 blocks are this format
+    exactly). The matmul is zenlm's own kernel (`zenlm/kernels/int4_linear.cpp`): int8
+    activations times 4-bit codes with AVX-512 VNNI, which reads the packed weights
+    directly. Without the kernel (no C++ compiler), the layer multiplies by its
+    dequantized weight instead: the same result, at float32 speed.
 
     Args:
-        weight: (N, K) float weight; K must be a multiple of group_size.
+        weight: (N, K) float weight; K must be a multiple of 64.
         bias: (N,) or None.
-        group_size: Weights per group (32, 64, 128 or 256).
-        dtype: Activation dtype (bfloat16 is the fast one).
     """
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        group_size: int = 32,
-        dtype: torch.dtype = torch.bfloat16,
-    ) -> None:
+    GROUP = 32
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         N, K = weight.shape
-        if K % group_size:
-            raise ValueError(f"int4 needs in_features ({K}) divisible by group_size ({group_size})")
-        q, scales, zeros = quantize_groups(weight.detach().float(), group_size)
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        # (K / group, N, 2): the kernel's layout of scales and zero points.
-        self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1)
-                             .transpose(0, 1).contiguous().to(dtype))
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.group_size, self.in_features, self.out_features = group_size, K, N
+        if K % 64:
+            raise ValueError(f"int4 needs in_features divisible by 64, got {K}")
+        q, scales, zeros = quantize_groups(weight.detach().float(), self.GROUP)
+        self.register_buffer("codes", pack_codes(q))  # (N, K / 2) uint8, the kernel's layout
+        self.register_buffer("scales", scales.half())  # (N, K / 32)
+        self.register_buffer("mins", (zeros - 8 * scales).half())  # (N, K / 32)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self.in_features, self.out_features = K, N
+        self.use_kernel = kernels.load()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs)."""
+        """(..., K) -> (..., N) float32 (the kernel quantizes x to int8 blocks itself)."""
         shape = x.shape
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype), self.packed,
-            self.group_size, self.scales_and_zeros,
-        )
+        flat = x.reshape(-1, shape[-1]).float().contiguous()
+        if self.use_kernel:
+            out = torch.ops.zenlm.int4_linear(flat, self.codes, self.scales, self.mins)
+        else:
+            out = flat @ self.dequantized().T
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*shape[:-1], self.out_features).to(x.dtype)
+        return out.view(*shape[:-1], self.out_features)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Dequantized weight rows (*index.shape, K) float32, e.g. a tied embedding's."""
+        q = unpack_codes(self.codes[index]).float()  # (..., K)
+        q = q.view(*index.shape, -1, self.GROUP)  # (..., K / 32, 32)
+        scale, low = self.scales[index].float(), self.mins[index].float()
+        return (q * scale[..., None] + low[..., None]).flatten(-2)
 
     def dequantized(self) -> torch.Tensor:
-        """The float32 weight (N, K) this layer multiplies by (slow; for tests)."""
-        eye = torch.eye(self.in_features, dtype=self.scales_and_zeros.dtype)
-        return self(eye).float().T.contiguous()
+        """The float32 weight (N, K) this layer multiplies by."""
+        return self.rows(torch.arange(self.out_features))
 
 
-class Int4Embedding(nn.Module):
-    """Embedding lookup from an Int4Linear's rows (a tied output head shares them).
+class QuantizedEmbedding(nn.Module):
+    """Embedding lookup from a quantized Linear's rows (a tied output head shares them)."""
 
-    Reads torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, torch 2.13):
-    rows come in blocks of 64, stored as (K, 32) bytes per block, the low nibble of
-    byte (k, j) holding row j's weight k and the high nibble row j + 32's. The tests
-    check these rows against the layer's own matmul, so a layout change cannot pass
-    unnoticed.
-    """
-
-    BLOCK = 64
-
-    def __init__(self, table: Int4Linear) -> None:
+    def __init__(self, table: Int8Linear | Int4Linear) -> None:
         super().__init__()
-        if table.out_features % self.BLOCK:
-            raise ValueError(f"int4 embedding needs rows ({table.out_features}) divisible by 64")
         self.table = table
 
     @property
     def weight(self) -> torch.Tensor:
-        """The packed table (V, D / 2) uint8; its dtype says how activations are stored."""
-        return self.table.packed
+        """The stored table (int8 rows or packed int4 codes); its dtype says what it holds."""
+        return self.table.weight if isinstance(self.table, Int8Linear) else self.table.codes
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) float32 vectors."""
-        table = self.table
-        K, half = table.in_features, self.BLOCK // 2
-        blocks = table.packed.view(-1, K, half)  # (V / 64, K, 32)
-        block, within = ids // self.BLOCK, ids % self.BLOCK
-        packed = blocks[block, :, within % half]  # (B, T, K)
-        q = (packed >> (4 * (within >= half)).to(torch.uint8)[..., None]) & 15
-        q = q.view(*ids.shape, -1, table.group_size).float()  # (B, T, K / group, group)
-        scale, zero = table.scales_and_zeros[:, ids].float().movedim(0, -2).unbind(-1)
-        return ((q - 8) * scale[..., None] + zero[..., None]).flatten(-2)  # (B, T, K)
+        return self.table.rows(ids)
 
 
 def quantize_groups(
