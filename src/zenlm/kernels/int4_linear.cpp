@@ -101,6 +101,20 @@ void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int8_t* co
 
 #if ZENLM_VNNI
 
+// The sums of the 16 lanes of a, b, c and d, as one vector of 4 (a shared tree of
+// shuffles and adds instead of four separate reductions).
+inline __m128 sum_lanes(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  // Each 128-bit lane now holds partial sums of a, b, c, d in that order.
+  const __m512 abcd = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                    _mm512_extractf32x8_ps(abcd, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+}
+
 // RW weight rows (consecutive, K / 2 codes and G scales apart) times RX activation rows,
 // into out[i + j * out_stride]. Independent rows keep the vector units busy while codes
 // stream in from memory.
@@ -180,8 +194,13 @@ void dot_tile(const uint8_t* codes, const c10::Half* scales, const c10::Half* mi
       }
     }
   }
-  for (int i = 0; i < RW; ++i)
-    for (int j = 0; j < RX; ++j) out[i + j * out_stride] = _mm512_reduce_add_ps(acc[i][j]);
+  for (int j = 0; j < RX; ++j) {
+    if constexpr (RW == 4) {
+      _mm_storeu_ps(out + j * out_stride, sum_lanes(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+    } else {
+      for (int i = 0; i < RW; ++i) out[i + j * out_stride] = _mm512_reduce_add_ps(acc[i][j]);
+    }
+  }
 }
 
 #else
@@ -261,13 +280,24 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
                        const at::Tensor& mins) {
   check_inputs(x, codes, scales, mins);
   const int64_t M = x.size(0), K = x.size(1), N = codes.size(0), groups = K / kGroup;
-  std::vector<int8_t> x_codes(M * K);
-  std::vector<float> x_scales(M * groups), x_sums(M * groups);
+  // Reused across calls: a decode step makes ~120 of them, each too short to pay for
+  // fresh allocations. (Plain references: the worker threads below must see this
+  // thread's buffers, not their own thread_local ones.)
+  thread_local std::vector<int8_t> codes_buffer;
+  thread_local std::vector<float> scales_buffer, sums_buffer;
+  thread_local std::vector<QuantizedRow> rows_buffer;
+  auto& x_codes = codes_buffer;
+  auto& x_scales = scales_buffer;
+  auto& x_sums = sums_buffer;
+  auto& rows = rows_buffer;
+  x_codes.resize(M * K);
+  x_scales.resize(M * groups);
+  x_sums.resize(M * groups);
+  rows.resize(M);
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     quantize_rows(xp, m0, m1, K, x_codes.data(), x_scales.data(), x_sums.data());
   });
-  std::vector<QuantizedRow> rows(M);
   for (int64_t m = 0; m < M; ++m) {
     rows[m] = {x_codes.data() + m * K, x_scales.data() + m * groups, x_sums.data() + m * groups};
   }
