@@ -81,3 +81,18 @@ def test_missing_model_is_one_clear_line(tmp_path):
     out = run("generate", str(tmp_path / "absent"), "--prompt", "hi")
     assert out.returncode == 2
     assert "not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_json_reports_speed_and_memory(tiny_chat_model):
+    """`zenlm bench` through the real command: every field the issue names, and sane."""
+    folder, _, _ = tiny_chat_model
+    out = run("bench", str(folder), "--quantize", "int8", "--prompt-tokens", "32",
+              "--new-tokens", "8", "--threads", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["quantize"] == "int8" and result["threads"] == 1
+    assert result["new_tokens"] == 8 and result["prefill_tokens"] == 32
+    for key in ("decode_tokens_per_s", "prefill_tokens_per_s", "load_s", "weights_mb"):
+        assert result[key] > 0, key
+    # the generating peak is reset after loading, so it is at most the process's peak
+    assert 0 < result["generate_peak_rss_mb"] <= result["peak_rss_mb"]

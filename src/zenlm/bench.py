@@ -8,7 +8,6 @@ a 512-token prefill of random token ids timed on its second run.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,26 +67,25 @@ def weights_mb(model: torch.nn.Module) -> float:
     return total / 2**20
 
 
-class _RssSampler:
-    """Samples RSS every few milliseconds in a thread; `peak` is the highest seen."""
+class _PeakRss:
+    """The peak RSS over a `with` block (`peak`, MB), and the peak before it (`before`).
 
-    def __init__(self, every_s: float = 0.005) -> None:
-        self.peak, self.every_s = rss_mb(), every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    Resets the kernel's high-water mark on entry (writing 5 to /proc/self/clear_refs)
+    and reads it on exit: exact, and no sampling thread waking every few milliseconds
+    on the cores the measured threads need. NaN where the reset is not possible.
+    """
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.peak = max(self.peak, rss_mb())
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
+    def __enter__(self) -> _PeakRss:
+        self.before = rss_mb("VmHWM")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        except OSError:
+            self._reset = False
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+        self.peak = rss_mb("VmHWM") if self._reset else float("nan")
 
 
 def chat_prompt(lm: LM) -> list[int]:
@@ -109,7 +107,7 @@ def measure(
     config = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())
     # Warm-up (and, with compile, compilation): long enough to see a few cache lengths.
     generate(lm.model, prompt, GenerationConfig(max_new_tokens=16, stop_token_ids=()))
-    with _RssSampler() as sampler:
+    with _PeakRss() as generating:
         result = generate(lm.model, prompt, config)
     prefill_s = _prefill_seconds(lm, prompt_tokens)
     return BenchResult(
@@ -120,8 +118,8 @@ def measure(
         prefill_tokens=prompt_tokens,
         prefill_tokens_per_s=round(prompt_tokens / prefill_s, 1),
         weights_mb=round(weights_mb(lm.model), 1),
-        peak_rss_mb=round(rss_mb("VmHWM"), 1),
-        generate_peak_rss_mb=round(sampler.peak, 1),
+        peak_rss_mb=round(max(generating.before, rss_mb("VmHWM")), 1),
+        generate_peak_rss_mb=round(generating.peak, 1),
         text=lm.tokenizer.decode(result.token_ids, skip_special_tokens=True)[:200],
     )
 
