@@ -137,32 +137,38 @@ def main() -> None:
 
 
 def print_table(results: dict[str, list[dict]]) -> None:
-    """Medians per peer, with ratios to llama.cpp (decode) and transformers (prefill)."""
+    """Medians per peer, with ratios to llama.cpp (decode) and transformers (prefill).
+
+    "Same round" ratios divide each round's figure by the reference's figure of that
+    round before taking the median: on a shared machine they cancel slow spells that
+    hit both, which ratios of medians do not.
+    """
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
-    llama = median("llama.cpp Q4_1", "decode_tokens_per_s")
-    hf = median("transformers bf16", "prefill_tokens_per_s") if "transformers bf16" in results \
-        else float("nan")
-    print("\n| peer | decode tok/s | best round | x llama.cpp | x llama.cpp, same round (median) "
-          "| prefill tok/s (512) | x transformers bf16 | load s | peak RSS MB "
-          "| RSS while generating MB | limit 1.5 x weights + 200 MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    def same_round(name: str, reference: str, key: str) -> float:
+        if reference not in results:
+            return float("nan")
+        return statistics.median(r[key] / ref[key] for r, ref in
+                                 zip(results[name], results[reference], strict=True))
+
+    print("\n| peer | decode tok/s | best round | x llama.cpp, same round (median) "
+          "| prefill tok/s (512) | x transformers bf16, same round (median) | load s "
+          "| peak RSS MB | RSS while generating MB | limit 1.5 x weights + 200 MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in results:
-        decode = median(name, "decode_tokens_per_s")
-        prefill = median(name, "prefill_tokens_per_s")
-        paired = statistics.median(
-            r["decode_tokens_per_s"] / peer["decode_tokens_per_s"]
-            for r, peer in zip(results[name], results["llama.cpp Q4_1"], strict=True))
-        generating = limit = "-"  # only zenlm samples RSS while generating
+        generating = limit = "-"  # only zenlm measures RSS while generating
         if "generate_peak_rss_mb" in results[name][0]:
             generating = f"{median(name, 'generate_peak_rss_mb'):.0f}"
             limit = f"{1.5 * median(name, 'weights_mb') + 200:.0f}"
         best = max(r["decode_tokens_per_s"] for r in results[name])
-        print(f"| {name} | {decode:.1f} | {best:.1f} | {decode / llama:.2f} | {paired:.2f} "
-              f"| {prefill:.0f} "
-              f"| {prefill / hf:.2f} | {median(name, 'load_s'):.2f} "
+        decode_ratio = same_round(name, "llama.cpp Q4_1", "decode_tokens_per_s")
+        prefill_ratio = same_round(name, "transformers bf16", "prefill_tokens_per_s")
+        print(f"| {name} | {median(name, 'decode_tokens_per_s'):.1f} | {best:.1f} "
+              f"| {decode_ratio:.2f} | {median(name, 'prefill_tokens_per_s'):.0f} "
+              f"| {prefill_ratio:.2f} | {median(name, 'load_s'):.2f} "
               f"| {median(name, 'peak_rss_mb'):.0f} | {generating} | {limit} |")
+
 
 if __name__ == "__main__":
     main()
