@@ -113,3 +113,29 @@ def test_the_portable_build_computes_the_same(tmp_path):
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) <= 1e-5
     assert len(list(tmp_path.glob("*.so"))) == 1
+
+
+NO_KERNEL_CHECK = """
+import logging, torch
+logging.basicConfig(level=logging.WARNING)
+from zenlm import kernels
+from zenlm.quant import Int4Linear
+assert not kernels.load()
+layer = Int4Linear(torch.randn(16, 64), None)
+x = torch.randn(3, 64)
+assert not layer.use_kernel
+assert torch.allclose(layer(x), x @ layer.dequantized().T)
+print("fallback ok")
+"""
+
+
+@pytest.mark.parametrize("env", [{"ZENLM_KERNELS": "0"}, {"CXX": "/nonexistent/g++"}])
+def test_without_the_kernel_int4_falls_back_to_dequantized_weights(tmp_path, env):
+    """Switched off, or no compiler: load() says False (and why), int4 still computes."""
+    env = dict(os.environ, ZENLM_KERNEL_CACHE=str(tmp_path), **env)
+    out = subprocess.run([sys.executable, "-c", NO_KERNEL_CHECK], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert "fallback ok" in out.stdout
+    if "CXX" in env and env["CXX"].startswith("/nonexistent"):
+        assert "no C++ compiler" in out.stderr

@@ -4,7 +4,7 @@
 torch (a few seconds, once; `make` does it at install time with `python -m
 zenlm.kernels`) and registers `torch.ops.zenlm.int4_linear`. Without a compiler,
 `load()` returns False and says why; int4 layers then compute through dequantized
-weights (correct, but no faster than float32).
+weights (correct, but slower than float32: each matmul dequantizes its weight).
 """
 
 from zenlm.kernels.build import available, build, load

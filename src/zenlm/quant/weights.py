@@ -63,7 +63,7 @@ class Int4Linear(nn.Module):
     exactly). The matmul is zenlm's own kernel (`zenlm/kernels/int4_linear.cpp`): int8
     activations times 4-bit codes with AVX-512 VNNI, which reads the packed weights
     directly. Without the kernel (no C++ compiler), the layer multiplies by its
-    dequantized weight instead: the same result, at float32 speed.
+    weight dequantized on every call instead: the same result, slower than float32.
 
     Args:
         weight: (N, K) float weight; K must be a multiple of 64.
