@@ -118,9 +118,11 @@ def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
 
 
 def _build_key(compiler: str, arch: str) -> str:
-    """Changes with the source, torch, the compiler, -march and the CPU."""
+    """Changes with the source, torch (version and install), the compiler, -march, the CPU."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    for part in (torch.__version__, compiler, arch, sysconfig.get_platform(), _cpu_flags()):
+    torch_dir = str(Path(torch.__file__).parent)  # the library links against its files
+    for part in (torch.__version__, torch_dir, compiler, arch, sysconfig.get_platform(),
+                 _cpu_flags()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
