@@ -7,6 +7,6 @@ zenlm.kernels`) and registers `torch.ops.zenlm.int4_linear`. Without a compiler,
 weights (correct, but slower than float32: each matmul dequantizes its weight).
 """
 
-from zenlm.kernels.build import available, build, load
+from zenlm.kernels.build import build, load
 
-__all__ = ["available", "build", "load"]
+__all__ = ["build", "load"]

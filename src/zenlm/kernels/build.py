@@ -86,11 +86,6 @@ def load() -> bool:
     return True
 
 
-def available() -> bool:
-    """Whether the kernels are loaded (building them on first call)."""
-    return load()
-
-
 def _register_shapes() -> None:
     """Output shapes for torch.compile, which traces the op without running it."""
 
