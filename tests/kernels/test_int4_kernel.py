@@ -94,7 +94,6 @@ from zenlm import kernels
 from zenlm.kernels.layout import pack_codes
 from tests.kernels.test_int4_kernel import float64_reference, random_layer
 assert kernels.load()
-lib = torch.ops.load_library  # noqa
 q, scales, mins = random_layer(21, 1088, seed=3)
 x = torch.randn(6, 1088, generator=torch.Generator().manual_seed(4))
 got = torch.ops.zenlm.int4_linear(x, pack_codes(q), scales, mins).double()
