@@ -15,6 +15,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int4_linear.cpp")
+TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
 #: Set to 0 to never build or load the kernels (int4 then runs through dequantized weights).
 ENV_SWITCH = "ZENLM_KERNELS"
 #: Where built libraries are kept (default: $XDG_CACHE_HOME/zenlm/kernels).
@@ -96,7 +97,6 @@ def _register_shapes() -> None:
 
 
 def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
-    torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
         compiler, str(SOURCE), "-o", str(output),
@@ -107,16 +107,15 @@ def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
         # uses the OpenMP runtime torch already loaded (same soname), not a second one.
         "-fopenmp",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        f"-I{torch_dir / 'include'}",
-        f"-L{torch_dir / 'lib'}", f"-Wl,-rpath,{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
+        f"-I{TORCH_DIR / 'include'}",
+        f"-L{TORCH_DIR / 'lib'}", f"-Wl,-rpath,{TORCH_DIR / 'lib'}", "-lc10", "-ltorch_cpu",
     ]
 
 
 def _build_key(compiler: str, arch: str) -> str:
     """Changes with the source, torch (version and install), the compiler, -march, the CPU."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    torch_dir = str(Path(torch.__file__).parent)  # the library links against its files
-    for part in (torch.__version__, torch_dir, compiler, arch, sysconfig.get_platform(),
+    for part in (torch.__version__, str(TORCH_DIR), compiler, arch, sysconfig.get_platform(),
                  _cpu_flags()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]

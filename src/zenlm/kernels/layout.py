@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import torch
 
-GROUP = 32
+GROUP = 32  # codes per scale and min
 LANES = 16  # groups per chunk
+K_MULTIPLE = 2 * GROUP  # rows hold whole pairs of groups
 
 
 def pack_codes(q: torch.Tensor) -> torch.Tensor:
     """Codes (N, K) in 0..15 -> packed bytes (N, K / 2) uint8 in the kernel's layout."""
     N, K = q.shape
-    if K % 64:
-        raise ValueError(f"int4 codes need K divisible by 64, got K={K}")
+    if K % K_MULTIPLE:
+        raise ValueError(f"int4 codes need K divisible by {K_MULTIPLE}, got K={K}")
     q = q.to(torch.uint8)
-    split = K // (GROUP * LANES) * GROUP * LANES
+    split = _chunk_inputs(K)
     # (N, C, 16 groups, 4 blocks, 2 nibbles, 4) -> (N, C, 4 blocks, 16 groups, 4, 2 nibbles)
     chunks = q[:, :split].reshape(N, -1, LANES, 4, 2, 4).permute(0, 1, 3, 2, 5, 4)
     pairs = q[:, split:].reshape(N, -1, 2, GROUP).transpose(-1, -2)  # (N, P, 32, 2 nibbles)
@@ -32,12 +33,17 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
     """Packed bytes (..., K / 2) uint8 -> codes (..., K) uint8 in input order."""
     *lead, half = packed.shape
     K = 2 * half
-    split = K // (GROUP * LANES) * GROUP * LANES
+    split = _chunk_inputs(K)
     nibbles = torch.stack([packed & 15, packed >> 4], dim=-1)  # (..., K / 2, 2)
     chunks = nibbles[..., : split // 2, :].reshape(*lead, -1, 4, LANES, 4, 2)
     chunks = chunks.movedim(-3, -4).transpose(-1, -2)  # (..., C, 16 groups, 4 blocks, 2, 4)
     pairs = nibbles[..., split // 2 :, :].reshape(*lead, -1, GROUP, 2).transpose(-1, -2)
     return torch.cat([chunks.reshape(*lead, -1), pairs.reshape(*lead, -1)], -1)
+
+
+def _chunk_inputs(K: int) -> int:
+    """How many of a row's K inputs lie in whole chunks of 16 groups (the rest: pairs)."""
+    return K // (GROUP * LANES) * GROUP * LANES
 
 
 def _nibbles(codes: torch.Tensor) -> torch.Tensor:

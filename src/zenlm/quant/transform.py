@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zenlm.kernels.layout import K_MULTIPLE
 from zenlm.models import DecoderLM
 from zenlm.quant.weights import Int4Linear, Int8Linear, QuantizedEmbedding
 
@@ -47,7 +48,7 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
 
 
 def _int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    if weight.shape[1] % 64:  # the int4 layout tiles inputs by 64; int8 fits any shape
+    if weight.shape[1] % K_MULTIPLE:  # int4 rows hold whole pairs of groups; int8 fits any shape
         return Int8Linear(weight, bias)
     return Int4Linear(weight, bias)
 

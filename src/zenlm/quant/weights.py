@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zenlm import kernels
-from zenlm.kernels.layout import pack_codes, unpack_codes
+from zenlm.kernels.layout import GROUP, K_MULTIPLE, pack_codes, unpack_codes
 
 
 class Int8Linear(nn.Module):
@@ -70,14 +70,12 @@ class Int4Linear(nn.Module):
         bias: (N,) or None.
     """
 
-    GROUP = 32
-
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         N, K = weight.shape
-        if K % 64:
-            raise ValueError(f"int4 needs in_features divisible by 64, got {K}")
-        q, scales, zeros = quantize_groups(weight.detach().float(), self.GROUP)
+        if K % K_MULTIPLE:
+            raise ValueError(f"int4 needs in_features divisible by {K_MULTIPLE}, got {K}")
+        q, scales, zeros = quantize_groups(weight.detach().float(), GROUP)
         self.register_buffer("codes", pack_codes(q))  # (N, K / 2) uint8, the kernel's layout
         self.register_buffer("scales", scales.half())  # (N, K / 32)
         self.register_buffer("mins", (zeros - 8 * scales).half())  # (N, K / 32)
@@ -100,7 +98,7 @@ class Int4Linear(nn.Module):
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Dequantized weight rows (*index.shape, K) float32, e.g. a tied embedding's."""
         q = unpack_codes(self.codes[index]).float()  # (..., K)
-        q = q.view(*index.shape, -1, self.GROUP)  # (..., K / 32, 32)
+        q = q.view(*index.shape, -1, GROUP)  # (..., K / 32, 32)
         scale, low = self.scales[index].float(), self.mins[index].float()
         return (q * scale[..., None] + low[..., None]).flatten(-2)
 
