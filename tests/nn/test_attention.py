@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from zenlm.nn import Attention, attention_mask
+from zenlm.nn import attention as attention_module
+from zenlm.nn.attention import blocked_causal_attention
 
 
 def slow_attention(attn: Attention, x, context=None, allowed=None):
@@ -45,6 +47,52 @@ def test_causal_self_attention_matches_float64(n_heads, n_kv_heads):
     causal = torch.ones(9, 9, dtype=torch.bool).tril().expand(2, 9, 9)
     ours = attn(x, is_causal=True)
     assert torch.allclose(ours.double(), slow_attention(attn, x, allowed=causal), atol=1e-5)
+
+
+def slow_causal(q, k, v):
+    """Causal attention over (B, H, T, D) queries and (B, Hkv, T, D) keys, in float64."""
+    B, H, T, D = q.shape
+    group = H // k.shape[1]
+    out = torch.zeros(B, H, T, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                keys, values = k[b, h // group, : t + 1].double(), v[b, h // group, : t + 1].double()
+                weights = torch.softmax(keys @ q[b, h, t].double() / math.sqrt(D), dim=0)
+                out[b, h, t] = weights @ values
+    return out
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 4), (6, 2), (4, 1)])
+@pytest.mark.parametrize("T,block", [(11, 4), (8, 4), (3, 4), (7, 1)])
+def test_blocked_causal_attention_matches_float64(n_heads, n_kv_heads, T, block):
+    q = torch.randn(2, n_heads, T, 8, dtype=torch.float64)
+    k, v = (torch.randn(2, n_kv_heads, T, 8, dtype=torch.float64) for _ in range(2))
+    ours = blocked_causal_attention(q, k, v, block=block)
+    assert ours.shape == (2, n_heads, T, 8)
+    assert torch.allclose(ours, slow_causal(q, k, v), atol=1e-12)
+
+
+def test_bfloat16_prompt_takes_the_blocked_path_and_keeps_its_accuracy(monkeypatch):
+    attn = Attention(64, 6, 2, 16).to(torch.bfloat16)
+    x = torch.randn(1, attention_module.QUERY_BLOCK + 37, 64, dtype=torch.bfloat16)
+    causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()[None]
+    reference = slow_attention(attn, x, allowed=causal)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("a long bfloat16 causal prompt should not reach SDPA")
+
+    with torch.no_grad():
+        with monkeypatch.context() as patch:
+            patch.setattr(attention_module, "use_blocked_attention", lambda q, k: False)
+            through_sdpa = attn(x, is_causal=True)
+        monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", no_sdpa)
+        blocked = attn(x, is_causal=True)
+    scale = reference.abs().max()
+    sdpa_error = (through_sdpa.double() - reference).abs().max() / scale
+    blocked_error = (blocked.double() - reference).abs().max() / scale
+    print(f"relative error: blocked {blocked_error:.2e}, SDPA {sdpa_error:.2e}")
+    assert blocked_error < 2e-2 and blocked_error < 3 * sdpa_error
 
 
 def test_bidirectional_padding_does_not_change_real_tokens():
