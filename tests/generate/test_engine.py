@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -10,6 +12,8 @@ from zenlm.generate import GenerationConfig, generate, generate_batch
 from zenlm.generate.beam import beam_search
 from zenlm.generate.sampling import SamplingParams, apply_penalties, mask_min_p
 from zenlm.generate.speculative import lookup_guesses, speculative_generate
+from zenlm.models.decoder import DecoderLM
+from zenlm.nn.attention import Attention
 
 from ..models.tiny_hf import VOCAB, tiny_hf_model
 
@@ -51,6 +55,47 @@ def test_cached_greedy_equals_uncached_greedy(pair):
     for _ in range(25):  # no cache: the whole sequence through the model every step
         tokens.append(int(lm.logits(torch.tensor([tokens]))[0, -1].argmax()))
     assert cached == tokens[len(prompt):]
+
+
+def _with_key_multiple(monkeypatch, multiple):
+    """Make every new cache read keys in multiples of `multiple` slots."""
+    plain = DecoderLM.new_cache
+
+    def new_cache(self, batch, max_len):
+        cache = plain(self, batch, max_len)
+        cache.key_multiple = multiple
+        return cache
+
+    monkeypatch.setattr(DecoderLM, "new_cache", new_cache)
+
+
+def test_reading_keys_in_rounded_lengths_changes_nothing(pair, monkeypatch):
+    _, lm = pair
+    prompts = _prompts([3, 17, 9])
+    config = GenerationConfig(max_new_tokens=20, logprobs=True)
+    exact = [generate(lm.model, p, config) for p in prompts]
+    _with_key_multiple(monkeypatch, 8)
+    rounded = [generate(lm.model, p, config) for p in prompts]
+    for a, b in zip([*exact, *exact], [*rounded, *generate_batch(lm.model, prompts, config)],
+                    strict=True):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
+
+
+def test_bfloat16_decoding_sees_few_distinct_key_lengths(pair, monkeypatch):
+    """oneDNN keeps a compiled matmul per shape: one key length per token grew RSS."""
+    _, lm = pair
+    model = copy.deepcopy(lm.model).to(torch.bfloat16)
+    seen = set()
+    small_query = Attention._small_query_attention
+
+    def spy(self, q, k, v, mask):
+        seen.add(k.shape[2])
+        return small_query(self, q, k, v, mask)
+
+    monkeypatch.setattr(Attention, "_small_query_attention", spy)
+    generate(model, _prompts([5])[0], GenerationConfig(max_new_tokens=100, stop_token_ids=()))
+    assert 2 <= len(seen) <= 3  # 105 slots in multiples of 64 (and the short prompt)
 
 
 def test_speculative_prompt_lookup_equals_greedy(pair):

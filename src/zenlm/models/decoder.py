@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zenlm.config import ModelConfig
@@ -62,11 +63,18 @@ class DecoderLM(nn.Module):
         return self
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A KV cache sized for this model, in its parameters' dtype."""
+        """A KV cache sized for this model, in its activations' dtype.
+
+        On CPU in 16-bit floats, decode steps read keys in multiples of 64 slots:
+        oneDNN compiles a matmul per shape, so each new key length costs memory
+        (see `KVCache`).
+        """
         norm = self.final_norm.weight  # in the activation dtype, whatever the weights' format
+        half = norm.device.type == "cpu" and norm.dtype in (torch.bfloat16, torch.float16)
         return KVCache(
             self.config.n_layers, batch, max_len, self.config.kv_heads,
             self.config.dim_per_head, dtype=norm.dtype, device=norm.device,
+            key_multiple=64 if half else 1,
         )
 
     def forward(
@@ -122,13 +130,16 @@ class DecoderLM(nn.Module):
         self, T: int, cache: KVCache | None, padding: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, bool]:
         """The attention mask of this step, and whether SDPA may apply causality itself."""
-        if cache is None or cache.uniform is not None:
+        if cache is None or (cache.uniform is not None
+                             and cache.key_length(T) == cache.uniform + T):
             start = 0 if cache is None else cache.uniform
             # SDPA's is_causal aligns the mask top-left: right only when nothing is cached.
             return attention_mask_for(self.config, padding, T, start + T), start == 0
-        window = self.config.sliding_window
-        mask = slot_mask(cache.lengths, padding, query_len=T, key_len=cache.longest + T,
-                         causal=True, sliding_window=window)
+        key_len = cache.key_length(T)  # slots read past the rows' ends are masked as future
+        if padding is not None and padding.shape[1] < key_len:
+            padding = F.pad(padding, (0, key_len - padding.shape[1]))
+        mask = slot_mask(cache.lengths, padding, query_len=T, key_len=key_len,
+                         causal=True, sliding_window=self.config.sliding_window)
         return mask, False
 
     def _check_inputs(
