@@ -9,8 +9,9 @@ import torch
 
 import zenlm
 from zenlm.generate import GenerationConfig, generate, generate_batch
+from zenlm.kernels.layout import pack_codes
 from zenlm.quant import Int4Linear, Int8Linear, QuantizedEmbedding, quantize
-from zenlm.quant.weights import quantize_groups
+from zenlm.quant.weights import ROWS_PER_SLICE, quantize_groups
 
 from ..models.tiny_hf import VOCAB, tiny_hf_model
 
@@ -40,6 +41,15 @@ def test_int4_linear_stores_its_groups_codes_scales_and_mins():
     # float16 scales and mins: within a few float16 roundings of the float32 grid
     assert (layer.dequantized() - back).abs().max() <= 16 * 2**-11 * back.abs().max()
     assert (layer.dequantized() - w).abs().max() <= scales.max() * 0.6
+
+
+def test_int4_linear_quantized_in_row_slices_equals_the_whole_weight_at_once():
+    w = torch.randn(ROWS_PER_SLICE + 100, 64)
+    q, scales, zeros = quantize_groups(w, 32)
+    layer = Int4Linear(w, None)
+    assert torch.equal(layer.codes, pack_codes(q))
+    assert torch.equal(layer.scales, scales.half())
+    assert torch.equal(layer.mins, (zeros - 8 * scales).half())
 
 
 def test_int4_refit_lowers_the_error_of_min_max_groups():

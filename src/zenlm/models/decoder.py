@@ -55,13 +55,6 @@ class DecoderLM(nn.Module):
             return self.step_fn(ids, cache)
         return self(ids, cache=cache)
 
-    def fuse_projections(self) -> DecoderLM:
-        """Fuse q/k/v and gate/up projections for inference (fewer, larger matmuls)."""
-        for block in self.blocks:
-            block.attn.fuse_qkv()
-            block.mlp.fuse_gate_up()
-        return self
-
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A KV cache sized for this model, in its activations' dtype.
 

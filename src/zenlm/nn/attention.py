@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.nn.fused import stack_linears
 from zenlm.nn.kv_cache import KVCache
 from zenlm.nn.rope import apply_rope
 
@@ -64,15 +65,7 @@ class Attention(nn.Module):
 
     def fuse_qkv(self) -> None:
         """Replace q, k, v by one Linear over their concatenated rows (self-attention)."""
-        parts = (self.q, self.k, self.v)
-        fused = nn.Linear(self.q.in_features, sum(p.out_features for p in parts),
-                          bias=self.q.bias is not None)
-        fused = fused.to(self.q.weight.dtype)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([p.weight for p in parts]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([p.bias for p in parts]))
-        self.qkv = fused
+        self.qkv = stack_linears((self.q, self.k, self.v))
         del self.q, self.k, self.v
 
     def forward(

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zenlm.config import Activation
+from zenlm.nn.fused import stack_linears
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -43,14 +44,7 @@ class MLP(nn.Module):
         """Replace gate and up by one Linear over their stacked rows (one matmul)."""
         if self.gate is None:
             return
-        parts = (self.gate, self.up)
-        fused = nn.Linear(self.up.in_features, 2 * self.up.out_features,
-                          bias=self.up.bias is not None).to(self.up.weight.dtype)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([p.weight for p in parts]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([p.bias for p in parts]))
-        self.gate_up = fused
+        self.gate_up = stack_linears((self.gate, self.up))
         del self.gate, self.up
         self.gate = None
 
