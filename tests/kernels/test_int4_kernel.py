@@ -88,6 +88,30 @@ def test_int4_linear_rejects_bad_shapes_naming_them():
         torch.ops.zenlm.int4_linear(torch.randn(1, 64), codes, scales.float(), mins)
 
 
+@pytest.mark.parametrize("N,K", [(3, 64), (19, 576), (40, 1088), (5, 1536)])
+def test_int4_dequantize_gives_each_code_times_scale_plus_min_in_bfloat16(N, K):
+    if not kernels.load():
+        pytest.skip("kernel unavailable")
+    q, scales, mins = random_layer(N, K)
+    got = torch.ops.zenlm.int4_dequantize(pack_codes(q), scales, mins)
+    assert got.dtype == torch.bfloat16 and got.shape == (N, K)
+    groups = q.double().view(N, K // 32, 32)
+    exact = (groups * scales.double()[..., None] + mins.double()[..., None]).view(N, K)
+    # one bfloat16 rounding (relative 2^-9), plus float32's in code * scale + min
+    assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+def test_int4_dequantize_rejects_bad_shapes_naming_them():
+    if not kernels.load():
+        pytest.skip("kernel unavailable")
+    q, scales, mins = random_layer(8, 64)
+    codes = pack_codes(q)
+    with pytest.raises(RuntimeError, match=r"K \(32\) must be a multiple of 64"):
+        torch.ops.zenlm.int4_dequantize(codes[:, :16].contiguous(), scales, mins)
+    with pytest.raises(RuntimeError, match=r"\(N, K / 32\) = \(8, 2\)"):
+        torch.ops.zenlm.int4_dequantize(codes, scales[:, :1].contiguous(), mins)
+
+
 PORTABLE_CHECK = """
 import torch
 from zenlm import kernels

@@ -11,7 +11,7 @@ import zenlm
 from zenlm.generate import GenerationConfig, generate, generate_batch
 from zenlm.kernels.layout import pack_codes
 from zenlm.quant import Int4Linear, Int8Linear, QuantizedEmbedding, quantize
-from zenlm.quant.weights import ROWS_PER_SLICE, quantize_groups
+from zenlm.quant.weights import BFLOAT16_ROWS, ROWS_PER_SLICE, quantize_groups
 
 from ..models.tiny_hf import VOCAB, tiny_hf_model
 
@@ -50,6 +50,17 @@ def test_int4_linear_quantized_in_row_slices_equals_the_whole_weight_at_once():
     assert torch.equal(layer.codes, pack_codes(q))
     assert torch.equal(layer.scales, scales.half())
     assert torch.equal(layer.mins, (zeros - 8 * scales).half())
+
+
+@pytest.mark.parametrize("rows", [BFLOAT16_ROWS - 1, BFLOAT16_ROWS, 200])
+def test_int4_linear_on_prompts_and_on_decode_steps_multiplies_by_its_weight(rows):
+    """Below BFLOAT16_ROWS the kernel (int8 activation blocks); from it on, bfloat16."""
+    layer = Int4Linear(torch.randn(96, 576), torch.randn(96))
+    x = torch.randn(rows, 576)
+    expected = x.double() @ layer.dequantized().double().T + layer.bias.double()
+    got = layer(x[None])[0].double()
+    assert got.shape == (rows, 96)
+    assert (got - expected).norm() <= 0.02 * expected.norm()
 
 
 def test_int4_refit_lowers_the_error_of_min_max_groups():

@@ -95,6 +95,10 @@ def _register_shapes() -> None:
           mins: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], codes.shape[0])
 
+    @torch.library.register_fake("zenlm::int4_dequantize")
+    def _(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+        return codes.new_empty(codes.shape[0], 2 * codes.shape[1], dtype=torch.bfloat16)
+
 
 def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)

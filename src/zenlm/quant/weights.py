@@ -15,6 +15,11 @@ from torch import nn
 from zenlm import kernels
 from zenlm.kernels.layout import GROUP, K_MULTIPLE, pack_codes, unpack_codes
 
+#: From this many input rows on (a prompt), int4 layers dequantize their weight to
+#: bfloat16 and multiply with oneDNN, which reaches ~3x the arithmetic rate of the
+#: int4 kernel's tiles; below it reading the weight is what costs, and 4 bits win.
+BFLOAT16_ROWS = 64
+
 #: Rows of a weight quantized at a time (2048 x 576 floats: 4.7 MB per temporary).
 ROWS_PER_SLICE = 2048
 
@@ -65,8 +70,10 @@ class Int4Linear(nn.Module):
     quantization, refined by least squares; GGUF's Q4_1 blocks are this format
     exactly). The matmul is zenlm's own kernel (`zenlm/kernels/int4_linear.cpp`): int8
     activations times 4-bit codes with AVX-512 VNNI, which reads the packed weights
-    directly. Without the kernel (no C++ compiler), the layer multiplies by its
-    weight dequantized on every call instead: the same result, slower than float32.
+    directly. Prompts of `BFLOAT16_ROWS` tokens or more multiply by the weight
+    dequantized to bfloat16 instead (arithmetic, not reading weights, is what costs
+    there). Without the kernel (no C++ compiler), the layer multiplies by its weight
+    dequantized to float32 on every call: the same result, slower than float32.
 
     Args:
         weight: (N, K) float weight; K must be a multiple of 64.
@@ -97,7 +104,10 @@ class Int4Linear(nn.Module):
         """(..., K) -> (..., N) float32 (the kernel quantizes x to int8 blocks itself)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).float().contiguous()
-        if self.use_kernel:
+        if self.use_kernel and flat.shape[0] >= BFLOAT16_ROWS:
+            weight = torch.ops.zenlm.int4_dequantize(self.codes, self.scales, self.mins)
+            out = (flat.bfloat16() @ weight.T).float()
+        elif self.use_kernel:
             out = torch.ops.zenlm.int4_linear(flat, self.codes, self.scales, self.mins)
         else:
             out = flat @ self.dequantized().T
