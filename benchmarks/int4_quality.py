@@ -1,10 +1,12 @@
 """Where int4's perplexity goes: zenlm fp32, int4 and its parts, and llama.cpp's Q4_1.
 
 On the same 4 x 256 tokens of tinyshakespeare as tests/quant/test_quant.py, from the same
-GGUF file: zenlm in float32 (the file's weights dequantized), zenlm int4, zenlm int4 with
-its kernel switched off (float activations times the same 4-bit weights) in every layer
-or only in the head, and llama.cpp's own evaluation of the file (llama-cpp-python,
-logits of every position).
+GGUF file: zenlm in float32 (the file's weights dequantized); zenlm int4 both ways it
+computes: as a prompt (64+ rows: bfloat16 activations times the dequantized weights) and
+as decoding feeds it (8 tokens at a time through the KV cache: zenlm's kernel, int8
+activation blocks), the latter also with the kernel switched off (float activations
+times the same 4-bit weights) in every layer or only in the head; and llama.cpp's own
+evaluation of the file (llama-cpp-python, logits of every position).
 
     .venv/bin/python benchmarks/int4_quality.py [--data ../shared/data]
 """
@@ -37,11 +39,17 @@ def perplexity(rows: torch.Tensor, logits_of: Callable[[list[int]], torch.Tensor
     return math.exp(nll / count)
 
 
-def zenlm_logits(lm: zenlm.LM) -> Callable[[list[int]], torch.Tensor]:
-    """Logits (T, V) of one sequence through `lm`."""
+def zenlm_logits(lm: zenlm.LM, chunk: int | None = None) -> Callable[[list[int]], torch.Tensor]:
+    """Logits (T, V) of one sequence through `lm`: as one prompt, or `chunk` tokens at a
+    time through the KV cache (as decoding feeds them: int4 layers below BFLOAT16_ROWS
+    rows take zenlm's kernel, int8 activation blocks; prompts take bfloat16)."""
     def logits(ids: list[int]) -> torch.Tensor:
         with torch.no_grad():
-            return lm.model(torch.tensor([ids]))[0]
+            if chunk is None:
+                return lm.model(torch.tensor([ids]))[0]
+            cache = lm.model.new_cache(1, len(ids))
+            return torch.cat([lm.model(torch.tensor([ids[start:start + chunk]]), cache=cache)[0]
+                              for start in range(0, len(ids), chunk)])
     return logits
 
 
@@ -66,11 +74,15 @@ def main() -> None:
 
     results = {"zenlm fp32 (the file's weights, dequantized)": perplexity(rows, zenlm_logits(fp32))}
     int4 = zenlm.load(gguf, quantize="int4")
-    for name, blocks, head in [("zenlm int4", True, True),
-                               ("zenlm int4, float activations everywhere", False, False),
-                               ("zenlm int4, float activations in the head only", True, False)]:
+    results["zenlm int4, as a prompt (bfloat16 activations)"] = perplexity(
+        rows, zenlm_logits(int4))
+    for name, blocks, head in [
+        ("zenlm int4, as decoding (8 tokens at a time: int8 activation blocks)", True, True),
+        ("zenlm int4, as decoding, float activations everywhere (kernel off)", False, False),
+        ("zenlm int4, as decoding, float activations in the head only", True, False),
+    ]:
         use_kernel(int4.model, blocks, head)
-        results[name] = perplexity(rows, zenlm_logits(int4))
+        results[name] = perplexity(rows, zenlm_logits(int4, chunk=8))
 
     import llama_cpp
 
