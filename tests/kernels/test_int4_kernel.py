@@ -19,7 +19,7 @@ HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
 def float64_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor,
                       mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's arithmetic slowly: x in int8 blocks of 32 (scale = max|x| / 127,
-    round half to even) times w = q * scale + min, the mins' term on x's exact sums.
+    round half to even) times w = q * scale + min.
 
     Returns (what the kernel computes, the product with x unquantized), both (M, N).
     """
@@ -31,7 +31,7 @@ def float64_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor,
     x_q = (torch.round(blocks / torch.where(step > 0, step, 1)) * step).view(M, K)
     coded = (q.double().view(N, K // 32, 32) * scales.double()[..., None]).view(N, K)
     offsets = mins.double().repeat_interleave(32, dim=1)  # (N, K)
-    return x_q @ coded.T + x64 @ offsets.T, x64 @ (coded + offsets).T
+    return x_q @ (coded + offsets).T, x64 @ (coded + offsets).T
 
 
 def random_layer(N: int, K: int, seed: int = 0):

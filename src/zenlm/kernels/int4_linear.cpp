@@ -18,8 +18,11 @@
 //     group's input i in its low nibble and the second group's input i in its high one.
 // Activations are rearranged the same way when they are quantized (`x_position`).
 //
-// A group's product is scale_w * scale_x * sum(code * q_x) + min_w * sum(x), with the
-// exact float sum of the activations in the second term.
+// A group's product is scale_w * scale_x * sum(code * q_x) + min_w * scale_x * sum(q_x):
+// exactly the dequantized weights times the quantized activations, as llama.cpp's
+// Q4_1 x Q8_1 computes it. (With the exact float sum of x in the second term instead,
+// the rounding errors of x are weighted by w - min_w rather than by w, which are
+// larger: int4 decoding's perplexity was +4.57% of float32's instead of +1.97%.)
 //
 // Without AVX-512 VNNI the same arithmetic runs as plain loops (equal up to float
 // summation order): correct on any x86-64 CPU, only slower.
@@ -69,7 +72,8 @@ inline int weight_code(const uint8_t* row, int64_t K, int64_t g, int64_t k) {
   return (g % 2 == 0) ? byte & 0x0F : byte >> 4;
 }
 
-// One activation row in int8 blocks: rearranged codes, and per block its scale and sum.
+// One activation row in int8 blocks: rearranged codes, and per block its scale and the
+// sum of its dequantized codes (scale * sum of codes).
 struct QuantizedRow {
   const int8_t* codes;  // (K), see x_position
   const float* scales;  // (G)
@@ -83,19 +87,20 @@ void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int8_t* co
   for (int64_t m = m0; m < m1; ++m) {
     for (int64_t g = 0; g < groups; ++g) {
       const float* block = x + m * K + g * kGroup;
-      float amax = 0.f, total = 0.f;
+      float amax = 0.f;
       for (int64_t k = 0; k < kGroup; ++k) {
         amax = std::max(amax, std::fabs(block[k]));
-        total += block[k];
       }
       const float scale = amax / 127.f;
       const float inverse = scale > 0.f ? 1.f / scale : 0.f;
+      int32_t total = 0;
       for (int64_t k = 0; k < kGroup; ++k) {
-        codes[m * K + x_position(K, g, k)] =
-            static_cast<int8_t>(std::nearbyint(block[k] * inverse));
+        const auto code = static_cast<int8_t>(std::nearbyint(block[k] * inverse));
+        codes[m * K + x_position(K, g, k)] = code;
+        total += code;
       }
       scales[m * groups + g] = scale;
-      sums[m * groups + g] = total;
+      sums[m * groups + g] = scale * static_cast<float>(total);
     }
   }
 }
