@@ -75,11 +75,17 @@ def test_int4_linear_equals_the_float64_formula(M, N, K):
     assert (got - unquantized).norm() <= 0.02 * unquantized.norm()
 
 
-def test_int4_linear_rejects_bad_shapes_naming_them():
+@pytest.fixture
+def small_layer():
+    """A packed (8, 64) int4 layer: codes, scales, mins."""
     if not kernels.load():
         pytest.skip("kernel unavailable")
     q, scales, mins = random_layer(8, 64)
-    codes = pack_codes(q)
+    return pack_codes(q), scales, mins
+
+
+def test_int4_linear_rejects_bad_shapes_naming_them(small_layer):
+    codes, scales, mins = small_layer
     with pytest.raises(RuntimeError, match=r"K \(96\) must be a multiple of 64"):
         torch.ops.zenlm.int4_linear(torch.randn(1, 96), codes, scales, mins)
     with pytest.raises(RuntimeError, match="float32"):
@@ -101,11 +107,8 @@ def test_int4_dequantize_gives_each_code_times_scale_plus_min_in_bfloat16(N, K):
     assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
 
 
-def test_int4_dequantize_rejects_bad_shapes_naming_them():
-    if not kernels.load():
-        pytest.skip("kernel unavailable")
-    q, scales, mins = random_layer(8, 64)
-    codes = pack_codes(q)
+def test_int4_dequantize_rejects_bad_shapes_naming_them(small_layer):
+    codes, scales, mins = small_layer
     with pytest.raises(RuntimeError, match=r"K \(32\) must be a multiple of 64"):
         torch.ops.zenlm.int4_dequantize(codes[:, :16].contiguous(), scales, mins)
     with pytest.raises(RuntimeError, match=r"\(N, K / 32\) = \(8, 2\)"):

@@ -16,8 +16,9 @@ from zenlm import kernels
 from zenlm.kernels.layout import GROUP, K_MULTIPLE, pack_codes, unpack_codes
 
 #: From this many input rows on (a prompt), int4 layers dequantize their weight to
-#: bfloat16 and multiply with oneDNN, which reaches ~3x the arithmetic rate of the
-#: int4 kernel's tiles; below it reading the weight is what costs, and 4 bits win.
+#: bfloat16 and multiply with oneDNN: dequantization included, 1.1-1.3x the int4
+#: kernel's tiles at 64 rows and 1.8-2.2x at 512; at 32 rows the two are equal, and
+#: below that reading 4-bit weights is what wins.
 BFLOAT16_ROWS = 64
 
 #: Rows of a weight quantized at a time (2048 x 576 floats: 4.7 MB per temporary).
