@@ -124,10 +124,25 @@ def run(kind: str, gguf: Path, args: argparse.Namespace, tokenizer) -> dict:
         asyncio.run(load(url, 1, 2, 8, tokenizer))  # warm up
         single = asyncio.run(load(url, 1, args.single, args.max_tokens, tokenizer))
         many = asyncio.run(load(url, args.concurrency, args.requests, args.max_tokens, tokenizer))
+        memory = server_memory_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(60)
-    return {"server": kind, "cmd": cmd, "single": single, "load": many}
+    return {"server": kind, "cmd": cmd, "single": single, "load": many, **memory}
+
+
+def server_memory_mb(pid: int) -> dict:
+    """The server's RSS now and its peak since start (MB), from /proc (NaN elsewhere)."""
+    fields = {"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}
+    memory = dict.fromkeys(fields.values(), float("nan"))
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in fields:
+                memory[fields[name]] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return memory
 
 
 def main() -> None:
@@ -158,7 +173,8 @@ def main() -> None:
         print(f"{kind}: single stream {s['tok_s']:.1f} tok/s | {args.concurrency} clients, "
               f"{m['requests']} requests, {m['errors']} errors: {m['tok_s']:.1f} tok/s "
               f"({m['tok_s'] / s['tok_s']:.1f}x single), TTFT p50 {m['ttft_p50']:.2f} s "
-              f"p99 {m['ttft_p99']:.2f} s, wall {m['wall_s']:.0f} s", flush=True)
+              f"p99 {m['ttft_p99']:.2f} s, wall {m['wall_s']:.0f} s, server RSS "
+              f"{result['rss_mb']:.0f} MB (peak {result['peak_rss_mb']:.0f})", flush=True)
     if len(results) == 2:
         ratio = results[0]["load"]["tok_s"] / results[1]["load"]["tok_s"]
         print(f"aggregate tokens/s, {results[0]['server']} / {results[1]['server']}: "
