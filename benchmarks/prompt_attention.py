@@ -3,7 +3,7 @@
 1. One layer's attention on SmolLM2's shapes (9 query heads, 3 KV heads, 64 dims) for a
    512-token prompt: SDPA's CPU flash kernel and `blocked_causal_attention` with blocks
    of 64, 128 and 256 queries, in bfloat16 and float32.
-2. SmolLM2 in bf16 mode, a 512-token prefill (second run timed) with the blocked path on
+2. SmolLM2 in bf16 mode, a 512-token prefill timed as `zenlm bench` does, with the blocked path on
    and off, alternating; and the perplexity of 4 x 512 tinyshakespeare tokens both ways.
 
     .venv/bin/python benchmarks/prompt_attention.py [--rounds 6] [--data ../shared/data]
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from int4_quality import perplexity, zenlm_logits
 
 import zenlm
+from zenlm.bench import prefill_seconds
 from zenlm.nn import attention
 
 
@@ -62,23 +63,11 @@ def whole_model(rounds: int, data: Path) -> None:
     def use(on: bool) -> None:
         attention.use_blocked_attention = blocked if on else (lambda q, k: False)
 
-    ids = torch.randint(100, 40000, (1, 512), generator=torch.Generator().manual_seed(0))
-
-    def prefill_tokens_per_s() -> float:
-        timings = []
-        for _ in range(2):
-            cache = lm.model.new_cache(1, 512)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                lm.model.lm_head(lm.model.hidden_states(ids, cache=cache)[:, -1])
-            timings.append(time.perf_counter() - start)
-        return 512 / timings[-1]
-
     speeds: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):
         for on in (True, False) if r % 2 else (False, True):
             use(on)
-            speeds[on].append(prefill_tokens_per_s())
+            speeds[on].append(512 / prefill_seconds(lm, 512))  # as `zenlm bench` times it
     for on, values in speeds.items():
         print(f"blocked={on}: prefill tok/s {[round(v) for v in values]}, "
               f"median {statistics.median(values):.0f}")

@@ -109,7 +109,7 @@ def measure(
     generate(lm.model, prompt, GenerationConfig(max_new_tokens=16, stop_token_ids=()))
     with _PeakRss() as generating:
         result = generate(lm.model, prompt, config)
-    prefill_s = _prefill_seconds(lm, prompt_tokens)
+    prefill_s = prefill_seconds(lm, prompt_tokens)
     return BenchResult(
         model=lm.source, quantize=quantize, compiled=compile, threads=torch.get_num_threads(),
         load_s=round(lm.load_s, 3), prompt_tokens=len(prompt),
@@ -125,7 +125,7 @@ def measure(
 
 
 @torch.inference_mode()
-def _prefill_seconds(lm: LM, n: int) -> float:
+def prefill_seconds(lm: LM, n: int) -> float:
     """Seconds for one prefill of n random tokens into a fresh cache (second run timed)."""
     rng = random.Random(0)
     high = min(40000, lm.config.vocab_size - 1)

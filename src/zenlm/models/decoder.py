@@ -123,12 +123,12 @@ class DecoderLM(nn.Module):
         self, T: int, cache: KVCache | None, padding: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, bool]:
         """The attention mask of this step, and whether SDPA may apply causality itself."""
-        if cache is None or (cache.uniform is not None
-                             and cache.key_length(T) == cache.uniform + T):
-            start = 0 if cache is None else cache.uniform
-            # SDPA's is_causal aligns the mask top-left: right only when nothing is cached.
-            return attention_mask_for(self.config, padding, T, start + T), start == 0
+        if cache is None:
+            return attention_mask_for(self.config, padding, T, T), True
         key_len = cache.key_length(T)  # slots read past the rows' ends are masked as future
+        if cache.uniform is not None and key_len == cache.uniform + T:
+            # SDPA's is_causal aligns the mask top-left: right only when nothing is cached.
+            return attention_mask_for(self.config, padding, T, key_len), cache.uniform == 0
         if padding is not None and padding.shape[1] < key_len:
             padding = F.pad(padding, (0, key_len - padding.shape[1]))
         mask = slot_mask(cache.lengths, padding, query_len=T, key_len=key_len,
