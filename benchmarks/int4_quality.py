@@ -41,7 +41,7 @@ def perplexity(rows: torch.Tensor, logits_of: Callable[[list[int]], torch.Tensor
 
 def zenlm_logits(lm: zenlm.LM, chunk: int | None = None) -> Callable[[list[int]], torch.Tensor]:
     """Logits (T, V) of one sequence through `lm`: as one prompt, or `chunk` tokens at a
-    time through the KV cache (as decoding feeds them: int4 layers below BFLOAT16_ROWS
+    time through the KV cache (as decoding feeds them: int4 layers below PROMPT_ROWS
     rows take zenlm's kernel, int8 activation blocks; prompts take bfloat16)."""
     def logits(ids: list[int]) -> torch.Tensor:
         with torch.no_grad():

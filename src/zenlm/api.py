@@ -210,16 +210,23 @@ class LM:
 def load(
     model: str | Path,
     dtype: torch.dtype | str | None = None,
-    quantize: str | None = None,
+    quantize: str | None = "auto",
     compile: bool = False,
 ) -> LM:
     """Load a model folder, a .gguf file, a short name or a hub id.
 
+    By default a decoder is prepared for fast inference on this CPU (`quantize="auto"`:
+    bf16 where bfloat16 is native, int4 with zenlm's kernel on AVX2 / AVX-512, float32
+    elsewhere; see zenlm.quant.auto). Pass `quantize=None` for the weights exactly as
+    stored, in float32: for training, or to compare logits with another library.
+
     Args:
         model: See `zenlm.io.resolve.resolve_model`.
-        dtype: Parameter dtype: torch.float32 (default), torch.bfloat16, or their names.
-        quantize: Prepare for fast inference: "none" (fused float32), "bf16", "int8"
-            or "int4" (see zenlm.quant.quantize); None leaves the model as loaded.
+        dtype: Parameter dtype: torch.float32, torch.bfloat16, or their names. Giving
+            one means "these weights as they are": `auto` then leaves them alone.
+        quantize: "auto", "none" (fused float32), "bf16", "int8" or "int4" (see
+            zenlm.quant.quantize); None leaves the model as loaded. Encoders are
+            never quantized.
         compile: torch.compile the decode step (faster decoding after a one-off
             compilation; falls back to eager if compiling fails).
 
@@ -243,6 +250,8 @@ def load(
             f"{path}: not a model folder or a .gguf file (for a .safetensors file, "
             "give the folder holding it and its config.json)"
         )
+    if quantize == "auto" and (dtype is not None or not isinstance(network, DecoderLM)):
+        quantize = None
     if quantize is not None:
         quantize_model(network, quantize)
     if compile:

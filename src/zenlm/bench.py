@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from zenlm.api import LM, load
+from zenlm.cpu import cpu_info
 from zenlm.generate import GenerationConfig, generate
+from zenlm.quant.auto import resolve_mode
 
 CHAT = [
     {"role": "system",
@@ -42,6 +44,7 @@ class BenchResult:
     peak_rss_mb: float  # the process's high-water mark, loading included
     generate_peak_rss_mb: float  # the highest RSS sampled while generating
     text: str
+    cpu: dict = field(default_factory=lambda: cpu_info().summary())  # what the figures ran on
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
@@ -96,12 +99,13 @@ def chat_prompt(lm: LM) -> list[int]:
 
 
 def measure(
-    model: str, *, quantize: str = "none", new_tokens: int = 128, prompt_tokens: int = 512,
+    model: str, *, quantize: str = "auto", new_tokens: int = 128, prompt_tokens: int = 512,
     threads: int | None = None, compile: bool = False,
 ) -> BenchResult:
     """Load `model` in `quantize` mode and measure it (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
+    quantize = resolve_mode(quantize) or "none"  # report the mode that ran, not "auto"
     lm = load(model, quantize=quantize, compile=compile)
     prompt = chat_prompt(lm)
     config = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())

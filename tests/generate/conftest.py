@@ -15,4 +15,4 @@ def pair(request, tmp_path_factory):
     hf = tiny_hf_model(request.param)
     folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder)
-    return hf, zenlm.load(folder)
+    return hf, zenlm.load(folder, quantize=None)

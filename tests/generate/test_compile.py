@@ -67,8 +67,8 @@ def test_two_compiled_models_keep_their_own_steps(tmp_path, field, sizes):
     for size in sizes:
         folder = tmp_path / f"{field}{size}"
         tiny_hf_model("llama", **{field: size}).save_pretrained(folder)
-        expected.append(generate(zenlm.load(folder).model, prompt, config).token_ids)
-        compiled.append(compile_decoding(zenlm.load(folder).model))
+        expected.append(generate(zenlm.load(folder, quantize=None).model, prompt, config).token_ids)
+        compiled.append(compile_decoding(zenlm.load(folder, quantize=None).model))
     for model, tokens in zip(compiled, expected, strict=True):
         assert generate(model, prompt, config).token_ids == tokens
     assert expected[0] != expected[1]
@@ -76,7 +76,7 @@ def test_two_compiled_models_keep_their_own_steps(tmp_path, field, sizes):
 
 def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
     tiny_hf_model("llama").save_pretrained(tmp_path)
-    lm = zenlm.load(tmp_path)
+    lm = zenlm.load(tmp_path, quantize=None)
     prompt = torch.randint(3, VOCAB, (5,)).tolist()
     expected = generate(lm.model, prompt, GenerationConfig(max_new_tokens=6)).token_ids
 

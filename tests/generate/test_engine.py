@@ -114,7 +114,7 @@ def test_speculative_with_a_draft_model_equals_greedy(pair, tmp_path):
     # Draft: the same family with one layer fewer (shares the vocabulary).
     draft_hf = tiny_hf_model("llama")
     draft_hf.save_pretrained(tmp_path)
-    draft = zenlm.load(tmp_path).model
+    draft = zenlm.load(tmp_path, quantize=None).model
     prompt = _prompts([8])[0]
     config = GenerationConfig(max_new_tokens=24)
     plain = generate(lm.model, prompt, config).token_ids

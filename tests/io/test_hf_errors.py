@@ -35,14 +35,14 @@ def test_missing_path_names_it_and_the_alternatives(tmp_path):
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_corrupt_config_json(good_folder, tmp_path):
     _copy(good_folder, tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json: not valid JSON"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_unknown_architecture(good_folder, tmp_path):
@@ -51,7 +51,7 @@ def test_unknown_architecture(good_folder, tmp_path):
     config["model_type"] = "mamba"
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match="'mamba'"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_truncated_safetensors(good_folder, tmp_path):
@@ -59,14 +59,14 @@ def test_truncated_safetensors(good_folder, tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"model.safetensors: cannot read safetensors"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_garbage_safetensors(good_folder, tmp_path):
     _copy(good_folder, tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_shape_mismatch_names_the_tensor(good_folder, tmp_path):
@@ -75,7 +75,7 @@ def test_shape_mismatch_names_the_tensor(good_folder, tmp_path):
     config["intermediate_size"] = 100
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"mlp\.(gate|up|down)\.weight has shape"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_missing_tensor(good_folder, tmp_path):
@@ -86,7 +86,7 @@ def test_missing_tensor(good_folder, tmp_path):
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing.*blocks\.1\.mlp\.up\.weight"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_unexpected_tensor(good_folder, tmp_path):
@@ -97,7 +97,7 @@ def test_unexpected_tensor(good_folder, tmp_path):
     tensors["model.layers.0.vision_tower.weight"] = torch.zeros(2)
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="vision_tower"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_missing_shard_of_an_index(good_folder, tmp_path):
@@ -107,14 +107,14 @@ def test_missing_shard_of_an_index(good_folder, tmp_path):
                             "lm_head.weight": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="00002-of-00002.safetensors: listed in the index"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_sharded_folder_loads(good_folder, tmp_path):
     hf = tiny_hf_model("llama")
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
-    lm = zenlm.load(tmp_path)
+    lm = zenlm.load(tmp_path, quantize=None)
     ids = torch.randint(3, 96, (1, 8))
     with torch.no_grad():
         assert (lm.logits(ids) - hf(ids).logits).abs().max() < 1e-4
@@ -130,14 +130,14 @@ def test_pickle_file_is_refused_without_unpickling(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(pickle.dumps(_Boom()))
     with pytest.raises(UnsafeFormatError, match=r"pickle.*safetensors"):
-        zenlm.load(path)
+        zenlm.load(path, quantize=None)
 
 
 def test_folder_with_only_pytorch_model_bin_is_refused(good_folder, tmp_path):
     (tmp_path / "config.json").write_text((good_folder / "config.json").read_text())
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom()))
     with pytest.raises(UnsafeFormatError, match="pytorch_model.bin"):
-        zenlm.load(tmp_path)
+        zenlm.load(tmp_path, quantize=None)
 
 
 def test_lone_safetensors_file_points_to_its_folder(good_folder):

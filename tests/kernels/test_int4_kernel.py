@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from zenlm import kernels
+from zenlm.cpu import LEVELS, cpu_info, forced_level
 from zenlm.kernels.layout import pack_codes, unpack_codes
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
@@ -99,7 +102,7 @@ def test_int4_dequantize_gives_each_code_times_scale_plus_min_in_bfloat16(N, K):
     if not kernels.load():
         pytest.skip("kernel unavailable")
     q, scales, mins = random_layer(N, K)
-    got = torch.ops.zenlm.int4_dequantize(pack_codes(q), scales, mins)
+    got = torch.ops.zenlm.int4_dequantize(pack_codes(q), scales, mins, torch.bfloat16)
     assert got.dtype == torch.bfloat16 and got.shape == (N, K)
     groups = q.double().view(N, K // 32, 32)
     exact = (groups * scales.double()[..., None] + mins.double()[..., None]).view(N, K)
@@ -110,35 +113,116 @@ def test_int4_dequantize_gives_each_code_times_scale_plus_min_in_bfloat16(N, K):
 def test_int4_dequantize_rejects_bad_shapes_naming_them(small_layer):
     codes, scales, mins = small_layer
     with pytest.raises(RuntimeError, match=r"K \(32\) must be a multiple of 64"):
-        torch.ops.zenlm.int4_dequantize(codes[:, :16].contiguous(), scales, mins)
+        torch.ops.zenlm.int4_dequantize(codes[:, :16].contiguous(), scales, mins,
+                                            torch.float32)
     with pytest.raises(RuntimeError, match=r"\(N, K / 32\) = \(8, 2\)"):
-        torch.ops.zenlm.int4_dequantize(codes, scales[:, :1].contiguous(), mins)
+        torch.ops.zenlm.int4_dequantize(codes, scales[:, :1].contiguous(), mins,
+                                            torch.bfloat16)
 
 
-PORTABLE_CHECK = """
-import torch
+LEVEL_CHECK = """
+import json, torch
 from zenlm import kernels
+from zenlm.cpu import cpu_info
 from zenlm.kernels.layout import pack_codes
 from tests.kernels.test_int4_kernel import float64_reference, random_layer
-assert kernels.load()
-q, scales, mins = random_layer(21, 1088, seed=3)
-x = torch.randn(6, 1088, generator=torch.Generator().manual_seed(4))
-got = torch.ops.zenlm.int4_linear(x, pack_codes(q), scales, mins).double()
-expected, _ = float64_reference(x, q, scales, mins)
-print(((got - expected).abs().max() / expected.abs().max()).item())
+path = kernels.load()
+errors = []
+for M, N, K in [(1, 576, 576), (3, 21, 1088), (6, 40, 1536), (9, 64, 576)]:
+    q, scales, mins = random_layer(N, K, seed=M)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(4))
+    got = torch.ops.zenlm.int4_linear(x, pack_codes(q), scales, mins).double()
+    expected, _ = float64_reference(x, q, scales, mins)
+    errors.append(((got - expected).abs().max() / expected.abs().max()).item())
+    weight = torch.ops.zenlm.int4_dequantize(pack_codes(q), scales, mins, torch.float32)
+    exact = (q.double().view(N, K // 32, 32) * scales.double()[..., None]
+             + mins.double()[..., None]).view(N, K)
+    errors.append(((weight.double() - exact).abs().max() / exact.abs().max()).item())
+print(json.dumps({"level": cpu_info().level, "path": path, "aten": torch.backends.cpu.get_cpu_capability(),
+                  "error": max(errors)}))
 """
 
+PRINT_LIBRARY = "from zenlm.kernels.build import build; print(build())"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
-def test_the_portable_build_computes_the_same(tmp_path):
-    """Built for a CPU without AVX-512 (x86-64-v3), the plain loops give the same result."""
+
+def run_at(level: str, cache, code: str = LEVEL_CHECK, **env: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh process with ZENLM_CPU=level (before torch is imported)."""
+    env = dict(os.environ, ZENLM_CPU=level, ZENLM_KERNEL_CACHE=str(cache), **env)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def runnable_kernel_levels() -> list[str]:
+    detected = cpu_info().detected
+    return list(LEVELS[1 : LEVELS.index(detected) + 1])
+
+
+@pytest.fixture(scope="module")
+def level_cache(tmp_path_factory):
+    """One kernel cache for this module's forced levels: each level is compiled once."""
+    return tmp_path_factory.mktemp("kernels")
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512", "avx512_bf16"])
+def test_each_kernel_path_this_cpu_runs_computes_the_formula(level_cache, level):
+    """Every path the CPU can run, forced with ZENLM_CPU: built with only that level's
+    instructions, it reports its path, PyTorch's kernels are narrowed too, and it
+    equals the float64 formula."""
     if not HAS_COMPILER:
         pytest.skip("no C++ compiler")
-    env = dict(os.environ, ZENLM_KERNEL_CACHE=str(tmp_path), ZENLM_KERNEL_ARCH="x86-64-v3")
-    out = subprocess.run([sys.executable, "-c", PORTABLE_CHECK], env=env, capture_output=True,
-                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if level not in runnable_kernel_levels():
+        pytest.skip(f"this CPU ({cpu_info().detected}) cannot run {level}")
+    out = run_at(level, level_cache)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip()) <= 1e-5
-    assert len(list(tmp_path.glob("*.so"))) == 1
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["level"] == level
+    assert report["path"] == ("avx2" if level == "avx2" else "avx512")
+    assert report["aten"] == ("AVX2" if level == "avx2" else "AVX512")
+    assert report["error"] <= 1e-5
+    library = Path(run_at(level, level_cache, PRINT_LIBRARY).stdout.strip())
+    assert library.name.startswith(f"zenlm_kernels_{level}_")
+
+
+def test_a_forced_level_is_checked_against_the_cpu():
+    assert forced_level("", "avx2") == "avx2"
+    assert forced_level("native", "avx512") == "avx512"
+    assert forced_level(" AVX2 ", "avx512_bf16") == "avx2"
+    with pytest.raises(ValueError, match="valid here: generic, avx2, native"):
+        forced_level("avx512_bf16", "avx2")
+    with pytest.raises(ValueError, match="'sse9' is not a level; valid here: generic, avx2, "
+                                         "avx512, native"):
+        forced_level("sse9", "avx512")
+
+
+def test_an_unknown_level_says_so_in_one_line_and_runs_at_the_detected_one(tmp_path):
+    code = "from zenlm.cpu import cpu_info; print(cpu_info().level)"
+    out = run_at("avx9000", tmp_path, code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == cpu_info().detected
+    warning = [line for line in out.stderr.splitlines() if "ZENLM_CPU" in line]
+    assert len(warning) == 1 and "'avx9000' is not a level; valid here:" in warning[0]
+
+
+def test_a_cached_library_for_another_cpu_is_rebuilt_not_run(tmp_path, level_cache):
+    """A file in the cache under this CPU's name that is not a kernel for its path (a
+    copy from another CPU, or garbage) is replaced by a fresh build before anything runs."""
+    if not HAS_COMPILER or "avx2" not in runnable_kernel_levels():
+        pytest.skip("needs a compiler and an AVX2 CPU")
+    level = runnable_kernel_levels()[-1]
+    target = Path(run_at(level, tmp_path, PRINT_LIBRARY).stdout.strip())
+    impostors = [b"not a library"]
+    if level != "avx2":
+        avx2 = Path(run_at("avx2", level_cache, PRINT_LIBRARY).stdout.strip())
+        impostors.append(avx2.read_bytes())
+    for impostor in impostors:
+        target.write_bytes(impostor)
+        out = run_at(level, tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "was not built for this CPU" in out.stderr
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["path"] == ("avx2" if level == "avx2" else "avx512")
+        assert report["error"] <= 1e-5
 
 
 NO_KERNEL_CHECK = """
@@ -146,22 +230,28 @@ import logging, torch
 logging.basicConfig(level=logging.WARNING)
 from zenlm import kernels
 from zenlm.quant import Int4Linear
-assert not kernels.load()
+assert kernels.load() is None
 layer = Int4Linear(torch.randn(16, 64), None)
-x = torch.randn(3, 64)
 assert not layer.use_kernel
-assert torch.allclose(layer(x), x @ layer.dequantized().T)
+for rows in (3, 70):
+    x = torch.randn(rows, 64)
+    expected = x.double() @ layer.dequantized().double().T
+    assert (layer(x).double() - expected).abs().max() <= 1e-4 * expected.abs().max()
 print("fallback ok")
 """
 
 
-@pytest.mark.parametrize("env", [{"ZENLM_KERNELS": "0"}, {"CXX": "/nonexistent/g++"}])
-def test_without_the_kernel_int4_falls_back_to_dequantized_weights(tmp_path, env):
-    """Switched off, or no compiler: load() says False (and why), int4 still computes."""
+@pytest.mark.parametrize("env", [{"ZENLM_KERNELS": "0"}, {"CXX": "/nonexistent/g++"},
+                                 {"ZENLM_CPU": "generic"}])
+def test_without_the_kernel_int4_runs_on_pytorchs_int4_kernel(tmp_path, env):
+    """Switched off, no compiler, or a CPU without AVX2: load() says None (and why in one
+    line), and int4 multiplies with PyTorch's int4 kernel, never with scalar loops."""
     env = dict(os.environ, ZENLM_KERNEL_CACHE=str(tmp_path), **env)
     out = subprocess.run([sys.executable, "-c", NO_KERNEL_CHECK], env=env, capture_output=True,
-                         text=True)
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "fallback ok" in out.stdout
-    if "CXX" in env and env["CXX"].startswith("/nonexistent"):
+    if env.get("CXX", "").startswith("/nonexistent"):
         assert "no C++ compiler" in out.stderr
+    if env.get("ZENLM_CPU") == "generic":
+        assert "no int4 kernel for CPU level 'generic'" in out.stderr

@@ -27,12 +27,12 @@ TIE = 1e-4
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-    return zenlm.load(smollm2_gguf)
+    return zenlm.load(smollm2_gguf, quantize=None)
 
 
 def test_gguf_loads_fast(smollm2_gguf):
     start = time.perf_counter()
-    zenlm.load(smollm2_gguf)
+    zenlm.load(smollm2_gguf, quantize=None)
     seconds = time.perf_counter() - start
     print(f"SmolLM2 GGUF load: {seconds:.2f} s")
     assert seconds < 5.0

@@ -91,7 +91,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_chat):
-    return zenlm.load(tiny_chat)
+    return zenlm.load(tiny_chat, quantize=None)
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def make_server(tiny_lm) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture(scope="module")
 def tiny_server(tiny_chat) -> Iterator[LiveServer]:
     """One shared server of the tiny model (max_batch 8)."""
-    lm = zenlm.load(tiny_chat)
+    lm = zenlm.load(tiny_chat, quantize=None)
     app = create_app(lambda: lm, ServeOptions(model_name=MODEL, max_batch=8, max_queue=64))
     server = LiveServer(app).start()
     yield server

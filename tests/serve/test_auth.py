@@ -31,7 +31,7 @@ def keyed(tiny_chat):
 
     from .conftest import LiveServer
 
-    lm = zenlm.load(tiny_chat)
+    lm = zenlm.load(tiny_chat, quantize=None)
     app = create_app(lambda: lm, ServeOptions(model_name=MODEL, api_key=KEY))
     server = LiveServer(app).start()
     yield server

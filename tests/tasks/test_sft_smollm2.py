@@ -16,7 +16,7 @@ from zenlm.tasks.sft import IGNORE, collate_sft, encode_conversation, pack, sft_
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    return zenlm.load(smollm2_gguf)
+    return zenlm.load(smollm2_gguf, quantize=None)
 
 
 def _alpaca(shared_data, n):

@@ -14,4 +14,5 @@ COMMAND_MODULES = (
     "zenlm.commands.export",
     "zenlm.commands.data",
     "zenlm.commands.serve",
+    "zenlm.commands.info",
 )

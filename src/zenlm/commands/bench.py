@@ -11,7 +11,7 @@ from zenlm.quant import QUANTIZE_MODES
 def bench_command(
     model: str,
     *,
-    quantize: str = "none",
+    quantize: str = "auto",
     prompt_tokens: int = 512,
     new_tokens: int = 128,
     threads: int | None = None,
@@ -30,8 +30,9 @@ def bench_command(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
-    mode = f"{quantize}, compiled" if compile else quantize
-    print(f"{result.model} [{mode}, {result.threads} threads]")
+    mode = f"{result.quantize}, compiled" if compile else result.quantize
+    print(f"{result.model} [{mode}, {result.threads} threads, CPU level "
+          f"{result.cpu['level']}: {' '.join(result.cpu['features'])}]")
     print(f"  load      {result.load_s:.2f} s")
     print(f"  decode    {result.decode_tokens_per_s:.1f} tokens/s "
           f"({result.new_tokens} new after a {result.prompt_tokens}-token chat prompt)")
@@ -45,7 +46,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `bench`."""
     bench = commands.add_parser("bench", help="measure decode/prefill speed and memory")
     bench.add_argument("model", help="model folder, .gguf file, short name or hub id")
-    bench.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    bench.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
+                       help="auto: the fastest mode on this CPU (see `zenlm info`)")
     bench.add_argument("--prompt-tokens", type=int, default=512)
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--threads", type=int, default=None)

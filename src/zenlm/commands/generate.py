@@ -25,7 +25,7 @@ def generate_command(
     top_p: float = 1.0,
     seed: int | None = None,
     dtype: str | None = None,
-    quantize: str | None = None,
+    quantize: str | None = "auto",
     compile: bool = False,
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
@@ -100,7 +100,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    gen.add_argument("--quantize", choices=QUANTIZE_MODES, default=None)
+    gen.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
+                     help="auto: the fastest mode on this CPU (see `zenlm info`)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     gen.add_argument("--json", action="store_true", dest="as_json")
     gen.set_defaults(handler=generate_command)

@@ -24,7 +24,7 @@ def serve_command(
     max_queue: int = 64,
     kv_budget_mb: float = 1024.0,
     max_body_mb: float = 1.0,
-    quantize: str | None = None,
+    quantize: str | None = "auto",
     dtype: str | None = None,
     drain_timeout: float = 30.0,
     threads: int | None = None,
@@ -34,6 +34,8 @@ def serve_command(
     import uvicorn
 
     import zenlm
+    from zenlm.cpu import cpu_info
+    from zenlm.quant.auto import resolve_mode
     from zenlm.serve import ServeOptions, create_app
 
     if threads is not None:
@@ -49,6 +51,11 @@ def serve_command(
         kv_budget_mb=kv_budget_mb, max_body_bytes=int(max_body_mb * 2**20),
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if dtype is None:
+        quantize = resolve_mode(quantize)
+    info = cpu_info()
+    print(f"zenlm serve: CPU level {info.level} ({' '.join(info.features)}); "
+          f"mode {quantize or 'as loaded'}", flush=True)
     app = create_app(lambda: zenlm.load(model, dtype=dtype, quantize=quantize), options)
     auth = "an API key" if key else "no API key"
     print(f"zenlm serve: {name} on http://{host}:{port}/ with {auth} "
@@ -102,7 +109,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--kv-budget-mb", type=float, default=1024.0,
                        help="memory for the KV cache (sets tokens per row)")
     serve.add_argument("--max-body-mb", type=float, default=1.0, help="request body size limit")
-    serve.add_argument("--quantize", choices=QUANTIZE_MODES, default=None)
+    serve.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
+                       help="auto: the fastest mode on this CPU (see `zenlm info`)")
     serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish after SIGTERM")

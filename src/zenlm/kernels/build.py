@@ -1,4 +1,11 @@
-"""Compile zenlm's C++ kernels for this CPU, cache the library, and load it into torch."""
+"""Compile zenlm's C++ kernels for this CPU's level, cache the library, load it into torch.
+
+One library per CPU level (`zenlm.cpu.LEVELS`), each compiled with that level's
+instruction-set flags only, so a library never uses an instruction its CPU lacks. The
+level is `zenlm.cpu.cpu_info().level` (ZENLM_CPU narrows it), and before a cached
+library is loaded its own word on the path it was built for is checked: a cache copied
+from another CPU, or a file that is not ours, is rebuilt, never run.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +19,30 @@ from pathlib import Path
 
 import torch
 
+from zenlm.cpu import cpu_info
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int4_linear.cpp")
 TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
-#: Set to 0 to never build or load the kernels (int4 then runs through dequantized weights).
+#: Set to 0 to never build or load the kernels (int4 then runs on PyTorch's int4 kernel).
 ENV_SWITCH = "ZENLM_KERNELS"
 #: Where built libraries are kept (default: $XDG_CACHE_HOME/zenlm/kernels).
 ENV_CACHE = "ZENLM_KERNEL_CACHE"
-#: The -march to build for (default: native, this CPU; x86-64-v3 builds the portable path).
-ENV_ARCH = "ZENLM_KERNEL_ARCH"
+
+#: Per CPU level: the compiler flags, and the path the library reports
+#: (`zenlm_kernel_path()`). The generic level has no kernel of ours.
+LEVEL_FLAGS = {
+    "avx2": ("-march=x86-64-v3", "-mno-avx512f"),
+    "avx512": ("-march=x86-64-v4", "-mavx512vnni"),
+    "avx512_bf16": ("-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16"),
+}
+LEVEL_PATH = {"avx2": "avx2", "avx512": "avx512", "avx512_bf16": "avx512"}
+TAG = "zenlm-kernel-path:"
 
 
 class KernelBuildError(RuntimeError):
-    """The C++ compiler failed or is missing; the message ends with its output."""
+    """No kernel for this CPU, no compiler, or the compiler failed (its output included)."""
 
 
 def cache_dir() -> Path:
@@ -36,26 +53,36 @@ def cache_dir() -> Path:
     return Path(base) / "zenlm" / "kernels"
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernels unless a library for this source, torch and CPU exists.
+def build(level: str | None = None, force: bool = False) -> Path:
+    """Compile the kernels for `level` unless a library for this source, torch and CPU exists.
 
     The library is written under a temporary name and renamed into place, so a build
     interrupted or raced by another process never leaves a half-written library.
+
+    Args:
+        level: A CPU level with a kernel path (LEVEL_FLAGS); default: this CPU's level.
+        force: Compile even if the cached library exists.
 
     Returns:
         The library's path.
 
     Raises:
-        KernelBuildError: no compiler, or the compiler failed (its output included).
+        KernelBuildError: the level has no kernel (generic CPUs), no compiler, or the
+            compiler failed (its output included).
     """
+    level = level or cpu_info().level
+    if level not in LEVEL_FLAGS:
+        raise KernelBuildError(
+            f"no int4 kernel for CPU level {level!r} (zenlm's kernels need one of "
+            f"{', '.join(LEVEL_FLAGS)}): int4 runs on PyTorch's own kernel"
+        )
     compiler = os.environ.get("CXX", "g++")
-    arch = os.environ.get(ENV_ARCH, "native")
-    path = cache_dir() / f"zenlm_kernels_{_build_key(compiler, arch)}.so"
+    path = cache_dir() / f"zenlm_kernels_{level}_{_build_key(compiler, level)}.so"
     if path.exists() and not force:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    command = _compile_command(compiler, arch, partial)
+    command = _compile_command(compiler, level, partial)
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError as exc:
@@ -67,24 +94,48 @@ def build(force: bool = False) -> Path:
     return path
 
 
+def built_path(library: Path) -> str | None:
+    """The path a built library says it multiplies with ("avx512", "avx2"), None if not ours.
+
+    Read from the file's bytes (the tag `zenlm_kernel_path` in int4_linear.cpp), not by
+    loading it: loading would run its code, which is what must not happen on a CPU it
+    was not built for.
+    """
+    try:
+        data = library.read_bytes()
+    except OSError:
+        return None
+    for path in set(LEVEL_PATH.values()):
+        if f"{TAG}{path}\0".encode() in data:
+            return path
+    return None
+
+
 @functools.cache
-def load() -> bool:
+def load() -> str | None:
     """Build if needed and load the kernels into torch (once per process).
 
     Returns:
-        Whether `torch.ops.zenlm.int4_linear` is available. Failures are logged as a
-        warning with the reason, never raised: callers fall back to plain torch ops.
+        The kernel path in use ("avx512" or "avx2"), or None: switched off, no kernel
+        for this CPU level, or no compiler. Failures are logged as one warning with
+        the reason, never raised: int4 layers then use PyTorch's own kernel.
     """
     if os.environ.get(ENV_SWITCH, "1") == "0":
         log.info("%s=0: zenlm's C++ kernels are off", ENV_SWITCH)
-        return False
+        return None
+    level = cpu_info().level
     try:
-        torch.ops.load_library(str(build()))
+        library = build(level)
+        if built_path(library) != LEVEL_PATH[level]:
+            log.warning("%s was not built for this CPU (%s): rebuilding", library, level)
+            library = build(level, force=True)
+        torch.ops.load_library(str(library))
     except (KernelBuildError, OSError, RuntimeError) as exc:
-        log.warning("zenlm's int4 kernel is unavailable, int4 layers will be slow: %s", exc)
-        return False
+        log.warning("zenlm's int4 kernel is unavailable (int4 uses PyTorch's, slower): %s",
+                    str(exc).splitlines()[0])
+        return None
     _register_shapes()
-    return True
+    return LEVEL_PATH[level]
 
 
 def _register_shapes() -> None:
@@ -96,17 +147,17 @@ def _register_shapes() -> None:
         return x.new_empty(x.shape[0], codes.shape[0])
 
     @torch.library.register_fake("zenlm::int4_dequantize")
-    def _(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-        return codes.new_empty(codes.shape[0], 2 * codes.shape[1], dtype=torch.bfloat16)
+    def _(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+          dtype: torch.dtype) -> torch.Tensor:
+        return codes.new_empty(codes.shape[0], 2 * codes.shape[1], dtype=dtype)
 
 
-def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
+def _compile_command(compiler: str, level: str, output: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
         compiler, str(SOURCE), "-o", str(output),
         "-shared", "-fPIC", "-std=c++20", "-O3",
-        # Built where it runs, for this CPU: AVX-512 VNNI when it has it.
-        f"-march={arch}",
+        *LEVEL_FLAGS[level],
         # torch's parallel_for is an inline `#pragma omp parallel`; the library then
         # uses the OpenMP runtime torch already loaded (same soname), not a second one.
         "-fopenmp",
@@ -116,18 +167,10 @@ def _compile_command(compiler: str, arch: str, output: Path) -> list[str]:
     ]
 
 
-def _build_key(compiler: str, arch: str) -> str:
-    """Changes with the source, torch (version and install), the compiler, -march, the CPU."""
+def _build_key(compiler: str, level: str) -> str:
+    """Changes with the source, torch (version and install), the compiler, the level, the CPU."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    for part in (torch.__version__, str(TORCH_DIR), compiler, arch, sysconfig.get_platform(),
-                 _cpu_flags()):
+    for part in (torch.__version__, str(TORCH_DIR), compiler, level, sysconfig.get_platform(),
+                 " ".join(cpu_info().features)):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
-
-
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line for line in text.splitlines() if line.startswith("flags")), "")

@@ -24,8 +24,13 @@
 // the rounding errors of x are weighted by w - min_w rather than by w, which are
 // larger: int4 decoding's perplexity was +4.57% of float32's instead of +1.97%.)
 //
-// Without AVX-512 VNNI the same arithmetic runs as plain loops (equal up to float
-// summation order): correct on any x86-64 CPU, only slower.
+// Each build has one of three paths, chosen by the flags it is compiled with (build.py
+// compiles one library per CPU level and loads the one this CPU runs at):
+//   - AVX-512 VNNI: the above, 16 groups per 512-bit vector;
+//   - AVX2 (+ FMA, F16C): the same layout read as two 256-bit halves of 8 groups each,
+//     with `vpmaddubsw` + `vpmaddwd` doing the 4-products-per-lane step that `vpdpbusd`
+//     does on AVX-512, as llama.cpp's Q4_1 x Q8_1 does on AVX2;
+// A CPU with neither uses PyTorch's own int4 kernel instead (zenlm/quant/weights.py).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -40,10 +45,17 @@
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define ZENLM_VNNI 1
+#define ZENLM_AVX512 1
+#define ZENLM_AVX2 0
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ZENLM_AVX512 0
+#define ZENLM_AVX2 1
 #else
-#define ZENLM_VNNI 0
+#define ZENLM_AVX512 0
+#define ZENLM_AVX2 0
+#endif
+#if ZENLM_AVX512 || ZENLM_AVX2
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -59,17 +71,6 @@ inline int64_t x_position(int64_t K, int64_t g, int64_t k) {
     return chunk * kChunkInputs + (k / 4) * 64 + (g % kLanes) * 4 + k % 4;
   }
   return g * kGroup + k;  // pairs: in input order
-}
-
-// The 4-bit code of input k of group g in one weight row's codes (the layout above).
-inline int weight_code(const uint8_t* row, int64_t K, int64_t g, int64_t k) {
-  const int64_t chunk = g / kLanes;
-  if (chunk < K / kChunkInputs) {
-    const uint8_t byte = row[chunk * 256 + (k / 8) * 64 + (g % kLanes) * 4 + k % 4];
-    return (k % 8 < 4) ? byte & 0x0F : byte >> 4;
-  }
-  const uint8_t byte = row[g / 2 * kGroup + k];
-  return (g % 2 == 0) ? byte & 0x0F : byte >> 4;
 }
 
 // One activation row in int8 blocks: rearranged codes, and per block its scale and the
@@ -105,7 +106,7 @@ void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int8_t* co
   }
 }
 
-#if ZENLM_VNNI
+#if ZENLM_AVX512
 
 // The sums of the 16 lanes of a, b, c and d, as one vector of 4 (a shared tree of
 // shuffles and adds instead of four separate reductions).
@@ -209,30 +210,113 @@ void dot_tile(const uint8_t* codes, const c10::Half* scales, const c10::Half* mi
   }
 }
 
-#else
+#elif ZENLM_AVX2
 
+// Products of 4-bit codes u (0..15) and int8 codes s (-127..127), summed in 16 bits:
+// each `vpmaddubsw` lane is c0 x0 + c1 x1, at most 2 * 15 * 127 = 3810 in size, so a
+// chunk-half's 8 of them (4 blocks x low and high nibbles) add up to at most 30480 and
+// never overflow int16. One `vpmaddwd` per chunk-half then widens the sums to int32:
+// 7 instructions per 64 multiply-adds instead of 9 with a widening after each.
+inline __m256i dot2(__m256i acc16, __m256i u, __m256i s) {
+  return _mm256_add_epi16(acc16, _mm256_maddubs_epi16(u, s));
+}
+
+inline __m256i widen(__m256i acc16) {  // int16 pairs -> int32 lanes (4 products each)
+  return _mm256_madd_epi16(acc16, _mm256_set1_epi16(1));
+}
+
+inline float sum_lanes(__m256 v) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+inline __m256 load_halves(const c10::Half* p) {  // 8 float16 -> 8 float32
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// As the AVX-512 dot_tile, with each chunk's 64-byte blocks read as two halves of 8
+// groups (bytes 0-31: groups 0-7, bytes 32-63: groups 8-15), one half at a time so
+// that a tile's int32 sums, float accumulators and activations fit in 16 registers.
 template <int RW, int RX>
 void dot_tile(const uint8_t* codes, const c10::Half* scales, const c10::Half* mins,
               const QuantizedRow* rows, int64_t K, float* out, int64_t out_stride) {
-  const int64_t groups = K / kGroup;
-  for (int i = 0; i < RW; ++i) {
-    const uint8_t* row = codes + i * (K / 2);
-    for (int j = 0; j < RX; ++j) {
-      float total = 0.f;
-      for (int64_t g = 0; g < groups; ++g) {
-        int32_t sum = 0;
-        for (int64_t k = 0; k < kGroup; ++k) {
-          sum += weight_code(row, K, g, k) * rows[j].codes[x_position(K, g, k)];
+  const int64_t groups = K / kGroup, chunks = K / kChunkInputs;
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  __m256 acc[RW][RX];
+  float tail[RW][RX];  // the pairs' min terms, one float per group
+  for (int i = 0; i < RW; ++i)
+    for (int j = 0; j < RX; ++j) acc[i][j] = _mm256_setzero_ps(), tail[i][j] = 0.f;
+
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t h = 0; h < 2; ++h) {
+      __m256i sums[RW][RX];
+      for (int i = 0; i < RW; ++i)
+        for (int j = 0; j < RX; ++j) sums[i][j] = _mm256_setzero_si256();
+      for (int64_t block = 0; block < 4; ++block) {
+        __m256i x_low[RX], x_high[RX];
+        for (int j = 0; j < RX; ++j) {
+          const int8_t* x = rows[j].codes + c * kChunkInputs + block * 128 + h * 32;
+          x_low[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+          x_high[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64));
         }
-        const int64_t at = i * groups + g;
-        total += static_cast<float>(scales[at]) * rows[j].scales[g] * static_cast<float>(sum) +
-                 static_cast<float>(mins[at]) * rows[j].sums[g];
+        for (int i = 0; i < RW; ++i) {
+          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+              codes + i * (K / 2) + c * 256 + block * 64 + h * 32));
+          const __m256i low = _mm256_and_si256(packed, nibble);
+          const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+          for (int j = 0; j < RX; ++j) {
+            sums[i][j] = dot2(sums[i][j], low, x_low[j]);
+            sums[i][j] = dot2(sums[i][j], high, x_high[j]);
+          }
+        }
       }
-      out[i + j * out_stride] = total;
+      const int64_t lane0 = c * kLanes + h * 8;
+      for (int i = 0; i < RW; ++i) {
+        const __m256 w_scale = load_halves(scales + i * groups + lane0);
+        const __m256 w_min = load_halves(mins + i * groups + lane0);
+        for (int j = 0; j < RX; ++j) {
+          const __m256 x_scale = _mm256_loadu_ps(rows[j].scales + lane0);
+          const __m256 x_sum = _mm256_loadu_ps(rows[j].sums + lane0);
+          acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen(sums[i][j])),
+                                      _mm256_mul_ps(w_scale, x_scale), acc[i][j]);
+          acc[i][j] = _mm256_fmadd_ps(w_min, x_sum, acc[i][j]);
+        }
+      }
     }
   }
+
+  // Pairs: the low nibbles are group g's 32 codes in input order, the high ones g + 1's.
+  for (int64_t g = chunks * kLanes; g < groups; g += 2) {
+    __m256i x0[RX], x1[RX];
+    for (int j = 0; j < RX; ++j) {
+      x0[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j].codes + g * kGroup));
+      x1[j] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(rows[j].codes + (g + 1) * kGroup));
+    }
+    for (int i = 0; i < RW; ++i) {
+      const __m256i packed = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(codes + i * (K / 2) + g / 2 * kGroup));
+      const __m256i low = _mm256_and_si256(packed, nibble);
+      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+      const int64_t at = i * groups + g;
+      const float s0 = scales[at], s1 = scales[at + 1], z0 = mins[at], z1 = mins[at + 1];
+      for (int j = 0; j < RX; ++j) {
+        const __m256i zero = _mm256_setzero_si256();
+        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen(dot2(zero, low, x0[j]))),
+                                    _mm256_set1_ps(s0 * rows[j].scales[g]), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen(dot2(zero, high, x1[j]))),
+                                    _mm256_set1_ps(s1 * rows[j].scales[g + 1]), acc[i][j]);
+        tail[i][j] += z0 * rows[j].sums[g] + z1 * rows[j].sums[g + 1];
+      }
+    }
+  }
+  for (int i = 0; i < RW; ++i)
+    for (int j = 0; j < RX; ++j) out[i + j * out_stride] = sum_lanes(acc[i][j]) + tail[i][j];
 }
 
+#else
+#error "zenlm::int4_linear needs AVX2 + FMA + F16C or AVX-512 VNNI (build.py says which flags)"
 #endif
 
 constexpr int64_t kTilesAhead = 4;  // measured: 1, 2, 4 and 8 tiles; 4 was fastest
@@ -281,6 +365,8 @@ void weight_tiles(const uint8_t* codes, const c10::Half* scales, const c10::Half
 }
 
 constexpr int64_t kRowsPerPass = 32;
+// Activation rows per tile for prompts: AVX-512 has 32 vector registers, AVX2 16.
+constexpr int kPromptTileRows = ZENLM_AVX512 ? 4 : 2;
 
 // Weight rows [n0, n1) against all M activation rows.
 template <int RW, int RX>
@@ -321,35 +407,50 @@ void check_inputs(const at::Tensor& x, const at::Tensor& codes, const at::Tensor
   check_weight("int4_linear", x.size(1), codes, scales, mins);
 }
 
-// One group's 32 codes (input order) as bfloat16 code * scale + low.
-inline void dequantize_group(const uint8_t* codes, float scale, float low, c10::BFloat16* out) {
-#if ZENLM_VNNI && defined(__AVX512BF16__)
-  const __m512 s = _mm512_set1_ps(scale), z = _mm512_set1_ps(low);
-  for (int64_t half = 0; half < 2; ++half) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * half));
-    const __m512 w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s, z);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * half),
-                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(w)));
+// One group's 32 codes (input order) as code * scale + low, in bfloat16 or float32.
+template <typename T>
+inline void dequantize_group(const uint8_t* codes, float scale, float low, T* out) {
+#if ZENLM_AVX512 && defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m512 s = _mm512_set1_ps(scale), z = _mm512_set1_ps(low);
+    for (int64_t half = 0; half < 2; ++half) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * half));
+      const __m512 w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s, z);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * half),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(w)));
+    }
+    return;
   }
-#else
+#endif
+#if ZENLM_AVX512 || ZENLM_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(low);
+    for (int64_t eighth = 0; eighth < 4; ++eighth) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + 8 * eighth));
+      const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), s, z);
+      _mm256_storeu_ps(out + 8 * eighth, w);
+    }
+    return;
+  }
+#endif
   for (int64_t k = 0; k < kGroup; ++k) {
     out[k] = static_cast<float>(codes[k]) * scale + low;
   }
-#endif
 }
 
-// Weight rows [n0, n1) as bfloat16 code * scale + min, in input order, into out (N, K).
+// Weight rows [n0, n1) as code * scale + min, in input order, into out (N, K).
 // Each chunk's or pair's codes are first put in input order (the layout above), then
 // converted a group at a time.
+template <typename T>
 void dequantize_rows(const uint8_t* codes, const c10::Half* scales, const c10::Half* mins,
-                     int64_t K, int64_t n0, int64_t n1, c10::BFloat16* out) {
+                     int64_t K, int64_t n0, int64_t n1, T* out) {
   const int64_t groups = K / kGroup, chunk_groups = K / kChunkInputs * kLanes;
   uint8_t ordered[kChunkInputs];
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = codes + n * K / 2;
     const c10::Half* s = scales + n * groups;
     const c10::Half* z = mins + n * groups;
-    c10::BFloat16* o = out + n * K;
+    T* o = out + n * K;
     for (int64_t g0 = 0; g0 < chunk_groups; g0 += kLanes) {
       const uint8_t* chunk = row + g0 / kLanes * 256;
       for (int64_t j = 0; j < 4; ++j) {  // byte 64 j + 4 l + t: group l, inputs 8j + t, 8j + 4 + t
@@ -377,19 +478,25 @@ void dequantize_rows(const uint8_t* codes, const c10::Half* scales, const c10::H
   }
 }
 
-// The weight (N, K) in bfloat16: long prompts multiply by it with oneDNN's bfloat16
-// matmul (~470 GMAC/s here) rather than with int4_linear's tiles (~150).
+// The weight (N, K) in bfloat16 or float32: long prompts multiply by it with oneDNN's
+// (or MKL's) matmul, ~470 GMAC/s in bfloat16 on AVX512-BF16, rather than with
+// int4_linear's tiles (~150). Where bfloat16 is not native, float32 is the fast one.
 at::Tensor int4_dequantize(const at::Tensor& codes, const at::Tensor& scales,
-                           const at::Tensor& mins) {
+                           const at::Tensor& mins, c10::ScalarType dtype) {
   const int64_t K = codes.size(1) * 2, N = codes.size(0);
   check_weight("int4_dequantize", K, codes, scales, mins);
-  at::Tensor out = at::empty({N, K}, codes.options().dtype(at::kBFloat16));
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat,
+              "int4_dequantize: dtype must be bfloat16 or float32, got ", dtype);
+  at::Tensor out = at::empty({N, K}, codes.options().dtype(dtype));
   const auto* c = codes.data_ptr<uint8_t>();
   const auto* s = scales.data_ptr<c10::Half>();
   const auto* z = mins.data_ptr<c10::Half>();
-  auto* o = out.data_ptr<c10::BFloat16>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    dequantize_rows(c, s, z, K, n0, n1, o);
+    if (dtype == at::kFloat) {
+      dequantize_rows(c, s, z, K, n0, n1, out.data_ptr<float>());
+    } else {
+      dequantize_rows(c, s, z, K, n0, n1, out.data_ptr<c10::BFloat16>());
+    }
   });
   return out;
 }
@@ -429,7 +536,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
     if (M < 4) {
       weight_rows<4, 1>(c, s, z, rows, K, N, n0, n1, o);
     } else {
-      weight_rows<2, 4>(c, s, z, rows, K, N, n0, n1, o);
+      weight_rows<2, kPromptTileRows>(c, s, z, rows, K, N, n0, n1, o);
     }
   });
   return out;
@@ -439,7 +546,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
 
 TORCH_LIBRARY(zenlm, m) {
   m.def("int4_linear(Tensor x, Tensor codes, Tensor scales, Tensor mins) -> Tensor");
-  m.def("int4_dequantize(Tensor codes, Tensor scales, Tensor mins) -> Tensor");
+  m.def("int4_dequantize(Tensor codes, Tensor scales, Tensor mins, ScalarType dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(zenlm, CPU, m) {
@@ -447,5 +554,12 @@ TORCH_LIBRARY_IMPL(zenlm, CPU, m) {
   m.impl("int4_dequantize", &int4_dequantize);
 }
 
-// Whether this build multiplies with AVX-512 VNNI (1) or with plain loops (0).
-extern "C" int zenlm_int4_uses_vnni() { return ZENLM_VNNI; }
+// The path this build multiplies with, as a tag build.py reads from the file's bytes
+// before loading a cached library (loading runs code; reading does not).
+#if ZENLM_AVX512
+#define ZENLM_PATH_NAME "avx512"
+#else
+#define ZENLM_PATH_NAME "avx2"
+#endif
+extern "C" __attribute__((used)) const char zenlm_kernel_path[] =
+    "zenlm-kernel-path:" ZENLM_PATH_NAME;

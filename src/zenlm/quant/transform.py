@@ -12,15 +12,17 @@ from torch import nn
 
 from zenlm.kernels.layout import K_MULTIPLE
 from zenlm.models import DecoderLM
+from zenlm.quant.auto import resolve_mode
 from zenlm.quant.weights import Int4Linear, Int8Linear, QuantizedEmbedding
 
-QUANTIZE_MODES = ("none", "bf16", "int8", "int4")
+QUANTIZE_MODES = ("auto", "none", "bf16", "int8", "int4")
 
 
 def quantize(model: DecoderLM, mode: str) -> DecoderLM:
     """Prepare `model` for fast inference in `mode`, in place; returns it.
 
     Modes:
+        auto: the fastest of the others on this CPU (see zenlm.quant.auto).
         none: float32 weights, fused projections.
         bf16: bfloat16 weights and activations (norms and softmax stay float32).
         int8: int8 weights per output channel. The matmuls take bfloat16 inputs (the
@@ -36,6 +38,7 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
+    mode = resolve_mode(mode)
     make = {"int8": Int8Linear, "int4": _int4_or_int8}.get(mode)
     # Block by block: fusing copies a block's float32 weights, and glibc keeps freed
     # heap mapped, so fusing every block before converting any raised the load peak

@@ -4,7 +4,8 @@ Both multiply by their packed weights directly, without dequantizing: a decode s
 is bound by reading weights, so fewer bytes per weight is more tokens per second.
 int8 runs PyTorch's CPU kernel (`aten._weight_int8pack_mm`, on bfloat16 activations:
 with float32 inputs it takes a slow reference path, ~20x slower here); int4 runs
-zenlm's own (`zenlm/kernels/int4_linear.cpp`).
+zenlm's own (`zenlm/kernels/int4_linear.cpp`, AVX-512 VNNI or AVX2), or PyTorch's
+(`aten._weight_int4pack_mm_for_cpu`) on a CPU without either or without a compiler.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import torch
 from torch import nn
 
 from zenlm import kernels
+from zenlm.cpu import cpu_info
 from zenlm.kernels.layout import GROUP, K_MULTIPLE, pack_codes, unpack_codes
 
-#: From this many input rows on (a prompt), int4 layers dequantize their weight to
-#: bfloat16 and multiply with oneDNN: dequantization included, 1.1-1.3x the int4
-#: kernel's tiles at 64 rows and 1.8-2.2x at 512; at 32 rows the two are equal, and
-#: below that reading 4-bit weights is what wins.
-BFLOAT16_ROWS = 64
+#: From this many input rows on (a prompt), int4 layers dequantize their weight and
+#: multiply with oneDNN (bfloat16 where the CPU has it natively, else float32): with
+#: AVX512-BF16, dequantization included, 1.1-1.3x the int4 kernel's tiles at 64 rows
+#: and 1.8-2.2x at 512; at 32 rows the two are equal, and below that reading 4-bit
+#: weights is what wins.
+PROMPT_ROWS = 64
 
 #: Rows of a weight quantized at a time (2048 x 576 floats: 4.7 MB per temporary).
 ROWS_PER_SLICE = 2048
@@ -70,11 +73,12 @@ class Int4Linear(nn.Module):
     A group is stored as codes q in 0..15 with w = q * scale + min (asymmetric min/max
     quantization, refined by least squares; GGUF's Q4_1 blocks are this format
     exactly). The matmul is zenlm's own kernel (`zenlm/kernels/int4_linear.cpp`): int8
-    activations times 4-bit codes with AVX-512 VNNI, which reads the packed weights
-    directly. Prompts of `BFLOAT16_ROWS` tokens or more multiply by the weight
-    dequantized to bfloat16 instead (arithmetic, not reading weights, is what costs
-    there). Without the kernel (no C++ compiler), the layer multiplies by its weight
-    dequantized to float32 on every call: the same result, slower than float32.
+    activations times 4-bit codes with AVX-512 VNNI or AVX2, reading the packed weights
+    directly. Prompts of `PROMPT_ROWS` tokens or more multiply by the weight dequantized
+    to bfloat16 (where the CPU has native bfloat16) or float32 instead: arithmetic, not
+    reading weights, is what costs there. Without the kernel (a CPU with neither ISA,
+    no C++ compiler, or ZENLM_KERNELS=0) the layer keeps a copy of its codes in
+    PyTorch's int4 layout and multiplies with `aten._weight_int4pack_mm_for_cpu`.
 
     Args:
         weight: (N, K) float weight; K must be a multiple of 64.
@@ -86,7 +90,8 @@ class Int4Linear(nn.Module):
         N, K = weight.shape
         if K % K_MULTIPLE:
             raise ValueError(f"int4 needs in_features divisible by {K_MULTIPLE}, got {K}")
-        codes, scales, mins = [], [], []
+        self.kernel = kernels.load()  # "avx512", "avx2" or None
+        codes, scales, mins, torch_packed = [], [], [], []
         # Row slices keep quantization's float temporaries a few MB each; over a whole
         # output head (49152 x 576) they raised the load peak by ~330 MB.
         for rows in weight.detach().split(ROWS_PER_SLICE):
@@ -94,24 +99,40 @@ class Int4Linear(nn.Module):
             codes.append(pack_codes(q))
             scales.append(scale.half())
             mins.append((zero - 8 * scale).half())
+            if self.kernel is None:
+                torch_packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         self.register_buffer("codes", torch.cat(codes))  # (N, K / 2) uint8, the kernel's layout
         self.register_buffer("scales", torch.cat(scales))  # (N, K / 32)
         self.register_buffer("mins", torch.cat(mins))  # (N, K / 32)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.in_features, self.out_features = K, N
-        self.use_kernel = kernels.load()
+        self.prompt_dtype = torch.bfloat16 if cpu_info().native_bf16 else torch.float32
+        if self.kernel is None:
+            self.register_buffer("torch_codes", torch.cat(torch_packed))
+            # PyTorch's groups: w = (q - 8) * scale + zero, (K / 32, N, 2) float32
+            zeros = self.mins.float() + 8 * self.scales.float()
+            self.register_buffer("scales_and_zeros",
+                                 torch.stack([self.scales.float(), zeros], -1).transpose(0, 1)
+                                 .contiguous())
+
+    @property
+    def use_kernel(self) -> bool:
+        """Whether zenlm's own kernel multiplies (else PyTorch's int4 kernel)."""
+        return self.kernel is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., K) -> (..., N) float32 (the kernel quantizes x to int8 blocks itself)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).float().contiguous()
-        if self.use_kernel and flat.shape[0] >= BFLOAT16_ROWS:
-            weight = torch.ops.zenlm.int4_dequantize(self.codes, self.scales, self.mins)
-            out = (flat.bfloat16() @ weight.T).float()
-        elif self.use_kernel:
-            out = torch.ops.zenlm.int4_linear(flat, self.codes, self.scales, self.mins)
+        if self.kernel is None:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat, self.torch_codes, GROUP, self.scales_and_zeros)
+        elif flat.shape[0] >= PROMPT_ROWS:
+            weight = torch.ops.zenlm.int4_dequantize(self.codes, self.scales, self.mins,
+                                                     self.prompt_dtype)
+            out = (flat.to(weight.dtype) @ weight.T).float()
         else:
-            out = flat @ self.dequantized().T
+            out = torch.ops.zenlm.int4_linear(flat, self.codes, self.scales, self.mins)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*shape[:-1], self.out_features)

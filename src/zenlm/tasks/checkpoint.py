@@ -57,7 +57,7 @@ def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]
     if not path.is_file():
         raise CheckpointError(f"{folder}: no task.json; is this a `zenlm finetune` output?")
     info = json.loads(path.read_text(encoding="utf-8"))
-    lm = zenlm.load(folder)
+    lm = zenlm.load(folder, quantize=None)
     model = build_task_model(info, lm.model)
     if model is not lm.model:
         state = {k.removeprefix("head."): v for k, v in

@@ -217,7 +217,8 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
 def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     """Train, select the best model on the validation split, save; returns a summary."""
     torch.manual_seed(opts.seed)
-    lm = zenlm.load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None)
+    lm = zenlm.load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
+                    quantize=None)  # trained: the weights as stored
     train_examples = read_task_file(opts.task, opts.train)
     if opts.val:
         val_examples = read_task_file(opts.task, opts.val)

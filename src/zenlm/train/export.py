@@ -35,7 +35,7 @@ def load_trained(path: str | Path) -> tuple[DecoderLM | MaskedLM, Tokenizer | No
         return model.eval(), Tokenizer.from_folder(path)
     import zenlm
 
-    lm = zenlm.load(str(path))
+    lm = zenlm.load(str(path), quantize=None)  # exported exactly as trained
     return lm.model, lm._tokenizer
 
 

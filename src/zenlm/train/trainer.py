@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from zenlm.data.shards import BlockSampler
 from zenlm.errors import ZenlmError
+from zenlm.quant.auto import resolve_train_dtype
 from zenlm.train import fsdp
 from zenlm.train.checkpoint import (
     latest_checkpoint,
@@ -120,6 +121,9 @@ class Trainer:
         optimizer_factory: OptimizerFactory = adamw,
     ) -> None:
         self.dist, self.optim, self.loop = dist or DistContext(), optim, loop
+        # Resolved once (its warning, if any, said once): bfloat16 only where native.
+        self._dtype = (resolve_train_dtype(loop.dtype) if self.dist.device.type == "cpu"
+                       else "float32" if loop.dtype == "float32" else "bfloat16")
         self.model = (model_transform or (lambda m: m))(model).to(self.dist.device)
         if self.sharded:  # before the optimizer: it must see the sharded parameters
             self.model = fsdp.shard_model(self.model)
@@ -169,10 +173,8 @@ class Trainer:
         return self.loop.batch_size * self.loop.grad_accum * self.dist.world_size
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.loop.dtype == "float32":
+        if self._dtype == "float32":
             return contextlib.nullcontext()
-        if self.loop.dtype != "bfloat16":
-            raise ValueError(f"train.dtype must be float32 or bfloat16, got {self.loop.dtype!r}")
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
 
     # ----------------------------------------------------------------- resume
