@@ -6,15 +6,27 @@ do not mix), one after another, for several rounds; the table reports each peer'
 median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
 
     .venv/bin/python benchmarks/decode.py [--rounds 3] [--new-tokens 128] [--threads 2]
+        [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16]
 
 transformers runs a Hugging Face folder of the same weights (dequantized to float32,
-written once by zenlm's own exporter) in bfloat16, its fastest CPU mode here.
+written once by zenlm's own exporter) in --hf-dtype (default: bfloat16 where the CPU has
+it natively, its fastest mode there; float32 elsewhere). Its prefill computes the last
+position's logits only (`logits_to_keep=1`), as zenlm's does: equal work.
+
+`--cpu LEVEL` measures a narrower CPU on this one: zenlm runs with ZENLM_CPU=LEVEL,
+transformers with PyTorch's kernels narrowed the same way (zenlm.cpu), and llama.cpp
+from `--llamacpp-path`, a llama-cpp-python built for that level, e.g. for avx2:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF" \
+      .venv/bin/pip install --no-deps --target /tmp/llama-avx2 llama-cpp-python==0.3.36
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,10 +34,12 @@ import tempfile
 from pathlib import Path
 
 MODEL = "smollm2-135m-instruct"
-ZENLM_MODES = ("none", "bf16", "int8", "int4", "int8+compile", "int4+compile")
+LLAMA = "llama.cpp Q4_1"
+ZENLM_MODES = ("auto", "auto+compile", "none", "bf16", "int8", "int4", "int4+compile")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+dtype_name = sys.argv[5] if len(sys.argv) > 5 else "bfloat16"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT = [{"role": "system", "content": SYSTEM},
         {"role": "user", "content": "What is the capital of France? Explain in detail."}]
@@ -59,7 +73,7 @@ elif kind == "transformers":
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(path)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype_name)).eval()
     load_s = time.perf_counter() - t0
     ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt")
     ids = ids if torch.is_tensor(ids) else ids["input_ids"]
@@ -68,7 +82,8 @@ elif kind == "transformers":
         t0 = time.perf_counter()
         out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
         decode = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
-        x = torch.tensor([long]); model(x); t0 = time.perf_counter(); model(x)
+        x = torch.tensor([long]); model(x, logits_to_keep=1); t0 = time.perf_counter()
+        model(x, logits_to_keep=1)
         prefill = 512 / (time.perf_counter() - t0)
     text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 print(json.dumps({"load_s": load_s, "decode_tokens_per_s": decode,
@@ -76,10 +91,22 @@ print(json.dumps({"load_s": load_s, "decode_tokens_per_s": decode,
 '''
 
 
-def run(cmd: list[str]) -> dict:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one measurement subprocess; its last stdout line is a JSON object."""
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})}, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peer_envs(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Each kind of peer's environment for `--cpu` (empty: this CPU as it is)."""
+    if not args.cpu:
+        return {"zenlm": {}, "transformers": {}, "llamacpp": {}}
+    from zenlm.cpu import TORCH_ENV
+
+    llama = {"PYTHONPATH": args.llamacpp_path} if args.llamacpp_path else {}
+    return {"zenlm": {"ZENLM_CPU": args.cpu}, "transformers": dict(TORCH_ENV[args.cpu]),
+            "llamacpp": llama}
 
 
 def zenlm_cmd(mode: str, args: argparse.Namespace) -> list[str]:
@@ -95,7 +122,7 @@ def hf_folder(gguf: Path, out: Path) -> Path:
     import zenlm
     from zenlm.io.hf import save_hf_model
 
-    lm = zenlm.load(gguf)
+    lm = zenlm.load(gguf, quantize=None)
     save_hf_model(lm.model, out, tokenizer=lm.tokenizer)
     return out
 
@@ -108,28 +135,42 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", default=",".join(ZENLM_MODES))
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--cpu", default="", help="measure as this zenlm.cpu level (narrower)")
+    parser.add_argument("--llamacpp-path", default="",
+                        help="a llama-cpp-python built for --cpu's level (see above)")
+    parser.add_argument("--hf-dtype", default="", choices=["", "float32", "bfloat16"])
     args = parser.parse_args()
 
+    from zenlm.cpu import cpu_info, forced_level
     from zenlm.io.resolve import resolve_model
 
+    info = cpu_info()
+    level = forced_level(args.cpu, info.detected)
+    hf_dtype = args.hf_dtype or ("bfloat16" if level == "avx512_bf16" else "float32")
+    print(f"CPU: {info.model}, features {' '.join(info.features)}; measured as level {level}"
+          f"{' (forced)' if level != info.detected else ''}; llama.cpp from "
+          f"{args.llamacpp_path or 'the venv (built native)'}", flush=True)
     gguf = resolve_model(MODEL)
-    peers: dict[str, list[str]] = {
-        f"zenlm {m}": zenlm_cmd(m, args) for m in args.modes.split(",")
+    envs = peer_envs(args)
+    peers: dict[str, tuple[list[str], dict]] = {
+        f"zenlm {m}": (zenlm_cmd(m, args), envs["zenlm"]) for m in args.modes.split(",")
     }
     common = [str(args.new_tokens), str(args.threads)]
-    peers["llama.cpp Q4_1"] = [sys.executable, "-c", PEER_SCRIPT, "llamacpp", str(gguf), *common]
+    peers[LLAMA] = ([sys.executable, "-c", PEER_SCRIPT, "llamacpp", str(gguf), *common],
+                    envs["llamacpp"])
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_transformers:
             folder = hf_folder(gguf, Path(tmp) / "smollm2")
-            peers["transformers bf16"] = [sys.executable, "-c", PEER_SCRIPT, "transformers",
-                                          str(folder), *common]
+            peers[f"transformers {hf_dtype}"] = (
+                [sys.executable, "-c", PEER_SCRIPT, "transformers", str(folder), *common,
+                 hf_dtype], envs["transformers"])
         results: dict[str, list[dict]] = {name: [] for name in peers}
         for round_index in range(args.rounds):
             # Every other round in reverse order, so that a slow spell of the shared
             # machine at one end of a round does not always land on the same peer.
             order = list(peers) if round_index % 2 == 0 else list(reversed(peers))
             for name in order:
-                results[name].append(run(peers[name]))
+                results[name].append(run(*peers[name]))
                 r = results[name][-1]
                 print(f"round {round_index + 1} {name:18s} decode {r['decode_tokens_per_s']:7.1f} "
                       f"prefill {r['prefill_tokens_per_s']:7.0f}", flush=True)
@@ -153,7 +194,7 @@ def print_table(results: dict[str, list[dict]]) -> None:
                                  zip(results[name], results[reference], strict=True))
 
     print("\n| peer | decode tok/s | best round | x llama.cpp, same round (median) "
-          "| prefill tok/s (512) | x transformers bf16, same round (median) | load s "
+          "| prefill tok/s (512) | x transformers, same round (median) | load s "
           "| peak RSS MB | RSS while generating MB | limit 1.5 x weights + 200 MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in results:
@@ -162,8 +203,9 @@ def print_table(results: dict[str, list[dict]]) -> None:
             generating = f"{median(name, 'generate_peak_rss_mb'):.0f}"
             limit = f"{1.5 * median(name, 'weights_mb') + 200:.0f}"
         best = max(r["decode_tokens_per_s"] for r in results[name])
-        decode_ratio = same_round(name, "llama.cpp Q4_1", "decode_tokens_per_s")
-        prefill_ratio = same_round(name, "transformers bf16", "prefill_tokens_per_s")
+        decode_ratio = same_round(name, LLAMA, "decode_tokens_per_s")
+        hf = next((peer for peer in results if peer.startswith("transformers")), "")
+        prefill_ratio = same_round(name, hf, "prefill_tokens_per_s")
         print(f"| {name} | {median(name, 'decode_tokens_per_s'):.1f} | {best:.1f} "
               f"| {decode_ratio:.2f} | {median(name, 'prefill_tokens_per_s'):.0f} "
               f"| {prefill_ratio:.2f} | {median(name, 'load_s'):.2f} "

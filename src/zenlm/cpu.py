@@ -52,7 +52,7 @@ ARM_FEATURES = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "s
                 "bf16": "bf16"}
 
 #: What a forced level narrows in PyTorch's own libraries (read when torch loads).
-_TORCH_ENV = {
+TORCH_ENV = {
     "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                 "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -140,7 +140,7 @@ def cpu_info() -> CPUInfo:
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
         (os.cpu_count() or 1),
         features=features, detected=detected, level=level, forced=forced,
-        torch_env=dict(_TORCH_ENV[level]) if forced else {},
+        torch_env=dict(TORCH_ENV[level]) if forced else {},
     )
 
 

@@ -47,13 +47,23 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.native_bf16 = cpu_info().native_bf16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs)."""
+        """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs).
+
+        Prompts on a CPU without native bfloat16 multiply by the weight dequantized to
+        float32 instead: there PyTorch's int8 kernel emulates bfloat16 arithmetic, slower
+        than a float32 matmul once there are many rows.
+        """
         shape = x.shape
-        out = torch.ops.aten._weight_int8pack_mm(
-            x.reshape(-1, shape[-1]).to(self.scales.dtype), self.weight, self.scales
-        )
+        flat = x.reshape(-1, shape[-1])
+        if flat.shape[0] >= PROMPT_ROWS and not self.native_bf16:
+            out = flat.float() @ (self.weight.float() * self.scales.float()[:, None]).T
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(
+                flat.to(self.scales.dtype), self.weight, self.scales
+            )
         if self.bias is not None:
             out = out + self.bias
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
