@@ -11,6 +11,11 @@ Two measurements, both in one invocation so that they share the machine's condit
 Usage:
     .venv/bin/python benchmarks/train_shakespeare.py --phase speed
     .venv/bin/python benchmarks/train_shakespeare.py --phase budget --minutes 15
+    .venv/bin/python benchmarks/train_shakespeare.py --phase speed --cpu avx2
+
+zenlm trains with its default dtype, `auto` (bfloat16 autocast where the CPU has native
+bfloat16, float32 elsewhere). `--cpu LEVEL` runs both loops as that narrower CPU level
+(zenlm.cpu narrows PyTorch's kernels before the first matmul).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -108,7 +114,7 @@ def zenlm_config(out_dir: Path, **train) -> dict:
         "tokenizer": {"kind": "char"},
         "optim": {"lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta2": 0.99,
                   "weight_decay": 0.1, "grad_clip": 1.0},
-        "train": {"out_dir": str(out_dir / "run"), "batch_size": BATCH, "dtype": "bfloat16",
+        "train": {"out_dir": str(out_dir / "run"), "batch_size": BATCH, "dtype": "auto",
                   "eval_every": 100, "eval_batches": 20, "save_every": 0, "keep_last": 1,
                   "log_every": 50, "progress": False, "export_hf": False, **train},
     }
@@ -133,20 +139,20 @@ def speed(out_dir: Path, iters: int, rounds: int, compile_: bool) -> dict:
     text = DATA.read_text(encoding="utf-8")
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
-    results: dict[str, list[float]] = {"nanogpt_fp32_eager": [], "zenlm_bf16": []}
+    results: dict[str, list[float]] = {"nanogpt_fp32_eager": [], "zenlm_auto": []}
     if compile_:
-        results["zenlm_bf16_compile"] = []
+        results["zenlm_auto_compile"] = []
     for _ in range(rounds):  # alternate, so that both see the same background load
         results["nanogpt_fp32_eager"].append(nanogpt_tokens_per_s(data, len(chars), iters))
-        results["zenlm_bf16"].append(zenlm_tokens_per_s(out_dir, iters))
+        results["zenlm_auto"].append(zenlm_tokens_per_s(out_dir, iters))
         if compile_:
-            results["zenlm_bf16_compile"].append(zenlm_tokens_per_s(out_dir, iters,
+            results["zenlm_auto_compile"].append(zenlm_tokens_per_s(out_dir, iters,
                                                                     compile=True))
     summary = {k: round(sum(v) / len(v)) for k, v in results.items()}
-    summary["ratio_bf16"] = round(summary["zenlm_bf16"] / summary["nanogpt_fp32_eager"], 2)
+    summary["ratio_auto"] = round(summary["zenlm_auto"] / summary["nanogpt_fp32_eager"], 2)
     if compile_:
-        summary["ratio_bf16_compile"] = round(
-            summary["zenlm_bf16_compile"] / summary["nanogpt_fp32_eager"], 2)
+        summary["ratio_auto_compile"] = round(
+            summary["zenlm_auto_compile"] / summary["nanogpt_fp32_eager"], 2)
     return {"per_round": results, "mean_tokens_per_s": summary, "threads": torch.get_num_threads()}
 
 
@@ -178,14 +184,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0,
                         help="schedule length (budget); 0 = fitted to the speed just measured")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cpu", default="", help="run as this zenlm.cpu level (narrower)")
     args = parser.parse_args()
+    if args.cpu:  # before the first matmul: PyTorch reads these lazily
+        os.environ["ZENLM_CPU"] = args.cpu
+    from zenlm.cpu import apply_forced_level, cpu_info
+
+    apply_forced_level()
+    info = cpu_info()
+    print(f"CPU: {info.model}, features {' '.join(info.features)}; level {info.level}; "
+          f"torch kernels {torch.backends.cpu.get_cpu_capability()}", flush=True)
     out = Path(args.out)
     torch.set_num_threads(torch.get_num_threads())
     steps = args.steps or 1000
     if args.phase in ("speed", "both"):
         measured = speed(out, args.iters, args.rounds, args.compile)
         print(json.dumps({"speed": measured}, indent=1), flush=True)
-        rate = measured["mean_tokens_per_s"]["zenlm_bf16_compile" if args.compile else "zenlm_bf16"]
+        rate = measured["mean_tokens_per_s"]["zenlm_auto_compile" if args.compile else "zenlm_auto"]
         # Fit the schedule to the budget as nanoGPT's was: ~90% of the steps that fit.
         steps = args.steps or int(0.9 * rate * 60 * args.minutes / (BATCH * BLOCK))
         print(f"schedule fitted to the budget: {steps} steps", flush=True)

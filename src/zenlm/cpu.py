@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,15 +147,13 @@ def apply_forced_level() -> None:
     """Narrow PyTorch's kernels to a forced ZENLM_CPU level (no-op when not forced).
 
     Sets ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS unless the
-    user set them. They take effect only if torch is not yet imported (zenlm calls this
-    before importing torch); otherwise one warning says the run is only partly narrowed.
+    user set them. PyTorch reads them when it first needs each library (ATen's
+    dispatch, oneDNN, MKL), so this must run before the first tensor operation; zenlm
+    runs it before it imports torch.
     """
     info = cpu_info()
     if not info.forced:
         return
-    if "torch" in sys.modules:
-        log.warning("%s=%s set after torch was imported: zenlm's own kernels follow it, "
-                    "PyTorch's do not", ENV_LEVEL, info.level)
     for name, value in info.torch_env.items():
         os.environ.setdefault(name, value)
 
