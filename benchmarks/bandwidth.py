@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from zenlm.cpu import cpu_info
+
 
 def main() -> None:
     """Print the read bandwidth in GB/s."""
@@ -22,6 +24,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=15)
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     torch.set_num_threads(args.threads)
     data = torch.ones(2**28, dtype=torch.float32)  # 1 GiB
     data.sum()  # fault the pages in

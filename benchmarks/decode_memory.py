@@ -13,6 +13,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from zenlm.cpu import cpu_info
+
 CHILD = """
 import sys, torch
 import zenlm
@@ -41,6 +43,7 @@ for n in (128, 256, 384):
 
 def main() -> None:
     """Run one process per key multiple."""
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     for multiple in (64, 1):
         subprocess.run([sys.executable, "-c", CHILD, str(multiple)], check=True)
 

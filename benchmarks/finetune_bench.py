@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from zenlm.cpu import cpu_info
 from zenlm.tasks.runner import FinetuneOptions, finetune
 
 DATA = Path(os.environ.get("ZENLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=40.0)
     parser.add_argument("--max-steps", type=int, default=0)
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     options = PRESETS[args.preset]()
     if args.epochs is not None:
         options["epochs"] = args.epochs

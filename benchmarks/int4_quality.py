@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import zenlm
+from zenlm.cpu import cpu_info
 from zenlm.io.resolve import resolve_model
 from zenlm.quant import Int4Linear
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("ZENLM_DATA", "../shared/data"))
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     torch.set_num_threads(2)
     gguf = resolve_model(MODEL)
     text = (Path(args.data) / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")

@@ -24,6 +24,7 @@ from int4_quality import perplexity, zenlm_logits
 
 import zenlm
 from zenlm.bench import prefill_seconds
+from zenlm.cpu import cpu_info
 from zenlm.nn import attention
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--data", default=os.environ.get("ZENLM_DATA", "../shared/data"))
     args = parser.parse_args()
+    print(cpu_info().describe(), flush=True)  # what these figures ran on
     torch.set_num_threads(2)
     one_layer()
     whole_model(args.rounds, Path(args.data))
