@@ -1,4 +1,7 @@
-"""`zenlm finetune`, `zenlm predict` and `zenlm evaluate` for classify | ner | qa | sft."""
+"""`zenlm finetune`, `zenlm predict` and `zenlm evaluate` for the registered tasks.
+
+The tasks (classify, ner, qa, sft, ...) are those of `zenlm.tasks.registry`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import dataclasses
 import json
 import sys
 from typing import Any
-
-TASKS = ("classify", "ner", "qa", "sft")
 
 
 def finetune_command(**options: Any) -> int:
@@ -26,17 +27,20 @@ def evaluate_command(task: str, model: str, data: str, as_json: bool = False,
                      plot: str | None = None) -> int:
     """Score a fine-tuned model on a labelled file: Markdown report, or one JSON object."""
     from zenlm.eval.metrics import plot_confusion_matrix
-    from zenlm.tasks.checkpoint import load_task_model
-    from zenlm.tasks.runner import evaluate_task, pad_id, read_task_file
+    from zenlm.tasks.checkpoint import backbone_of, load_task_model
+    from zenlm.tasks.registry import get_task
+    from zenlm.tasks.spec import pad_id
 
+    spec = get_task(task)
     network, tokenizer, info = load_task_model(model)
-    _check_task(task, info)
-    labels = info["labels"] if task in ("classify", "ner") else None
-    examples = read_task_file(task, data, labels=labels)
-    pad = pad_id(tokenizer, network_config(network))
-    scores = evaluate_task(network, tokenizer, info, examples, pad)
-    if plot and task == "classify":
-        plot_confusion_matrix(scores["confusion_matrix"], info["labels"], plot)
+    _check_task(task, info.task)
+    examples = spec.read(data, info.labels or None)
+    scores = spec.evaluate(network, tokenizer, info, examples,
+                           pad_id(tokenizer, backbone_of(network).config))
+    if plot:
+        if "confusion_matrix" not in scores:
+            raise ValueError(f"--plot draws a confusion matrix, which task {task!r} has not")
+        plot_confusion_matrix(scores["confusion_matrix"], info.labels, plot)
     if as_json:
         print(json.dumps(scores, ensure_ascii=False))
     else:
@@ -51,7 +55,7 @@ def predict_command(task: str, model: str, input: str, output: str | None = None
     from zenlm.tasks.predict import predict_records
 
     network, tokenizer, info = load_task_model(model)
-    _check_task(task, info)
+    _check_task(task, info.task)
     handle = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         for record in predict_records(network, tokenizer, info, input,
@@ -63,14 +67,9 @@ def predict_command(task: str, model: str, input: str, output: str | None = None
     return 0
 
 
-def network_config(network: Any) -> Any:
-    """The backbone's ModelConfig of a task model."""
-    return getattr(network, "backbone", network).config
-
-
-def _check_task(task: str, info: dict[str, Any]) -> None:
-    if info["task"] != task:
-        raise ValueError(f"this model was fine-tuned for --task {info['task']}, not {task}")
+def _check_task(task: str, trained_for: str) -> None:
+    if trained_for != task:
+        raise ValueError(f"this model was fine-tuned for --task {trained_for}, not {task}")
 
 
 def _markdown(task: str, model: str, data: str, scores: dict[str, Any]) -> str:
@@ -91,10 +90,12 @@ def _markdown(task: str, model: str, data: str, scores: dict[str, Any]) -> str:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `finetune`, `predict` and `evaluate`."""
+    from zenlm.tasks.registry import task_names
     from zenlm.tasks.runner import FinetuneOptions
 
+    tasks = task_names()
     tune = commands.add_parser("finetune", help="fine-tune a model on a task (full or LoRA)")
-    tune.add_argument("--task", choices=TASKS, required=True)
+    tune.add_argument("--task", choices=tasks, required=True)
     tune.add_argument("--model", required=True, help="model folder, .gguf file or short name")
     tune.add_argument("--train", required=True, help="training file")
     defaults = {f.name: f for f in dataclasses.fields(FinetuneOptions)}
@@ -114,7 +115,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tune.set_defaults(handler=finetune_command)
 
     pred = commands.add_parser("predict", help="predict with a fine-tuned model")
-    pred.add_argument("--task", choices=TASKS, required=True)
+    pred.add_argument("--task", choices=tasks, required=True)
     pred.add_argument("--model", required=True, help="a `zenlm finetune` output model folder")
     pred.add_argument("--input", required=True, help="file in the task's format")
     pred.add_argument("--output", default=None, help="JSON Lines file (default: stdout)")
@@ -122,7 +123,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pred.set_defaults(handler=predict_command)
 
     ev = commands.add_parser("evaluate", help="a fine-tuned model's metrics on a labelled file")
-    ev.add_argument("--task", choices=TASKS, required=True)
+    ev.add_argument("--task", choices=tasks, required=True)
     ev.add_argument("--model", required=True)
     ev.add_argument("--data", required=True)
     ev.add_argument("--json", action="store_true", dest="as_json")

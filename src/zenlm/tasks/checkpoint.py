@@ -4,12 +4,11 @@ Layout of a fine-tuned model folder:
     config.json, model.safetensors, tokenizer files   the backbone (LoRA merged in)
     head.safetensors                                  the task head (absent for sft)
     adapter.safetensors                               the LoRA adapters alone (with --lora)
-    task.json                                         task, labels, pooling, lengths
+    task.json                                         TaskInfo (task, labels, pooling, lengths)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,21 @@ from torch import nn
 import zenlm
 from zenlm.errors import CheckpointError
 from zenlm.io.hf import save_hf_model
-from zenlm.models.heads import SequenceClassifier, SpanQA, TokenClassifier
 from zenlm.nn.lora import lora_layers, merge_lora, save_adapters, unmerge_lora
+from zenlm.tasks.registry import get_task
+from zenlm.tasks.spec import TaskInfo
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
-    """The backbone of a task model (the model itself for sft)."""
-    return getattr(model, "backbone", model)
+    """The backbone of a task model (the model itself when the task adds no head).
+
+    Task heads (`zenlm.models.heads`) hold their backbone as the child module "backbone".
+    """
+    return dict(model.named_children()).get("backbone", model)
 
 
 def save_task_model(model: nn.Module, folder: str | Path, tokenizer: Any,
-                    info: dict[str, Any]) -> Path:
+                    info: TaskInfo) -> Path:
     """Write a task model folder (see the module docstring); LoRA stays unmerged in memory."""
     folder = Path(folder)
     backbone = backbone_of(model)
@@ -45,18 +48,31 @@ def save_task_model(model: nn.Module, folder: str | Path, tokenizer: Any,
     if backbone is not model:
         head = {f"head.{k}": v.detach().contiguous() for k, v in model.head.state_dict().items()}
         save_file(head, str(folder / "head.safetensors"))
-    (folder / "task.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+    (folder / "task.json").write_text(info.to_json(), encoding="utf-8")
     return folder
 
 
-def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(task model in eval mode, tokenizer, task info) of a folder `save_task_model` wrote."""
-    folder = Path(folder)
-    path = folder / "task.json"
+def read_task_info(folder: str | Path) -> TaskInfo:
+    """The TaskInfo of a model folder's task.json, its task checked against the registry.
+
+    Raises:
+        CheckpointError: no task.json, an unreadable one, or a task zenlm does not know.
+    """
+    path = Path(folder) / "task.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no task.json; is this a `zenlm finetune` output?")
-    info = json.loads(path.read_text(encoding="utf-8"))
+    info = TaskInfo.from_json(path.read_text(encoding="utf-8"), where=str(path))
+    try:
+        get_task(info.task)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return info
+
+
+def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, TaskInfo]:
+    """(task model in eval mode, tokenizer, task info) of a folder `save_task_model` wrote."""
+    folder = Path(folder)
+    info = read_task_info(folder)
     lm = zenlm.load(folder, quantize=None)
     model = build_task_model(info, lm.model)
     if model is not lm.model:
@@ -66,16 +82,6 @@ def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]
     return model.eval(), lm.tokenizer, info
 
 
-def build_task_model(info: dict[str, Any], backbone: nn.Module) -> nn.Module:
-    """The task model `info["task"]` around `backbone` (a fresh head)."""
-    task = info["task"]
-    if task == "classify":
-        return SequenceClassifier(backbone, len(info["labels"]), pooling=info.get("pooling"),
-                                  dropout=info.get("dropout", 0.1))
-    if task == "ner":
-        return TokenClassifier(backbone, len(info["labels"]), dropout=info.get("dropout", 0.1))
-    if task == "qa":
-        return SpanQA(backbone)
-    if task == "sft":
-        return backbone
-    raise ValueError(f"task must be classify, ner, qa or sft, got {task!r}")
+def build_task_model(info: TaskInfo, backbone: nn.Module) -> nn.Module:
+    """The task model of `info.task` around `backbone` (a fresh head)."""
+    return get_task(info.task).build_model(info, backbone)

@@ -1,16 +1,23 @@
-"""Sequence classification: encode texts, collate, loss, predict."""
+"""Sequence classification: encode texts, collate, loss, predict; `SPEC`, the classify task."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.data import tasks as readers
+from zenlm.eval import metrics
+from zenlm.models.heads import SequenceClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, truncate_keep_last
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
 from zenlm.tokenizer import Tokenizer
 
 
@@ -74,3 +81,82 @@ def predict_classify(
         for row, index in enumerate(chunk):
             out[index] = probs[row]
     return torch.stack(out) if out else torch.zeros(0)
+
+
+class ClassifyTask(TaskSpec):
+    """One label per text: TSV/CSV in, a pooled linear head, accuracy first."""
+
+    name = "classify"
+    headline = "accuracy"
+    weighted = True
+
+    def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
+             labelled: bool = True) -> list[readers.TextExample]:
+        """Rows of a TSV/CSV file with a text column and a `label` column."""
+        return readers.read_classification(path, labels=labels, require_labels=labelled)
+
+    def label_set(self, examples: list[readers.TextExample]) -> list[str]:
+        """The sorted label names."""
+        return sorted({e.label for e in examples})
+
+    def check_labels(self, labels: Sequence[str], examples: list[readers.TextExample]) -> None:
+        """Refuse a validation label that training never saw."""
+        for e in examples:
+            if e.label not in labels:
+                raise readers.TaskDataError(f"line {e.line}: validation label {e.label!r} "
+                                            f"never occurs in training ({list(labels)})")
+
+    def text_of(self, example: readers.TextExample) -> str:
+        """The text."""
+        return example.text
+
+    def encode(self, tokenizer: Any, examples: list[readers.TextExample], info: TaskInfo, *,
+               labelled: bool = True) -> list[ClassifyFeature]:
+        """Tokenized texts (an encoder keeps its final [SEP] when cut) and label indexes."""
+        index = {label: i for i, label in enumerate(info.labels)}
+        targets = [index[e.label] for e in examples] if labelled else None
+        return encode_texts(tokenizer, [e.text for e in examples], targets,
+                            max_length=info.max_length, keep_last=info.arch == "encoder")
+
+    def collate(self, features: list[ClassifyFeature], pad_id: int) -> TensorBatch:
+        """See `collate_classify`."""
+        return collate_classify(features, pad_id)
+
+    def class_labels(self, features: list[ClassifyFeature]) -> list[int]:
+        """The label index of every feature."""
+        return [f.label for f in features]
+
+    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+        """Cross-entropy of the class logits."""
+        return functools.partial(classify_loss, class_weights=class_weights)
+
+    def build_model(self, info: TaskInfo, backbone: nn.Module) -> SequenceClassifier:
+        """A pooled linear head with one output per label."""
+        return SequenceClassifier(backbone, len(info.labels), pooling=info.pooling,
+                                  dropout=info.dropout)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                 examples: list[readers.TextExample], pad_id: int) -> dict[str, Any]:
+        """Accuracy, macro F1, per-class scores and the confusion matrix."""
+        probs = predict_classify(model, self.encode(tokenizer, examples, info), pad_id)
+        predicted = [info.labels[i] for i in probs.argmax(-1).tolist()]
+        truth = [e.label for e in examples]
+        prf = metrics.precision_recall_f1(truth, predicted, info.labels)
+        return {"accuracy": metrics.accuracy(truth, predicted), "f1": prf["macro"]["f1"],
+                "macro": prf["macro"], "micro": prf["micro"], "per_class": prf["per_class"],
+                "confusion_matrix": metrics.confusion_matrix(truth, predicted, info.labels),
+                "n": len(examples)}
+
+    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
+                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"text", "label", "probs": {label: probability}} per row."""
+        examples = self.read(path, labelled=False)
+        features = self.encode(tokenizer, examples, info, labelled=False)
+        for example, row in zip(examples, predict_classify(model, features, pad_id),
+                                strict=True):
+            yield {"text": example.text, "label": info.labels[int(row.argmax())],
+                   "probs": dict(zip(info.labels, [round(float(p), 6) for p in row],
+                                     strict=True))}
+
+
+SPEC = ClassifyTask()

@@ -1,16 +1,23 @@
-"""Token classification (NER): word tags <-> sub-word labels, collate, loss, decode."""
+"""Token classification (NER): word tags <-> sub-word labels, collate, loss, decode; `SPEC`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.data import tasks as readers
+from zenlm.eval import metrics
+from zenlm.models.heads import TokenClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
 from zenlm.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -109,3 +116,78 @@ def predict_tags(
             for k, position in enumerate(feature.word_starts):
                 words[feature.sentence][feature.first_word + k] = int(best[row, position])
     return [[tags[i] for i in range(len(tags))] for tags in words]
+
+
+class NERTask(TaskSpec):
+    """One BIO tag per word: CoNLL in, a linear head per token, entity F1 first."""
+
+    name = "ner"
+    headline = "f1"
+    weighted = True
+
+    def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
+             labelled: bool = True) -> list[readers.TaggedSentence]:
+        """Sentences of a CoNLL file (the last column is the tag)."""
+        return readers.read_conll(path, labels=labels, require_tags=labelled)
+
+    def label_set(self, examples: list[readers.TaggedSentence]) -> list[str]:
+        """"O" first, then the other tags sorted."""
+        tags = {t for e in examples for t in e.tags}
+        return ["O", *sorted(tags - {"O"})]
+
+    def check_labels(self, labels: Sequence[str],
+                     examples: list[readers.TaggedSentence]) -> None:
+        """Refuse validation tags that training never saw."""
+        for e in examples:
+            unknown = set(e.tags) - set(labels)
+            if unknown:
+                raise readers.TaskDataError(f"line {e.line}: validation tags {sorted(unknown)} "
+                                            f"never occur in training ({list(labels)})")
+
+    def text_of(self, example: readers.TaggedSentence) -> str:
+        """The words joined by spaces."""
+        return " ".join(example.tokens)
+
+    def encode(self, tokenizer: Any, examples: list[readers.TaggedSentence], info: TaskInfo,
+               *, labelled: bool = True) -> list[TokenFeature]:
+        """Sub-word pieces of every sentence, tags on each word's first token."""
+        index = {tag: i for i, tag in enumerate(info.labels)}
+        tags = [[index[t] for t in e.tags] for e in examples] if labelled else None
+        return encode_words(tokenizer, [e.tokens for e in examples], tags,
+                            max_length=info.max_length)
+
+    def collate(self, features: list[TokenFeature], pad_id: int) -> TensorBatch:
+        """See `collate_tokens`."""
+        return collate_tokens(features, pad_id)
+
+    def class_labels(self, features: list[TokenFeature]) -> list[int]:
+        """The tag index of every labelled token."""
+        return [t for f in features for t in f.labels if t != IGNORE]
+
+    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+        """Cross-entropy over labelled tokens."""
+        return functools.partial(token_loss, class_weights=class_weights)
+
+    def build_model(self, info: TaskInfo, backbone: nn.Module) -> TokenClassifier:
+        """A linear head on every token, one output per tag."""
+        return TokenClassifier(backbone, len(info.labels), dropout=info.dropout)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                 examples: list[readers.TaggedSentence], pad_id: int) -> dict[str, Any]:
+        """Entity-level (seqeval-style) precision, recall and F1, per type too."""
+        features = self.encode(tokenizer, examples, info)
+        tags = predict_tags(model, features, len(examples), pad_id)
+        predicted = [[info.labels[t] for t in row] for row in tags]
+        return {**metrics.entity_f1([e.tags for e in examples], predicted), "n": len(examples)}
+
+    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
+                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"tokens", "tags"} per sentence."""
+        examples = self.read(path, labelled=False)
+        features = self.encode(tokenizer, examples, info, labelled=False)
+        for example, tags in zip(examples, predict_tags(model, features, len(examples), pad_id),
+                                 strict=True):
+            yield {"tokens": example.tokens, "tags": [info.labels[t] for t in tags]}
+
+
+SPEC = NERTask()

@@ -6,21 +6,28 @@ of its context tokens, so a predicted token span maps back to a substring of the
 original context. Decoding takes the n best start and end tokens of every window,
 keeps valid spans (inside the context, end >= start, at most `max_answer_length`
 tokens) and returns the best-scoring span over all windows (SQuAD v1.1: always answer).
+`SPEC` is the qa task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.data import tasks as readers
 from zenlm.data.tasks import QAExample
+from zenlm.eval import metrics
+from zenlm.models.heads import SpanQA
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
 from zenlm.tokenizer import Tokenizer
 
 
@@ -174,3 +181,59 @@ def predict_qa(
                    for r, f in enumerate(chunk)]
     return postprocess_qa(examples, features, logits, n_best=n_best,
                           max_answer_length=max_answer_length)
+
+
+class QATask(TaskSpec):
+    """Extractive QA: SQuAD in, start/end scores per token, F1 first."""
+
+    name = "qa"
+    headline = "f1"
+
+    def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
+             labelled: bool = True) -> list[QAExample]:
+        """Questions of a SQuAD v1.1 JSON file (`labels` does not apply)."""
+        return readers.read_squad(path, require_answers=labelled)
+
+    def text_of(self, example: QAExample) -> str:
+        """The question and its context."""
+        return f"{example.question} {example.context}"
+
+    def group_of(self, index: int, example: QAExample) -> Hashable:
+        """The article: no passage is in both the training and the validation split."""
+        return example.title
+
+    def encode(self, tokenizer: Any, examples: list[QAExample], info: TaskInfo, *,
+               labelled: bool = True) -> list[QAFeature]:
+        """Context windows of `info.max_length` tokens overlapping by `info.stride`."""
+        return qa_features(tokenizer, examples, max_length=info.max_length, stride=info.stride,
+                           labelled=labelled)
+
+    def collate(self, features: list[QAFeature], pad_id: int) -> TensorBatch:
+        """See `collate_qa`."""
+        return collate_qa(features, pad_id)
+
+    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+        """Mean of the start and end cross-entropies."""
+        return qa_loss
+
+    def build_model(self, info: TaskInfo, backbone: nn.Module) -> SpanQA:
+        """Two scores per token: answer start and end."""
+        return SpanQA(backbone)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                 examples: list[QAExample], pad_id: int) -> dict[str, Any]:
+        """SQuAD exact match and F1."""
+        answers = predict_qa(model, examples, self.encode(tokenizer, examples, info), pad_id)
+        refs = {e.id: [a for a, _ in e.answers] for e in examples}
+        return {**metrics.squad_scores(answers, refs), "n": len(examples)}
+
+    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
+                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"id", "answer"} per question."""
+        examples = self.read(path, labelled=False)
+        features = self.encode(tokenizer, examples, info, labelled=False)
+        for qid, answer in predict_qa(model, examples, features, pad_id).items():
+            yield {"id": qid, "answer": answer}
+
+
+SPEC = QATask()

@@ -5,20 +5,26 @@ IGNORE everywhere else, so the system prompt, the user's words and the template'
 headers carry no loss. Packing concatenates several conversations into one row; a
 block-diagonal causal mask and per-conversation position ids keep each conversation
 from attending to (or being positioned after) the others, so a packed row gives each
-conversation the logits it would get alone.
+conversation the logits it would get alone. `SPEC` is the sft task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from zenlm.data import tasks as readers
 from zenlm.models.decoder import DecoderLM
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_labels
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
 from zenlm.tokenizer import Message, Tokenizer
 
 IGNORE = -100
@@ -150,3 +156,82 @@ def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
     logits = packed_logits(model, batch.ids, batch.segments)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
                            ignore_index=IGNORE)
+
+
+@torch.inference_mode()
+def sft_metrics(model: DecoderLM, features: Sequence[SFTFeature], pad_id: int,
+                batch_size: int = 8) -> dict[str, Any]:
+    """Loss (mean over assistant tokens), perplexity, token and conversation counts."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(features), batch_size):
+        batch = collate_sft(list(features[start:start + batch_size]), pad_id)
+        n = int((batch.labels[:, 1:] != IGNORE).sum())
+        if n:
+            total += float(sft_loss(model, batch)) * n
+            count += n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count,
+            "n": len(features)}
+
+
+class SFTTask(TaskSpec):
+    """Instruction tuning: chat JSONL in, the decoder itself, assistant-token loss first."""
+
+    name = "sft"
+    headline = "loss"
+    higher_is_better = False
+
+    def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
+             labelled: bool = True) -> list[readers.ChatExample]:
+        """Conversations of a chat JSONL file (`labels` does not apply)."""
+        return readers.read_chat(path)
+
+    def text_of(self, example: readers.ChatExample) -> str:
+        """Every message's content."""
+        return " ".join(m["content"] for m in example.messages)
+
+    def encode(self, tokenizer: Any, examples: list[readers.ChatExample], info: TaskInfo, *,
+               labelled: bool = True) -> list[SFTFeature]:
+        """Templated conversations cut to `info.max_length`, assistant tokens labelled."""
+        return [encode_conversation(tokenizer, e.messages, max_length=info.max_length)
+                for e in examples]
+
+    def for_training(self, features: list[SFTFeature], info: TaskInfo, *,
+                     pack: bool) -> list:
+        """With `pack`, conversations packed into rows of `info.max_length` tokens."""
+        return pack_rows(features, info.max_length) if pack else features
+
+    def collate(self, features: list, pad_id: int) -> TensorBatch:
+        """See `collate_sft`."""
+        return collate_sft(features, pad_id)
+
+    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+        """Next-token cross-entropy on assistant tokens."""
+        return sft_loss
+
+    def build_model(self, info: TaskInfo, backbone: nn.Module) -> nn.Module:
+        """The decoder itself: its LM head is the task head."""
+        return backbone
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                 examples: list[readers.ChatExample], pad_id: int) -> dict[str, Any]:
+        """Assistant-token loss and perplexity."""
+        return sft_metrics(model, self.encode(tokenizer, examples, info), pad_id)
+
+    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
+                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"messages", "reply"}: each conversation up to its last assistant turn, and a reply."""
+        from zenlm.api import LM  # the chat front end (template, stops) over the one decoder
+
+        lm = LM(model, tokenizer)
+        for example in self.read(path):
+            last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+            prompt = example.messages[:last]
+            with torch.inference_mode():
+                reply = lm.chat(prompt, max_new_tokens=max_new_tokens)
+            yield {"messages": prompt, "reply": reply}
+
+
+pack_rows = pack  # `SFTTask.for_training` has a parameter named `pack`
+SPEC = SFTTask()
