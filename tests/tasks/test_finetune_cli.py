@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from zenlm.cli import main
+
+STEPS = "12"
 
 
 @pytest.fixture(scope="module")
 def run(minilm_folder, tmp_path_factory):
     """(training file, fine-tuned model folder, finetune's printed summary)."""
     tmp_path = tmp_path_factory.mktemp("finetune")
-    rows = ["sentence\tlabel"] + [f"a {'good' if i % 2 else 'bad'} film number {i}\t{i % 2}"
-                                  for i in range(40)]
+    # One word separates the classes; 3:2 so the majority baseline is not a coin toss.
+    rows = ["sentence\tlabel"] + [f"a {'good' if i % 5 < 2 else 'bad'} film number {i}\t"
+                                  f"{int(i % 5 < 2)}" for i in range(40)]
     data = tmp_path / "train.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "run"
@@ -23,7 +27,8 @@ def run(minilm_folder, tmp_path_factory):
     capture.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
     try:
         code = main(["finetune", "--task", "classify", "--model", str(minilm_folder), "--train",
-                     str(data), "--output", str(out), "--max-steps", "3", "--batch-size", "8",
+                     str(data), "--output", str(out), "--max-steps", STEPS, "--batch-size", "8",
+                     "--lr", "1e-3",
                      "--lora", "--lora-targets", "q,v", "--freeze-layers", "2"])
     finally:
         capture.undo()
@@ -31,18 +36,30 @@ def run(minilm_folder, tmp_path_factory):
     return data, out / "model", json.loads("\n".join(lines))
 
 
-def test_finetune_evaluate_predict_classify(run, capsys):
+def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
     data, model_dir, summary = run
-    assert summary["steps"] == 3 and summary["val_examples"] == 4
+    assert summary["steps"] == int(STEPS) and summary["val_examples"] == 4
     assert (model_dir / "adapter.safetensors").is_file()
     assert main(["evaluate", "--task", "classify", "--model", str(model_dir), "--data", str(data),
                  "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert 0.0 <= scores["accuracy"] <= 1.0 and scores["n"] == 40
+    predictions = tmp_path / "predictions.jsonl"
     assert main(["predict", "--task", "classify", "--model", str(model_dir), "--input",
-                 str(data)]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(records) == 40 and records[0]["label"] in ("0", "1")
+                 str(data), "--output", str(predictions)]) == 0
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    truth = [line.rsplit("\t", 1)[1] for line in data.read_text().splitlines()[1:]]
+    predicted = [r["label"] for r in records]
+    assert scores["n"] == len(records) == 40
+    # evaluate's numbers are those of predict's labels, recomputed by scikit-learn
+    assert scores["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(truth, predicted))
+    assert scores["confusion_matrix"] == sklearn_metrics.confusion_matrix(
+        truth, predicted, labels=["0", "1"]).tolist()
+    assert scores["f1"] == pytest.approx(sklearn_metrics.f1_score(truth, predicted,
+                                                                  average="macro"))
+    # and the model learned: it beats always answering the majority class (0.6)
+    majority = max(Counter(truth).values()) / len(truth)
+    assert scores["accuracy"] >= majority + 0.2
 
 
 def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):

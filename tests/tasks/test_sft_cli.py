@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import tokenizers
 import torch
+import torch.nn.functional as F
 
 import zenlm
 from zenlm.cli import main
@@ -16,6 +19,31 @@ from zenlm.tokenizer import Tokenizer
 
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def assistant_loss(folder: Path, conversations: list[tuple[str, str]]) -> float:
+    """Mean next-token cross-entropy on assistant tokens, by transformers and `tokenizers`.
+
+    The oracle for the loss `zenlm evaluate --task sft` reports: the conversation is
+    rendered by hand as TEMPLATE renders it, and the assistant tokens are those after the
+    generation prompt (the reply, its <|im_end|> and the newline after it).
+    """
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    backend = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    total, count = 0.0, 0
+    for user, reply in conversations:
+        prompt = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        encoding = backend.encode(f"{prompt}{reply}<|im_end|>\n", add_special_tokens=False)
+        ids = torch.tensor([encoding.ids])
+        assistant = torch.tensor([start >= len(prompt) and end > start
+                                  for start, end in encoding.offsets])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1].double()  # (T-1, V): predicts tokens 1..T-1
+        keep = assistant[1:]
+        total += float(F.cross_entropy(logits[keep], ids[0, 1:][keep], reduction="sum"))
+        count += int(keep.sum())
+    return total / count
 
 
 def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
@@ -30,9 +58,9 @@ def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
     base = tmp_path / "base"
     save_hf_model(build_model(config), base, tokenizer)
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"count to {i}", "input": "",
-                                        "output": " ".join(map(str, range(i)))}) + "\n"
-                            for i in range(1, 25)))
+    conversations = [(f"count to {i}", " ".join(map(str, range(i)))) for i in range(1, 25)]
+    data.write_text("".join(json.dumps({"instruction": user, "input": "", "output": reply})
+                            + "\n" for user, reply in conversations))
     out = tmp_path / "run"
     assert main(["finetune", "--task", "sft", "--model", str(base), "--train", str(data),
                  "--output", str(out), "--lora", "--max-steps", "4", "--batch-size", "2",
@@ -44,4 +72,8 @@ def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
     assert main(["evaluate", "--task", "sft", "--model", str(out / "model"), "--data", str(data),
                  "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert scores["loss"] > 0 and scores["n"] == 24
+    assert scores["n"] == 24
+    before, after = assistant_loss(base, conversations), assistant_loss(out / "model",
+                                                                         conversations)
+    assert scores["loss"] == pytest.approx(after, rel=1e-4)  # evaluate reports the true loss
+    assert after < before - 0.1  # and fine-tuning lowered it
