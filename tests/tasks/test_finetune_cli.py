@@ -28,7 +28,7 @@ def run(minilm_folder, tmp_path_factory):
     try:
         code = main(["finetune", "--task", "classify", "--model", str(minilm_folder), "--train",
                      str(data), "--output", str(out), "--max-steps", STEPS, "--batch-size", "8",
-                     "--lr", "1e-3",
+                     "--lr", "3e-3",
                      "--lora", "--lora-targets", "q,v", "--freeze-layers", "2"])
     finally:
         capture.undo()
@@ -57,9 +57,9 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
         truth, predicted, labels=["0", "1"]).tolist()
     assert scores["f1"] == pytest.approx(sklearn_metrics.f1_score(truth, predicted,
                                                                   average="macro"))
-    # and the model learned: it beats always answering the majority class (0.6)
-    majority = max(Counter(truth).values()) / len(truth)
-    assert scores["accuracy"] >= majority + 0.2
+    # and the model learned: it beats always answering the majority class (0.6) by far
+    assert max(Counter(truth).values()) / len(truth) == 0.6
+    assert scores["accuracy"] >= 0.9
 
 
 def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):

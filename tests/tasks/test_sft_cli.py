@@ -63,8 +63,9 @@ def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
                             + "\n" for user, reply in conversations))
     out = tmp_path / "run"
     assert main(["finetune", "--task", "sft", "--model", str(base), "--train", str(data),
-                 "--output", str(out), "--lora", "--max-steps", "4", "--batch-size", "2",
-                 "--max-length", "64", "--lr", "1e-2"]) == 0
+                 "--output", str(out), "--lora", "--lora-targets", "q,k,v,o,gate,up,down",
+                 "--max-steps", "8", "--batch-size", "2", "--max-length", "64",
+                 "--lr", "3e-2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["validation"]["tokens"] > 0
     assert (out / "model" / "adapter.safetensors").is_file()
@@ -76,4 +77,4 @@ def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
     before, after = assistant_loss(base, conversations), assistant_loss(out / "model",
                                                                          conversations)
     assert scores["loss"] == pytest.approx(after, rel=1e-4)  # evaluate reports the true loss
-    assert after < before - 0.1  # and fine-tuning lowered it
+    assert after < before - 0.2  # and fine-tuning lowered it (by ~0.31 nats)
