@@ -1,0 +1,104 @@
+"""`zenlm finetune` -> `evaluate --json` -> `predict` for ner and qa (MiniLM, a few steps).
+
+Each task's evaluation is recomputed from its `predict` output by an independent
+scorer: seqeval for entities, the official SQuAD v1.1 normalisation written out here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+
+import pytest
+
+from zenlm.cli import main
+
+PEOPLE = ["John", "Mary", "Ahmed", "Li", "Olga", "Pedro"]
+CITIES = ["Paris", "Berlin", "Lagos", "Lima", "Oslo"]
+
+
+def _finetune(task: str, model, train, out, *extra: str) -> None:
+    assert main(["finetune", "--task", task, "--model", str(model), "--train", str(train),
+                 "--output", str(out), "--batch-size", "8", *extra]) == 0
+
+
+def _evaluate_and_predict(task: str, model_dir, data, predictions, capsys) -> tuple[dict, list]:
+    capsys.readouterr()
+    assert main(["evaluate", "--task", task, "--model", str(model_dir), "--data", str(data),
+                 "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--task", task, "--model", str(model_dir), "--input", str(data),
+                 "--output", str(predictions)]) == 0
+    return scores, [json.loads(line) for line in predictions.read_text().splitlines()]
+
+
+def test_ner_scores_are_seqeval_of_the_predictions(minilm_folder, tmp_path, capsys):
+    seqeval = pytest.importorskip("seqeval.metrics")
+    lines, gold = [], []
+    for i in range(40):
+        person, city = PEOPLE[i % len(PEOPLE)], CITIES[i % len(CITIES)]
+        words = [person, "lives", "in", city, "now"]
+        tags = ["B-PER", "O", "O", "B-LOC", "O"]
+        lines += [f"{w} NN O {t}" for w, t in zip(words, tags, strict=True)] + [""]
+        gold.append(tags)
+    data = tmp_path / "train.conll"
+    data.write_text("\n".join(lines))
+    _finetune("ner", minilm_folder, data, tmp_path / "run", "--max-steps", "12", "--lr", "1e-2",
+              "--lora")
+    scores, records = _evaluate_and_predict("ner", tmp_path / "run" / "model", data,
+                                            tmp_path / "predictions.jsonl", capsys)
+    predicted = [r["tags"] for r in records]
+    assert [r["tokens"][0] for r in records] == [PEOPLE[i % len(PEOPLE)] for i in range(40)]
+    assert scores["n"] == len(predicted) == 40
+    assert scores["f1"] == pytest.approx(seqeval.f1_score(gold, predicted))
+    assert scores["precision"] == pytest.approx(seqeval.precision_score(gold, predicted))
+    assert scores["f1"] > 0.5  # it learned which words are names
+
+
+def _normalize(text: str) -> str:
+    """SQuAD v1.1's official answer normalisation."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _token_f1(prediction: str, truth: str) -> float:
+    guess, gold = _normalize(prediction).split(), _normalize(truth).split()
+    same = sum((Counter(guess) & Counter(gold)).values())
+    if not same:
+        return 0.0
+    precision, recall = same / len(guess), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_qa_scores_are_squad_scores_of_the_predictions(minilm_folder, tmp_path, capsys):
+    articles, truth = [], {}
+    for a in range(4):
+        paragraphs = []
+        for i in range(6):
+            person, city = PEOPLE[(a + i) % len(PEOPLE)], CITIES[(a * 2 + i) % len(CITIES)]
+            context = (f"In the story number {a}{i}, {person} travelled by train to {city} "
+                       f"and stayed there for a long winter with old friends.")
+            qid = f"q{a}-{i}"
+            truth[qid] = [city]
+            paragraphs.append({"context": context, "qas": [{
+                "id": qid, "question": f"Where did {person} travel to?",
+                "answers": [{"text": city, "answer_start": context.index(city)}]}]})
+        articles.append({"title": f"article {a}", "paragraphs": paragraphs})
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps({"data": articles}))
+    # Windows of 32 tokens with an overlap of 8: every context is cut into several windows.
+    _finetune("qa", minilm_folder, data, tmp_path / "run", "--max-steps", "4",
+              "--max-length", "32", "--stride", "8", "--lr", "1e-3")
+    scores, records = _evaluate_and_predict("qa", tmp_path / "run" / "model", data,
+                                            tmp_path / "predictions.jsonl", capsys)
+    answers = {r["id"]: r["answer"] for r in records}
+    assert sorted(answers) == sorted(truth) and scores["n"] == 24
+    contexts = {q["id"]: p["context"] for art in articles for p in art["paragraphs"]
+                for q in p["qas"]}
+    assert all(answers[qid] in contexts[qid] for qid in answers)  # extracted spans
+    exact = 100 * sum(_normalize(answers[q]) == _normalize(truth[q][0]) for q in truth) / 24
+    f1 = 100 * sum(_token_f1(answers[q], truth[q][0]) for q in truth) / 24
+    assert scores["exact_match"] == pytest.approx(exact)
+    assert scores["f1"] == pytest.approx(f1)
