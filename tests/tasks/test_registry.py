@@ -53,7 +53,8 @@ def test_no_task_name_dispatch_outside_the_registry():
 
 def test_task_info_round_trips_through_json():
     info = TaskInfo(task="ner", labels=["O", "B-PER", "I-PER"], max_length=32, stride=8,
-                    pooling="mean", arch="encoder", base_model="x", added_tokens=2, dropout=0.2)
+                    pooling="mean", arch="encoder", base_model="x", added_tokens=2, dropout=0.2,
+                    options={"source": "en", "beams": 4})
     text = info.to_json()
     assert json.loads(text)["format"] == 2
     assert TaskInfo.from_json(text) == info

@@ -83,7 +83,7 @@ def predict_classify(
     return torch.stack(out) if out else torch.zeros(0)
 
 
-class ClassifyTask(TaskSpec):
+class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
     """One label per text: TSV/CSV in, a pooled linear head, accuracy first."""
 
     name = "classify"

@@ -118,7 +118,7 @@ def predict_tags(
     return [[tags[i] for i in range(len(tags))] for tags in words]
 
 
-class NERTask(TaskSpec):
+class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
     """One BIO tag per word: CoNLL in, a linear head per token, entity F1 first."""
 
     name = "ner"

@@ -183,7 +183,7 @@ def predict_qa(
                           max_answer_length=max_answer_length)
 
 
-class QATask(TaskSpec):
+class QATask(TaskSpec[QAExample, QAFeature]):
     """Extractive QA: SQuAD in, start/end scores per token, F1 first."""
 
     name = "qa"

@@ -6,14 +6,18 @@ package dispatches on a task's name: the run (`runner.py`), model folders
 (`checkpoint.py`), predictions and the `finetune`/`predict`/`evaluate` commands all
 ask `get_task(name)` and call the spec's methods.
 
-Adding a task, say `translate` (or `summarize`), is one new module:
-    1. write `src/zenlm/tasks/translate.py` with `class TranslateTask(TaskSpec)`
-       (`name = "translate"`, its `headline` metric; `read`, `text_of`, `encode`,
-       `collate`, `objective`, `build_model`, `evaluate`, `predict`; override
-       `label_set`, `group_of` or `for_training` only if the defaults do not fit)
-       and `SPEC = TranslateTask()` at its end;
-    2. add `translate` to the import and to `_MODULES` below.
-The CLI's `--task` choices, the saved task.json and its reading follow from the registry.
+Adding a task, say `translate` or `summarize`, is one new module:
+    1. write `src/zenlm/tasks/translate.py` holding the task's mechanics (its reader
+       if `zenlm.data.tasks` has none, encoding, collator, loss, decoding) and
+       `class TranslateTask(TaskSpec[Example, Feature])` with `name = "translate"`, a
+       `headline` metric (e.g. "bleu"), and `read`, `text_of`, `encode`, `collate`,
+       `objective`, `build_model`, `evaluate`, `predict` (override `label_set`,
+       `group_of` or `for_training` only if the defaults do not fit); settings of its
+       own that a saved model needs go in `TaskInfo.options`. End it with
+       `SPEC = TranslateTask()`.
+    2. name the module in the import and in `_MODULES` below.
+The CLI's `--task` choices, task.json and the `finetune`/`evaluate`/`predict` commands
+then serve the new task with no other change.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from zenlm.tasks.spec import TaskSpec
 
 _MODULES = (classify, ner, qa, sft)
 _SPECS: dict[str, TaskSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
+if len(_SPECS) != len(_MODULES):  # two modules registered the same name
+    raise RuntimeError(f"task names are not unique: {[m.SPEC.name for m in _MODULES]}")
 
 
 def task_names() -> tuple[str, ...]:

@@ -175,7 +175,7 @@ def sft_metrics(model: DecoderLM, features: Sequence[SFTFeature], pad_id: int,
             "n": len(features)}
 
 
-class SFTTask(TaskSpec):
+class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
     """Instruction tuning: chat JSONL in, the decoder itself, assistant-token loss first."""
 
     name = "sft"

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -43,6 +43,8 @@ class TaskInfo:
         base_model: What `--model` named when fine-tuning started.
         added_tokens: Tokens added to the vocabulary by `--extend-vocab`.
         dropout: Dropout of the task head while training.
+        options: Settings of a task's own (JSON values, e.g. a translation's language
+            pair), read only by that task's module.
     """
 
     task: str
@@ -54,6 +56,7 @@ class TaskInfo:
     base_model: str = ""
     added_tokens: int = 0
     dropout: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """task.json text: the fields plus the layout version."""
@@ -93,10 +96,14 @@ def pad_id(tokenizer: Any, config: Any) -> int:
 
 
 Objective = Callable[[nn.Module, TensorBatch], torch.Tensor]
+Example = TypeVar("Example")  # one read record (zenlm.data.tasks: TextExample, QAExample...)
+Feature = TypeVar("Feature")  # one encoded record (ClassifyFeature, QAFeature...)
 
 
-class TaskSpec(ABC):
+class TaskSpec(ABC, Generic[Example, Feature]):
     """One task: read, label, encode, collate, loss, model, predict, evaluate.
+
+    Subclasses name their types, e.g. `TaskSpec[TextExample, ClassifyFeature]`.
 
     Attributes:
         name: The `--task` name.
@@ -113,30 +120,31 @@ class TaskSpec(ABC):
     # ------------------------------------------------------------- data
     @abstractmethod
     def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
-             labelled: bool = True) -> list:
+             labelled: bool = True) -> list[Example]:
         """Examples of a task file.
 
         Labels outside `labels` are errors; with `labelled=False` missing labels are
         allowed (files to predict on).
         """
 
-    def label_set(self, examples: list) -> list[str]:
+    def label_set(self, examples: list[Example]) -> list[str]:
         """The label names training examples use (empty for tasks without labels)."""
         return []
 
-    def check_labels(self, labels: Sequence[str], examples: list) -> None:
+    def check_labels(self, labels: Sequence[str], examples: list[Example]) -> None:
         """Refuse validation `examples` whose labels never occur in training (`labels`)."""
         return None  # tasks without labels have nothing to check
 
     @abstractmethod
-    def text_of(self, example: Any) -> str:
+    def text_of(self, example: Example) -> str:
         """All the text of an example (for `--extend-vocab`'s character counts)."""
 
-    def group_of(self, index: int, example: Any) -> Hashable:
+    def group_of(self, index: int, example: Example) -> Hashable:
         """The unit of the train/validation split (default: the example itself)."""
         return index
 
-    def split(self, examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    def split(self, examples: list[Example], fraction: float,
+              seed: int) -> tuple[list[Example], list[Example]]:
         """Seeded (train, validation) split by `group_of`, so no group is in both."""
         groups = [self.group_of(i, e) for i, e in enumerate(examples)]
         keys = sorted(set(groups))
@@ -147,11 +155,11 @@ class TaskSpec(ABC):
 
     # ------------------------------------------------------- features
     @abstractmethod
-    def encode(self, tokenizer: Any, examples: list, info: TaskInfo, *,
-               labelled: bool = True) -> list:
+    def encode(self, tokenizer: Any, examples: list[Example], info: TaskInfo, *,
+               labelled: bool = True) -> list[Feature]:
         """Tokenized features of `examples` (targets included when `labelled`)."""
 
-    def for_training(self, features: list, info: TaskInfo, *, pack: bool) -> list:
+    def for_training(self, features: list[Feature], info: TaskInfo, *, pack: bool) -> list:
         """Training features as the sampler serves them (sft packs them into rows)."""
         return features
 
@@ -159,7 +167,7 @@ class TaskSpec(ABC):
     def collate(self, features: list, pad_id: int) -> TensorBatch:
         """A padded batch of features."""
 
-    def class_labels(self, features: list) -> list[int]:
+    def class_labels(self, features: list[Feature]) -> list[int]:
         """Every target class index of `features` (for class weights; `weighted` tasks)."""
         raise ValueError(f"--class-weights is not available for task {self.name!r}")
 
@@ -174,8 +182,8 @@ class TaskSpec(ABC):
 
     # ------------------------------------------------------- inference
     @abstractmethod
-    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo, examples: list,
-                 pad_id: int) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                 examples: list[Example], pad_id: int) -> dict[str, Any]:
         """Metrics of `model` on labelled `examples` (includes `headline` and "n")."""
 
     @abstractmethod
