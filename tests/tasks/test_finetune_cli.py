@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -72,3 +73,19 @@ def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):
     assert main(["evaluate", "--task", "ner", "--model", str(model_dir), "--data",
                  str(bad)]) == 2
     assert "fine-tuned for --task classify" in capsys.readouterr().err
+
+
+def test_model_folder_with_a_first_layout_task_json_still_evaluates(run, tmp_path, capsys):
+    data, model_dir, _ = run
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    info = json.loads((old / "task.json").read_text())
+    # What finetune wrote before TaskInfo: these keys only, no "format".
+    keys = ("task", "labels", "max_length", "stride", "pooling", "arch", "base_model")
+    (old / "task.json").write_text(json.dumps({k: info[k] for k in keys}))
+    runs = []
+    for folder in (model_dir, old):
+        assert main(["evaluate", "--task", "classify", "--model", str(folder), "--data",
+                     str(data), "--json"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0] == runs[1]
