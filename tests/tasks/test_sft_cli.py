@@ -78,3 +78,10 @@ def test_sft_lora_finetune_and_evaluate(minilm_folder, tmp_path, capsys):
                                                                          conversations)
     assert scores["loss"] == pytest.approx(after, rel=1e-4)  # evaluate reports the true loss
     assert after < before - 0.2  # and fine-tuning lowered it (by ~0.31 nats)
+    predictions = tmp_path / "replies.jsonl"
+    assert main(["predict", "--task", "sft", "--model", str(out / "model"), "--input", str(data),
+                 "--output", str(predictions), "--max-new-tokens", "3"]) == 0
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [r["messages"] for r in records] == [[{"role": "user", "content": user}]
+                                                for user, _ in conversations]
+    assert all(isinstance(r["reply"], str) for r in records)
