@@ -140,7 +140,7 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         """All the text of an example (for `--extend-vocab`'s character counts)."""
 
     def group_of(self, index: int, example: Example) -> Hashable:
-        """The unit of the train/validation split (default: the example itself)."""
+        """The unit of the train/validation split (default: each example alone)."""
         return index
 
     def split(self, examples: list[Example], fraction: float,
