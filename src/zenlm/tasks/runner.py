@@ -64,7 +64,10 @@ class FinetuneOptions:
     eval_every: int = 0  # steps between validation-metric evaluations (0: at the end only)
     patience: int = 0  # stop after this many evaluations without improvement (0: never)
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # the loaded weights' dtype
+    # Training arithmetic: auto (bfloat16 autocast only where the CPU has native bfloat16,
+    # see zenlm.quant.auto) | float32 | bfloat16
+    autocast: str = "auto"
 
 
 # -------------------------------------------------------------- training
@@ -159,7 +162,7 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
         loop=LoopConfig(out_dir=str(Path(opts.output) / "run"), max_steps=steps,
                         batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
                         eval_batches=0, save_every=0, keep_last=1, max_minutes=opts.max_minutes,
-                        export_hf=False, dtype="float32"),
+                        export_hf=False, dtype=opts.autocast),
         run_config={"finetune": asdict(opts)},
         metric=metric, patience=opts.patience,
     )
