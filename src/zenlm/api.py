@@ -190,9 +190,9 @@ class LM:
         """Sentence embeddings (N, d_model) float32, L2-normalised.
 
         Mean pooling for encoders, the last token for decoders; see
-        `zenlm.tasks.embed.embed_texts`.
+        `zenlm.embed.embed_texts`.
         """
-        from zenlm.tasks.embed import embed_texts
+        from zenlm.embed import embed_texts
 
         return embed_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
                            normalize=normalize)

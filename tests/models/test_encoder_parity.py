@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import zenlm
-from zenlm.io.hf import save_hf_model
+from zenlm.io.hf import load_mlm_head, save_hf_model
 from zenlm.models import EncoderModel
-from zenlm.models.heads import load_mlm_head
 
 from .tiny_hf import VOCAB, randomize
 

@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 
 from zenlm.config import ModelConfig, from_hf_config, to_hf_config
 from zenlm.errors import CheckpointError, UnsafeFormatError, UnsupportedModelError
-from zenlm.io.names import NAME_MAPS, NameMap
+from zenlm.io.names import MLM_HEAD_MAPS, NAME_MAPS, NameMap
 from zenlm.models import DecoderLM, EncoderModel, build_skeleton
+from zenlm.models.heads import MaskedLMHead
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UNSAFE_HINT = (
@@ -207,3 +208,25 @@ def save_hf_model(
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder
+
+
+def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
+    """The masked-LM head saved in a Hugging Face *ForMaskedLM folder.
+
+    Raises:
+        CheckpointError: the folder has no (or an incomplete) masked-LM head.
+    """
+    name_map = MLM_HEAD_MAPS[encoder.config.hf_model_type]
+    head = MaskedLMHead(encoder.config, encoder.embed)
+    found = {}
+    for hf_name, tensor in iter_safetensors(weight_files(Path(folder))):
+        match = name_map.find(hf_name)
+        if match is not None:
+            rule, _ = match
+            found.update(zip(rule.ours, rule.split(tensor), strict=True))
+    found.pop("decoder.weight", None)  # tied: the encoder's embedding is the authority
+    missing = sorted({"bias", "dense.weight", "dense.bias", "norm.weight"} - set(found))
+    if missing:
+        raise CheckpointError(f"{folder}: no masked-LM head tensors {missing}")
+    head.load_state_dict(found, strict=False)
+    return head.to(encoder.embed.weight.dtype)

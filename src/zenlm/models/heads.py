@@ -8,7 +8,6 @@ or `DecoderLM` (from `hidden_states`); `backbone_states` hides that difference.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -111,32 +110,6 @@ class MaskedLM(nn.Module):
     ) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V)."""
         return self.head(self.encoder(ids, attention_mask=attention_mask))
-
-
-def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
-    """The masked-LM head saved in a Hugging Face *ForMaskedLM folder.
-
-    Raises:
-        CheckpointError: the folder has no (or an incomplete) masked-LM head.
-    """
-    from zenlm.errors import CheckpointError
-    from zenlm.io.hf import iter_safetensors, weight_files
-    from zenlm.io.names import MLM_HEAD_MAPS
-
-    name_map = MLM_HEAD_MAPS[encoder.config.hf_model_type]
-    head = MaskedLMHead(encoder.config, encoder.embed)
-    found = {}
-    for hf_name, tensor in iter_safetensors(weight_files(Path(folder))):
-        match = name_map.find(hf_name)
-        if match is not None:
-            rule, _ = match
-            found.update(zip(rule.ours, rule.split(tensor), strict=True))
-    found.pop("decoder.weight", None)  # tied: the encoder's embedding is the authority
-    missing = sorted({"bias", "dense.weight", "dense.bias", "norm.weight"} - set(found))
-    if missing:
-        raise CheckpointError(f"{folder}: no masked-LM head tensors {missing}")
-    head.load_state_dict(found, strict=False)
-    return head.to(encoder.embed.weight.dtype)
 
 
 def new_head(d_model: int, n_outputs: int) -> nn.Linear:

@@ -11,6 +11,7 @@ from zenlm.models import DecoderLM
 from zenlm.models.heads import MaskedLM
 from zenlm.tokenizer import Tokenizer
 from zenlm.train.checkpoint import latest_checkpoint, load_checkpoint
+from zenlm.train.objectives import build_for_objective, resolve_objective
 
 
 def load_trained(path: str | Path) -> tuple[DecoderLM | MaskedLM, Tokenizer | None]:
@@ -41,8 +42,6 @@ def load_trained(path: str | Path) -> tuple[DecoderLM | MaskedLM, Tokenizer | No
 
 def _build_trained(run: dict) -> DecoderLM | MaskedLM:
     """The module a checkpoint's config.json describes (masked-LM runs have a head)."""
-    from zenlm.train.pretrain import build_for_objective, resolve_objective
-
     model_config = ModelConfig.from_dict(run["model"])
     name = run.get("pretrain", {}).get("train", {}).get("objective", "auto")
     return build_for_objective(model_config, resolve_objective(name, model_config))  # type: ignore[return-value]

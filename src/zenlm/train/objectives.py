@@ -2,7 +2,9 @@
 
 The masking functions work on plain tensors (ids, special-token ids, vocabulary size),
 so they do not depend on any model class: an encoder's Trainer objective is
-`masked_lm_loss(model, *mask_tokens(...))`.
+`masked_lm_loss(model, *mask_tokens(...))`. Which objective a run trains, and the module
+it trains (a decoder, or an encoder under a masked-LM head), are decided here too, so
+that pretraining and loading a run back (train/export.py) share one rule.
 """
 
 from __future__ import annotations
@@ -13,7 +15,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.config import ModelConfig
+from zenlm.models import build_model
+from zenlm.models.heads import MaskedLM
+
 IGNORE = -100  # label of positions that do not count in the loss (F.cross_entropy default)
+
+
+OBJECTIVES = ("auto", "causal", "mlm")
+
+
+def resolve_objective(name: str, model_config: ModelConfig) -> str:
+    """`train.objective` made concrete: "auto" is mlm for encoders, causal for decoders.
+
+    Raises:
+        ValueError: an unknown objective, or one the architecture cannot train with.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    if name == "auto":
+        return "mlm" if model_config.arch == "encoder" else "causal"
+    wanted = "encoder" if name == "mlm" else "decoder"
+    if model_config.arch != wanted:
+        raise ValueError(f"train.objective={name} needs model.arch={wanted}, "
+                         f"got {model_config.arch}")
+    return name
+
+
+def build_for_objective(model_config: ModelConfig, objective: str) -> torch.nn.Module:
+    """The trained module: the decoder, or encoder + masked-LM head for "mlm"."""
+    model = build_model(model_config)
+    return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
 
 
 def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import torch
 
-from zenlm.config import ModelConfig
 from zenlm.data.readers import read_documents
 from zenlm.data.shards import BlockSampler, ShardSet, build_shards
 from zenlm.io.hf import save_hf_model
-from zenlm.models import build_model
-from zenlm.models.heads import MaskedLM
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import PretrainConfig, default_cache_dir
 from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
-from zenlm.train.objectives import MaskedLMObjective, causal_lm_loss
+from zenlm.train.objectives import (
+    MaskedLMObjective,
+    build_for_objective,
+    causal_lm_loss,
+    resolve_objective,
+)
 from zenlm.train.trainer import Objective, Trainer, TrainResult
 
 PYDOC_CORPUS = "pydoc:topics"
@@ -133,37 +135,11 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     return result
 
 
-OBJECTIVES = ("auto", "causal", "mlm")
-
-
-def resolve_objective(name: str, model_config: ModelConfig) -> str:
-    """`train.objective` made concrete: "auto" is mlm for encoders, causal for decoders.
-
-    Raises:
-        ValueError: an unknown objective, or one the architecture cannot train with.
-    """
-    if name not in OBJECTIVES:
-        raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
-    if name == "auto":
-        return "mlm" if model_config.arch == "encoder" else "causal"
-    wanted = "encoder" if name == "mlm" else "decoder"
-    if model_config.arch != wanted:
-        raise ValueError(f"train.objective={name} needs model.arch={wanted}, "
-                         f"got {model_config.arch}")
-    return name
-
-
 def needs_mask_token(config: PretrainConfig) -> bool:
     """Whether the run trains a masked LM (its tokenizer then needs [MASK])."""
     arch = config.model.get("arch", "decoder")
     return config.train.objective == "mlm" or (config.train.objective == "auto"
                                                 and arch == "encoder")
-
-
-def build_for_objective(model_config: ModelConfig, objective: str) -> torch.nn.Module:
-    """The trained module: the decoder, or encoder + masked-LM head for "mlm"."""
-    model = build_model(model_config)
-    return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
 
 
 def make_objective(name: str, tokenizer: Tokenizer, config: PretrainConfig) -> Objective:
