@@ -9,7 +9,7 @@ import torch
 from zenlm.cli import main
 from zenlm.config import ModelConfig
 from zenlm.data.shards import BlockSampler
-from zenlm.io.gguf_export import export_gguf, permute_qk
+from zenlm.io.gguf import export_gguf, permute_qk
 from zenlm.models import build_model
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import LoopConfig, OptimConfig

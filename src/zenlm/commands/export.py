@@ -17,7 +17,7 @@ def export_command(model: str, to: str, out: str, type: str = "f16") -> int:  # 
         return 0
     if tokenizer is None:
         raise ValueError(f"{model}: GGUF export needs the model's tokenizer files")
-    from zenlm.io.gguf_export import export_gguf
+    from zenlm.io.gguf import export_gguf
 
     print(export_gguf(network, tokenizer, out, type=type))
     return 0
