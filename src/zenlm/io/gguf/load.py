@@ -90,7 +90,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
     return GGUFCheckpoint(hf_config, state_dict, tokenizer, metadata)
 
 
-def expected_shapes(family: Family, hf_config: dict[str, Any], source: Path) -> dict[str, Any]:
+def _expected(family: Family, hf_config: dict[str, Any], source: Path) -> dict[str, Any]:
     """Every tensor of the model `hf_config` describes, from its meta-device skeleton.
 
     Returns:
@@ -118,7 +118,7 @@ def _plan(file: GGUFFile, family: Family, hf_config: dict[str, Any]) -> list[_Pl
     """The tensors to read, after checking their names, types and shapes."""
     h = file.header
     _check_block_count(file, hf_config)
-    expected = expected_shapes(family, hf_config, h.path)
+    expected = _expected(family, hf_config, h.path)
     tied = hf_config["tie_word_embeddings"]
     plan = []
     for info in h.tensors.values():
