@@ -18,12 +18,12 @@ with compile=True. Both peers decode exactly 64 tokens (no stop token) from the 
 prompt ids. `--cpu` and `--llamacpp-path` work as in benchmarks/decode.py (zenlm gets
 ZENLM_CPU=LEVEL, llama.cpp is imported from DIR, a llama-cpp-python built for that level).
 
-The 1.1B files are made once and kept in `--work` (outside git; about 4 GB):
-build_model (the config's init, normal(0, 0.02)) with a byte-level BPE tokenizer trained
-on tinyshakespeare -> save_hf_model -> `zenlm export --to gguf --type f16` and
-`--type q8_0` (the real CLI) -> llama.cpp's own quantizer f16 -> Q4_1 (its default
-per-tensor choices, as a Q4_1 file from the hub has them). The vocabulary is padded to
-32000 by the exporter (ids past the tokenizer are unused slots).
+The 1.1B files are made once by benchmarks/scale_files.py and kept in `--work` (outside
+git; about 4 GB): build_model (the config's init, normal(0, 0.02)) with a byte-level BPE
+tokenizer trained on tinyshakespeare -> save_hf_model -> `zenlm export --to gguf --type f16`
+and `--type q8_0` (the real CLI) -> llama.cpp's own quantizer f16 -> Q4_1 (its default
+per-tensor choices, as in a Q4_1 file from the hub: the output matrix becomes Q6_K). The
+exporter pads the tokenizer's 8,192 tokens to the model's 32,000 with unused slots.
 """
 
 from __future__ import annotations
@@ -131,26 +131,42 @@ def measure(peers: Peers, rounds: int) -> dict[str, list[dict]]:
 
 
 def print_table(title: str, results: dict[str, list[dict]], reference: dict[str, str]) -> None:
-    """Medians per peer; `reference[name]` is the llama.cpp peer that name is divided by.
+    """One Markdown row per peer; `reference[name]` is the llama.cpp peer name is divided by."""
+    print(f"\n{title}\n")
+    print("| peer | runs as | decode tok/s (median) | best round | x llama.cpp, same round "
+          "(median) | load s | prefill s | peak RSS MB | first greedy tokens = llama.cpp's |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, rows in results.items():
+        print(table_row(name, rows, results[reference[name]]))
+
+
+def table_row(name: str, rows: list[dict], ref: list[dict]) -> str:
+    """Medians of a peer's rounds, and its same-round ratio to `ref`'s rounds.
 
     Same-round ratios divide each round's figure by the reference's figure of that round
     before taking the median: on a shared machine they cancel slow spells that hit both.
     """
-    def median(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[name])
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
 
-    print(f"\n{title}\n")
-    print("| peer | runs as | decode tok/s (median) | best round | x llama.cpp, same round "
-          "(median) | load s | prefill s | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, rows in results.items():
-        ref = results[reference[name]]
-        ratio = statistics.median(r["decode_tokens_per_s"] / q["decode_tokens_per_s"]
-                                  for r, q in zip(rows, ref, strict=True))
-        best = max(r["decode_tokens_per_s"] for r in rows)
-        print(f"| {name} | {rows[0]['mode']} | {median(name, 'decode_tokens_per_s'):.2f} "
-              f"| {best:.2f} | {ratio:.2f} | {median(name, 'load_s'):.2f} "
-              f"| {median(name, 'prefill_s'):.2f} | {median(name, 'peak_rss_mb'):.0f} |")
+    ratio = statistics.median(r["decode_tokens_per_s"] / q["decode_tokens_per_s"]
+                              for r, q in zip(rows, ref, strict=True))
+    best = max(r["decode_tokens_per_s"] for r in rows)
+    # A check that both ran the same model, not a speed figure: random weights give
+    # flat logits, so rounding differences may make greedy choices part early.
+    agree = min(leading_matches(r["first_tokens"], q["first_tokens"])
+                for r, q in zip(rows, ref, strict=True))
+    return (f"| {name} | {rows[0]['mode']} | {median('decode_tokens_per_s'):.2f} | {best:.2f} "
+            f"| {ratio:.2f} | {median('load_s'):.2f} | {median('prefill_s'):.2f} "
+            f"| {median('peak_rss_mb'):.0f} | {agree} of {len(rows[0]['first_tokens'])} |")
+
+
+def leading_matches(ours: list[int], theirs: list[int]) -> int:
+    """How many tokens two greedy sequences share before they first differ."""
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=False)):
+        if a != b:
+            return index
+    return min(len(ours), len(theirs))
 
 
 def smollm2_part(args: argparse.Namespace) -> None:
