@@ -4,18 +4,71 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from zenlm.config import ModelConfig
+from zenlm.models import build_model
 from zenlm.nn import RMSNorm, RotaryEmbedding, SinusoidalPositions, apply_rope
-from zenlm.nn.positions import sinusoidal_reference
 from zenlm.nn.rope import rope_inv_freq
 
 
-def test_sinusoidal_matches_paper_formula():
-    table = SinusoidalPositions(16)(torch.arange(50)[None])[0]
-    for pos in (0, 1, 7, 49):
-        for i in range(16):
-            assert abs(table[pos, i].item() - sinusoidal_reference(pos, i, 16)) < 1e-5
+def sinusoid_float64(position: int, dim: int, base: float = 10000.0) -> list[float]:
+    """One row of the table, written out: the sines of pos / base^(2i/dim), then the cosines.
+
+    This is Marian's layout (transformers' MarianSinusoidalPositionalEmbedding): the
+    paper's interleaved PE[pos, 2i], PE[pos, 2i+1] with the features permuted.
+    """
+    angles = [position / base ** (2 * i / dim) for i in range(dim // 2)]
+    return [math.sin(a) for a in angles] + [math.cos(a) for a in angles]
+
+
+def test_sinusoidal_matches_the_formula_in_float64():
+    dim, positions = 16, [0, 1, 7, 49, 511, 2047, 10_000]
+    table = SinusoidalPositions(dim)(torch.tensor([positions]))[0]  # (T, dim)
+    assert table.dtype == torch.float32
+    expected = torch.tensor([sinusoid_float64(p, dim) for p in positions], dtype=torch.float64)
+    torch.testing.assert_close(table.double(), expected, rtol=0, atol=1e-6)
+
+
+def _tiny(positions: str, arch: str = "decoder") -> ModelConfig:
+    return ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, arch=arch,
+                       positions=positions)
+
+
+def test_a_sinusoidal_decoder_sees_positions_and_a_position_free_one_does_not():
+    ids = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(0))
+    shifted = torch.arange(6)[None] + 5
+    for kind, moves in (("sinusoidal", True), ("none", False)):
+        torch.manual_seed(0)
+        model = build_model(_tiny(kind)).eval()
+        with torch.no_grad():
+            same = torch.allclose(model(ids), model(ids, position_ids=shifted), atol=1e-6)
+        assert same != moves, f"positions={kind}: shifting the positions moved={not same}"
+
+
+def test_a_sinusoidal_encoder_is_not_permutation_equivariant():
+    """Without positions an encoder's output follows a permutation of its input;
+    with them it must not (the positions reach the blocks)."""
+    ids = torch.randint(0, 50, (1, 7), generator=torch.Generator().manual_seed(1))
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    for kind, equivariant in (("none", True), ("sinusoidal", False)):
+        torch.manual_seed(0)
+        model = build_model(_tiny(kind, arch="encoder")).eval()
+        with torch.no_grad():
+            permuted_after, permuted_before = model(ids)[:, order], model(ids[:, order])
+        assert torch.allclose(permuted_after, permuted_before, atol=1e-5) == equivariant, kind
+
+
+def test_a_bfloat16_sinusoidal_model_keeps_its_dtype():
+    model = build_model(_tiny("sinusoidal")).to(torch.bfloat16)
+    assert model(torch.tensor([[1, 2, 3]])).dtype == torch.bfloat16
+
+
+def test_sinusoidal_positions_need_an_even_width():
+    with pytest.raises(ValueError, match="even d_model, got 15"):
+        ModelConfig(vocab_size=50, d_model=15, n_layers=1, n_heads=3, d_ff=8,
+                    positions="sinusoidal")
 
 
 def test_rope_rotates_pairs_by_position_times_frequency():
@@ -58,3 +111,11 @@ def test_rmsnorm_matches_formula():
     x = torch.randn(3, 8, dtype=torch.float64)
     expected = norm.weight.double() * x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6)
     assert torch.allclose(norm(x.float()).double(), expected, atol=1e-5)
+
+
+def test_sinusoidal_equals_transformers_marian_table():
+    """The layout the Marian import will need: transformers' own table, to 1e-6."""
+    marian = pytest.importorskip("transformers.models.marian.modeling_marian")
+    theirs = marian.MarianSinusoidalPositionalEmbedding(600, 32).create_weight()  # (600, 32)
+    ours = SinusoidalPositions(32)(torch.arange(600)[None])[0]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

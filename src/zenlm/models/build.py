@@ -9,7 +9,15 @@ from torch.overrides import TorchFunctionMode
 from zenlm.config import ModelConfig, rope_attention_factor
 from zenlm.models.decoder import DecoderLM
 from zenlm.models.encoder import EncoderModel
-from zenlm.nn import MLP, Attention, Block, LearnedPositions, RotaryEmbedding, make_norm
+from zenlm.nn import (
+    MLP,
+    Attention,
+    Block,
+    LearnedPositions,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    make_norm,
+)
 
 
 def build_model(config: ModelConfig) -> DecoderLM | EncoderModel:
@@ -87,6 +95,8 @@ def _norm(config: ModelConfig) -> nn.Module:
 def _absolute_positions(config: ModelConfig) -> nn.Module | None:
     if config.positions == "learned":
         return LearnedPositions(config.max_seq_len, config.d_model)
+    if config.positions == "sinusoidal":
+        return SinusoidalPositions(config.d_model)
     return None
 
 

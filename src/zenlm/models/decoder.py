@@ -22,7 +22,8 @@ class DecoderLM(nn.Module):
         blocks: The Transformer blocks, in order.
         final_norm: Norm before the output head.
         lm_head: Linear d_model -> V (shares `embed.weight` when tied).
-        positions: Learned absolute positions (GPT-2), or None.
+        positions: Absolute positions added to the embeddings (learned as GPT-2's, or
+            sinusoidal), or None.
         rope: Rotary embedding (Llama family), or None.
     """
 
@@ -110,7 +111,7 @@ class DecoderLM(nn.Module):
             position_ids = default_positions(ids, cache, attention_mask)
         x = self.embed(ids)  # (B, T, d)
         if self.positions is not None:
-            x = x + self.positions(position_ids)
+            x = x + self.positions(position_ids).to(x.dtype)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask, is_causal = self._mask(T, cache, attention_mask)
         for index, block in enumerate(self.blocks):

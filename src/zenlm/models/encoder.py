@@ -19,7 +19,7 @@ class EncoderModel(nn.Module):
         config: The configuration the parts were built from.
         embed: Token embedding (V, d_model).
         blocks: The Transformer blocks, in order.
-        positions: Learned absolute positions, or None.
+        positions: Absolute positions (learned or sinusoidal), or None.
         token_types: Segment embedding (type_vocab_size, d_model), or None.
         embed_norm: Norm over the summed embeddings, or None.
         final_norm: Norm after the last block (pre-norm encoders), or None.
@@ -71,7 +71,7 @@ class EncoderModel(nn.Module):
             )
         x = self.embed(ids)  # (B, T, d)
         if self.positions is not None:
-            x = x + self.positions(self.position_ids(ids, attention_mask))
+            x = x + self.positions(self.position_ids(ids, attention_mask)).to(x.dtype)
         if self.token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(ids)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -31,7 +29,18 @@ class LearnedPositions(nn.Module):
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed sin/cos positions of "Attention Is All You Need": sin on even, cos on odd.
+    """Fixed sin/cos positions of "Attention Is All You Need", in Marian's layout.
+
+    Frequency i (of dim/2) is w_i = 1 / base^(2i/dim). The paper interleaves
+    (sin(pos w_i) at 2i, cos(pos w_i) at 2i+1); transformers' Marian (whose weights
+    zenlm will import) puts every sine in the first half and every cosine in the
+    second: PE[pos, i] = sin(pos w_i) and PE[pos, dim/2 + i] = cos(pos w_i). The two
+    are the same vectors with their features permuted, so a model trained from scratch
+    learns equally well with either; Marian's is the one a checkpoint needs.
+
+    Nothing is stored: the table is computed from the positions on their device, in
+    float64 where the device has it (as Marian's table is), so a model built on the meta
+    device or cast to bfloat16 keeps exact angles even at position 10^4.
 
     Args:
         dim: Width of each vector (even).
@@ -42,20 +51,15 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"sinusoidal positions need an even dim, got {dim}")
-        exponent = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim
-        self.register_buffer("inv_freq", (1.0 / base**exponent).float(), persistent=False)
-        self.dim = dim
+        self.dim, self.base = dim, base
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Positions (B, T) -> vectors (B, T, dim), float32."""
-        angles = positions.float()[..., None] * self.inv_freq  # (B, T, dim/2)
-        out = torch.empty(*positions.shape, self.dim, device=positions.device)
-        out[..., 0::2] = torch.sin(angles)
-        out[..., 1::2] = torch.cos(angles)
-        return out
+        """Positions (B, T) -> vectors (B, T, dim), float32 (callers cast to their dtype)."""
+        wide = torch.float32 if positions.device.type == "mps" else torch.float64
+        exponent = torch.arange(0, self.dim, 2, dtype=wide, device=positions.device) / self.dim
+        angles = positions.to(wide)[..., None] * self.base**-exponent  # (B, T, dim/2)
+        return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
 
-
-def sinusoidal_reference(position: int, index: int, dim: int, base: float = 10000.0) -> float:
-    """One entry of the sinusoidal table, written out as in the paper (for tests)."""
-    angle = position / base ** (2 * (index // 2) / dim)
-    return math.sin(angle) if index % 2 == 0 else math.cos(angle)
+    def extra_repr(self) -> str:
+        """Shown by print(model)."""
+        return f"dim={self.dim}, base={self.base}"
