@@ -110,6 +110,8 @@ class ModelConfig:
             )
         if self.positions == "rope" and self.dim_per_head % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         rope_type = (self.rope_scaling or {}).get("rope_type", "default")
         if rope_type not in ROPE_SCALING_TYPES:
             raise UnsupportedModelError(
@@ -157,7 +159,31 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
             f"cannot write hf_model_type {config.hf_model_type!r}; "
             f"supported: {', '.join(sorted(_WRITERS))}"
         )
+    _require_family_traits(config)
     return {**config.extra, **writer(config)}
+
+
+#: Fields a family's config.json cannot express: a model that differs in them would be
+#: written as a different function (e.g. a pre-norm encoder as post-norm BERT).
+_FAMILY_TRAITS: dict[str, dict[str, Any]] = {
+    "llama": {"positions": "rope", "norm": "rmsnorm", "pre_norm": True, "arch": "decoder"},
+    "gpt2": {"positions": "learned", "norm": "layernorm", "pre_norm": True, "gated_mlp": False,
+             "arch": "decoder"},
+    "bert": {"positions": "learned", "norm": "layernorm", "pre_norm": False, "final_norm": False,
+             "embed_norm": True, "gated_mlp": False, "arch": "encoder"},
+}
+for _alias, _family in (("mistral", "llama"), ("qwen2", "llama"), ("roberta", "bert")):
+    _FAMILY_TRAITS[_alias] = _FAMILY_TRAITS[_family]
+
+
+def _require_family_traits(config: ModelConfig) -> None:
+    traits = _FAMILY_TRAITS.get(config.hf_model_type, {})
+    wrong = [f"{name}={getattr(config, name)!r} (needs {value!r})"
+             for name, value in traits.items() if getattr(config, name) != value]
+    if wrong:
+        raise UnsupportedModelError(
+            f"a {config.hf_model_type} config.json cannot describe this model: {', '.join(wrong)}"
+        )
 
 
 def _rope_fields(hf: dict[str, Any]) -> dict[str, Any]:

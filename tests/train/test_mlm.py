@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from tests.train.helpers import write_corpus
+from zenlm.cli import main
 from zenlm.config import ModelConfig
 from zenlm.data.shards import BlockSampler, ShardSet
 from zenlm.train.config import load_config
@@ -28,9 +30,15 @@ TINY_BERT = {
 }
 
 
-def write_mlm_config(tmp_path: Path, corpus: Path, steps: int = 300) -> Path:
+#: The same encoder in BertForMaskedLM's own shape (post-norm, normed embeddings, segments).
+POST_NORM_BERT = {**TINY_BERT, "pre_norm": False, "final_norm": False, "embed_norm": True,
+                  "type_vocab_size": 2}
+
+
+def write_mlm_config(tmp_path: Path, corpus: Path, steps: int = 300,
+                     model: dict | None = None) -> Path:
     config = {
-        "model": TINY_BERT,
+        "model": model or TINY_BERT,
         "data": {"paths": [str(corpus)], "block_size": BLOCK, "val_fraction": 0.1,
                  "cache_dir": str(tmp_path / "cache")},
         "tokenizer": {"kind": "char"},
@@ -105,3 +113,34 @@ def test_evaluation_masks_are_a_function_of_the_block():
     objective(probe, batch)
     objective(probe, batch)
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], batch[:, :-1])
+
+
+def test_export_of_a_masked_lm_run_gives_transformers_the_same_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    corpus = write_corpus(tmp_path)
+    config = load_config(write_mlm_config(tmp_path, corpus, steps=3, model=POST_NORM_BERT))
+    pretrain(config, resume="none")
+    out = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "run"), "--to", "hf", "--out", str(out)]) == 0
+
+    ours, _ = load_trained(tmp_path / "run")
+    theirs = transformers.BertForMaskedLM.from_pretrained(out).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, ours.config.vocab_size, (2, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # right padding, as BERT's tokenizer pads
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=0, atol=1e-4)
+
+
+def test_export_of_a_pre_norm_encoder_as_bert_is_refused(tmp_path, capsys):
+    """BERT's config.json describes post-norm blocks only: writing this model as one would
+    give transformers a different function, so the export names the fields instead."""
+    corpus = write_corpus(tmp_path)
+    pretrain(load_config(write_mlm_config(tmp_path, corpus, steps=1)), resume="none")
+    code = main(["export", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "pre_norm=True (needs False)" in capsys.readouterr().err

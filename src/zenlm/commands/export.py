@@ -7,14 +7,15 @@ import argparse
 
 def export_command(model: str, to: str, out: str, type: str = "f16") -> int:  # noqa: A002
     """Write a trained model (run, checkpoint or HF folder) as an HF folder or a GGUF file."""
-    from zenlm.train.export import load_trained
+    from zenlm.models.heads import MaskedLM
+    from zenlm.train.export import load_trained, save_trained
 
     network, tokenizer = load_trained(model)
     if to == "hf":
-        from zenlm.io.hf import save_hf_model
-
-        print(save_hf_model(network, out, tokenizer=tokenizer))
+        print(save_trained(network, out, tokenizer=tokenizer))
         return 0
+    if isinstance(network, MaskedLM):
+        raise ValueError(f"{model}: a masked LM exports to hf only (GGUF holds decoders)")
     if tokenizer is None:
         raise ValueError(f"{model}: GGUF export needs the model's tokenizer files")
     from zenlm.io.gguf import export_gguf

@@ -78,7 +78,6 @@ class LoopConfig:
     eval_batches: int = 10
     save_every: int = 100
     keep_last: int = 3  # checkpoints kept; the newest valid one is never deleted
-    log_every: int = 10  # console; log.jsonl gets every step
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock; 0 = no limit
     progress: bool = True
     tensorboard: bool = False

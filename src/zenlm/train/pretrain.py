@@ -9,18 +9,21 @@ import torch
 
 from zenlm.data.readers import read_documents
 from zenlm.data.shards import BlockSampler, ShardSet, build_shards
-from zenlm.io.hf import save_hf_model
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import PretrainConfig, default_cache_dir
 from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
+from zenlm.train.export import load_trained, save_trained
 from zenlm.train.objectives import (
+    OBJECTIVES,
     MaskedLMObjective,
     build_for_objective,
     causal_lm_loss,
     resolve_objective,
 )
 from zenlm.train.trainer import Objective, Trainer, TrainResult
+
+__all__ = ["OBJECTIVES", "build_for_objective", "make_objective", "pretrain", "resolve_objective"]
 
 PYDOC_CORPUS = "pydoc:topics"
 MASK_TOKEN = "[MASK]"  # added to trained tokenizers of masked-LM runs
@@ -128,10 +131,8 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     result = trainer.fit(resume)
     if dist.is_main and config.train.export_hf:
         if trainer.sharded:  # the weights are spread over ranks: take them from the checkpoint
-            from zenlm.train.export import load_trained
-
             model = load_trained(out_dir)[0]
-        save_hf_model(getattr(model, "encoder", model), out_dir / "model", tokenizer=tokenizer)
+        save_trained(model, out_dir / "model", tokenizer=tokenizer)
     return result
 
 
