@@ -116,7 +116,7 @@ def zenlm_config(out_dir: Path, **train) -> dict:
                   "weight_decay": 0.1, "grad_clip": 1.0},
         "train": {"out_dir": str(out_dir / "run"), "batch_size": BATCH, "dtype": "auto",
                   "eval_every": 100, "eval_batches": 20, "save_every": 0, "keep_last": 1,
-                  "log_every": 50, "progress": False, "export_hf": False, **train},
+                  "progress": False, "export_hf": False, **train},
     }
 
 

@@ -104,6 +104,28 @@ def test_bf16_autocast_and_grad_checkpointing_run(tmp_path):
     assert math.isfinite(trainer.fit().final_loss)
 
 
+def _gradients_and_mlp_calls(model: torch.nn.Module, batch: torch.Tensor):
+    """Every parameter's gradient of one backward pass, and how often each block's MLP ran."""
+    calls = []
+    for block in model.blocks:
+        block.mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # on entry: recomputation
+        # stops early, right after the last tensor backward needs
+    causal_lm_loss(model, batch).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)
+
+
+def test_grad_checkpointing_recomputes_blocks_and_gives_the_same_gradients(tmp_path):
+    batch = torch.from_numpy(periodic_tokens()[:4 * 9].astype("int64")).view(4, 9)
+    plain, plain_calls = _gradients_and_mlp_calls(tiny_model(), batch)
+    trainer = make_trainer(tmp_path, grad_checkpointing=True)  # the Trainer's own wiring
+    checkpointed, checkpointed_calls = _gradients_and_mlp_calls(trainer.model, batch)
+    n_blocks = len(trainer.model.blocks)
+    assert (plain_calls, checkpointed_calls) == (n_blocks, 2 * n_blocks)  # recomputed once
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_schedule():
     kw = dict(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
