@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -74,17 +76,23 @@ def test_two_compiled_models_keep_their_own_steps(tmp_path, field, sizes):
     assert expected[0] != expected[1]
 
 
-def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     tiny_hf_model("llama").save_pretrained(tmp_path)
     lm = zenlm.load(tmp_path, quantize=None)
     prompt = torch.randint(3, VOCAB, (5,)).tolist()
     expected = generate(lm.model, prompt, GenerationConfig(max_new_tokens=6)).token_ids
+    attempts = []
 
     def broken(fn, **_):
         def fail(*args, **kwargs):
+            attempts.append(args)
             raise RuntimeError("no C++ compiler")
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
     compile_decoding(lm.model)
-    assert generate(lm.model, prompt, GenerationConfig(max_new_tokens=6)).token_ids == expected
+    with caplog.at_level(logging.WARNING):
+        assert generate(lm.model, prompt, GenerationConfig(max_new_tokens=6)).token_ids == expected
+    # The compiled step was tried once, failed, and every step since ran eagerly.
+    assert len(attempts) == 1
+    assert "torch.compile failed (RuntimeError: no C++ compiler)" in caplog.text
