@@ -44,6 +44,33 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "zenlm.cli", *args]
 
 
+#: `zenlm` with the Trainer's log patched to stop for good once a step's loss is written:
+#: argv is PAUSE_AT FLAG_FILE ZENLM_ARGS...; FLAG_FILE appears when the run is parked.
+_PAUSING_CLI = """
+import sys, threading
+from pathlib import Path
+from zenlm.train import trainer
+
+pause_at, flag = int(sys.argv[1]), Path(sys.argv[2])
+write = trainer._Log.write
+
+def write_then_pause(self, record):
+    write(self, record)
+    if record.get("step") == pause_at and "loss" in record:
+        flag.touch()
+        threading.Event().wait()  # parked until the test kills the process
+
+trainer._Log.write = write_then_pause
+from zenlm.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def pausing_cli(pause_at: int, flag: Path, *args: str) -> list[str]:
+    """`cli(*args)` that parks after logging step `pause_at` and then touches `flag`."""
+    return [sys.executable, "-c", _PAUSING_CLI, str(pause_at), str(flag), *args]
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 

@@ -13,6 +13,7 @@ from tests.train.helpers import (
     cli,
     env,
     logged_steps,
+    pausing_cli,
     run_cli,
     step_losses,
     write_config,
@@ -39,20 +40,34 @@ def _kill_after(args: list[str], out_dir, min_steps: int, extra_delay: float = 0
     while logged_steps(out_dir) < min_steps:
         if proc.poll() is not None:
             raise AssertionError(f"run ended before step {min_steps}: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, f"step {min_steps} not logged in 120 s"
         time.sleep(0.002)
-    time.sleep(extra_delay)
+    time.sleep(extra_delay)  # a seeded random kill point (inside a save or not), not a bound
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(30)
     return logged_steps(out_dir)
+
+
+def _kill_when_parked(args: list[str], flag) -> None:
+    """Run `args` (a `pausing_cli`) until it parks, then SIGKILL it: no race with the run."""
+    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before parking: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "the run did not reach its pause step in 120 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
 
 
 def test_sigkill_then_resume_auto_gives_identical_losses(reference):
     folder, corpus, expected = reference
     out = folder / "killed"
     config = str(write_config(folder, corpus, out))
-    killed_at = _kill_after(cli("pretrain", "--config", config), out, min_steps=13)
-    assert killed_at < 40, "the run finished before it could be killed"
+    _kill_when_parked(pausing_cli(13, folder / "parked", "pretrain", "--config", config),
+                      folder / "parked")
+    assert logged_steps(out) == 13  # killed mid-run: checkpoints at 5 and 10, steps 11-13 lost
     resumed = run_cli("pretrain", "--config", config, "--resume", "auto")
     assert "resumed from" in resumed.stdout
     assert step_losses(out) == expected  # every step, exactly (==), on CPU fp32
