@@ -7,8 +7,6 @@ token for token; where they part, the two best candidates must tie within 1e-4.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -30,12 +28,23 @@ def ours(smollm2_gguf):
     return zenlm.load(smollm2_gguf, quantize=None)
 
 
-def test_gguf_loads_fast(smollm2_gguf):
-    start = time.perf_counter()
-    zenlm.load(smollm2_gguf, quantize=None)
-    seconds = time.perf_counter() - start
-    print(f"SmolLM2 GGUF load: {seconds:.2f} s")
-    assert seconds < 5.0
+def test_gguf_load_initialises_no_throwaway_weights(smollm2_gguf, monkeypatch):
+    """Loading builds the model on the meta device and assigns the file's tensors: no
+    random initialisation of real memory first (that doubled load time and memory).
+    Load speed itself is measured by `zenlm bench` (benchmarks), not asserted here."""
+    from zenlm.models import build
+
+    initialised = []
+    original = build._init_weights
+
+    def recording(model, *args, **kwargs):
+        initialised.append({p.device.type for p in model.parameters()})
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(build, "_init_weights", recording)
+    lm = zenlm.load(smollm2_gguf, quantize=None)
+    assert initialised == [{"meta"}]  # one build, on the meta device
+    assert {p.device.type for p in lm.model.parameters()} == {"cpu"}
 
 
 def _chat_ids(lm, prompt):
