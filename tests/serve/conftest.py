@@ -136,6 +136,41 @@ def fail_sequences_seeded(monkeypatch: pytest.MonkeyPatch, seed: int, at_token: 
     monkeypatch.setattr(_Sequence, "record", flaky)
 
 
+@contextlib.contextmanager
+def decoding_held(lm: zenlm.LM, free_calls: int = 2) -> Iterator[threading.Event]:
+    """After `free_calls` forward passes, `lm`'s model waits for the yielded event.
+
+    A request then stays in its row for as long as a test needs (an event, not a
+    guess at how long decoding takes); leaving the block releases the model.
+    """
+    block = lm.model.blocks[0]
+    own = block.__dict__.get("forward")  # an instance-level forward to put back, if any
+    forward, calls, go = block.forward, [], threading.Event()
+
+    def gated(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) > free_calls:
+            go.wait(120)
+        return forward(*args, **kwargs)
+
+    block.forward = gated
+    try:
+        yield go
+    finally:
+        go.set()
+        if own is None:
+            del block.forward  # back to the class's forward
+        else:
+            block.forward = own
+
+
+def route_requests(url: str, route: str) -> float:
+    """Requests answered on `route` so far, whatever their status."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("zenlm_requests_total{") and f'route="{route}"' in line)
+
+
 def metric(url: str, name: str) -> float:
     """A metric's value from /metrics (sum over its label sets)."""
     text = httpx.get(url + "/metrics", timeout=5).text

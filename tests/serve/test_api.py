@@ -8,7 +8,7 @@ import json
 import httpx2 as httpx
 import pytest
 
-from .conftest import MODEL, metric
+from .conftest import MODEL, decoding_held, metric
 
 openai = pytest.importorskip("openai")
 
@@ -138,14 +138,15 @@ def test_errors_surface_as_openai_exceptions(tiny_server):
         c.chat.completions.create(model="gpt-9", messages=MESSAGES)
 
 
-def test_rate_limit_error_with_retry_after(make_server):
+def test_rate_limit_error_with_retry_after(make_server, tiny_lm):
     server = make_server(max_batch=1, max_queue=0)
     c = client(server)
-    stream = c.completions.create(model=MODEL, prompt="Hello", max_tokens=1900, stream=True,
-                                  extra_body={"ignore_eos": True})
-    next(iter(stream))  # the only row is busy
-    with pytest.raises(openai.RateLimitError) as caught:
-        c.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
+    with decoding_held(tiny_lm):  # the only row stays busy until the block ends
+        stream = c.completions.create(model=MODEL, prompt="Hello", max_tokens=1900, stream=True,
+                                      extra_body={"ignore_eos": True})
+        next(iter(stream))
+        with pytest.raises(openai.RateLimitError) as caught:
+            c.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
     assert int(caught.value.response.headers["retry-after"]) >= 1
     assert caught.value.body["code"] == "rate_limit_exceeded"
     stream.close()

@@ -87,7 +87,9 @@ def test_sequences_joining_and_leaving_match_one_at_a_time(engine, tiny_lm):
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18] * 9, [20, 21, 22]]
     lengths = [30, 6, 17, 11, 9]
     first = submit(engine, prompts[0], max_new_tokens=lengths[0])
+    deadline = time.monotonic() + 30
     while len(first.tokens()) < 3:  # the others join a batch already running
+        assert time.monotonic() < deadline, "no 3 tokens in 30 s"
         time.sleep(0.001)
     rest = [submit(engine, p, max_new_tokens=n) for p, n in zip(prompts[1:], lengths[1:], strict=True)]
     for collector in [first, *rest]:  # 5 requests, 4 rows: one waits for a free row
@@ -123,15 +125,17 @@ def test_n_choices_differ_and_share_the_prompt(engine):
 
 def test_cancel_frees_the_row_within_a_step(engine):
     collector = submit(engine, [5, 6, 7], max_new_tokens=1000)
+    deadline = time.monotonic() + 30
     while len(collector.tokens()) < 2:
+        assert time.monotonic() < deadline, "no 2 tokens in 30 s"
         time.sleep(0.001)
-    request_tokens = len(collector.tokens())
     engine.rows[0].request.cancel()
-    deadline = time.monotonic() + 5
-    while engine.running_sequences() and time.monotonic() < deadline:
+    at_cancel = len(collector.tokens())  # read after cancel: what follows is the engine's doing
+    deadline = time.monotonic() + 30
+    while engine.running_sequences():
+        assert time.monotonic() < deadline, "the cancelled row still runs after 30 s"
         time.sleep(0.001)
-    assert engine.running_sequences() == 0
-    assert len(collector.tokens()) < request_tokens + 50
+    assert len(collector.tokens()) <= at_cancel + 2  # the step in flight, at most
 
 
 def test_one_failing_request_leaves_the_others_running(engine, tiny_lm, monkeypatch):

@@ -11,7 +11,14 @@ import time
 import httpx2 as httpx
 import pytest
 
-from .conftest import MODEL, cli_server, fail_sequences_seeded, metric
+from .conftest import (
+    MODEL,
+    cli_server,
+    decoding_held,
+    fail_sequences_seeded,
+    metric,
+    route_requests,
+)
 
 
 def test_fifty_clients_dropping_after_the_first_chunk_leave_nothing_running(make_server):
@@ -31,14 +38,11 @@ def test_fifty_clients_dropping_after_the_first_chunk_leave_nothing_running(make
 
     first_chunks = asyncio.run(run())
     assert all(chunk["choices"][0]["text"] is not None for chunk in first_chunks)
-    dropped_at = time.monotonic()
-    while time.monotonic() - dropped_at < 2.0:
-        if (metric(server.url, "zenlm_running_sequences") == 0
-                and metric(server.url, "zenlm_queue_depth") == 0):
-            break
+    deadline = time.monotonic() + 60
+    while (metric(server.url, "zenlm_running_sequences")
+           or metric(server.url, "zenlm_queue_depth")):
+        assert time.monotonic() < deadline, "rows still busy 60 s after every client left"
         time.sleep(0.02)
-    assert metric(server.url, "zenlm_running_sequences") == 0
-    assert metric(server.url, "zenlm_queue_depth") == 0
     # Cancelled early: far fewer than 50 x 1500 tokens were generated.
     assert metric(server.url, "zenlm_generated_tokens_total") < 50 * 200
     assert httpx.get(server.url + "/health").status_code == 200
@@ -104,9 +108,14 @@ def test_cli_serves_then_drains_on_sigterm(tiny_chat, tmp_path):
             for line in response.iter_lines():
                 if line and not lines:
                     proc.send_signal(signal.SIGTERM)  # mid-stream
-                    time.sleep(0.3)
-                    with pytest.raises(httpx.HTTPError):  # no new connections once draining
-                        httpx.get(url + "/health", timeout=2)
+                    refused_by = time.monotonic() + 30
+                    while True:  # no new connections once draining
+                        try:
+                            httpx.get(url + "/health", timeout=2)
+                        except httpx.HTTPError:
+                            break
+                        assert time.monotonic() < refused_by, "still accepting after 30 s"
+                        time.sleep(0.05)
                 if line:
                     lines.append(line)
         assert lines[-1] == "data: [DONE]"
@@ -121,15 +130,23 @@ def test_cli_serves_then_drains_on_sigterm(tiny_chat, tmp_path):
     assert key not in output  # the key is never logged
 
 
-def test_non_streamed_request_is_cancelled_when_its_client_leaves(make_server):
+def test_non_streamed_request_is_cancelled_when_its_client_leaves(make_server, tiny_lm):
     server = make_server(max_batch=4)
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1900, "ignore_eos": True}
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)
-    left_at = time.monotonic()
-    while metric(server.url, "zenlm_running_sequences") and time.monotonic() - left_at < 2:
+    url = server.url + "/v1/completions"
+    generated = metric(server.url, "zenlm_generated_tokens_total")
+    with decoding_held(tiny_lm):  # the request cannot finish before its client leaves
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url, json=body, timeout=0.5)
+        deadline = time.monotonic() + 30
+        while route_requests(server.url, "/v1/completions") < 1:  # the server gave up on it
+            assert time.monotonic() < deadline, "the gone client was not noticed in 30 s"
+            time.sleep(0.02)
+    deadline = time.monotonic() + 30
+    while metric(server.url, "zenlm_running_sequences"):
+        assert time.monotonic() < deadline, "the cancelled row still runs after 30 s"
         time.sleep(0.02)
-    assert metric(server.url, "zenlm_running_sequences") == 0
+    assert metric(server.url, "zenlm_generated_tokens_total") - generated < 1900  # cut short
 
 
 def test_a_failing_request_gets_an_error_and_the_others_finish(make_server, monkeypatch):
