@@ -86,6 +86,34 @@ def test_exact_and_near_dedupe():
     assert not near.seen(" ".join(f"other{i}" for i in range(200)))
 
 
+def _jaccard_of_5grams(a: str, b: str) -> float:
+    """Exact Jaccard similarity of two texts' character 5-gram sets (lower-cased)."""
+    grams = [{t[i:i + 5] for i in range(len(t) - 4)} for t in (a.lower(), b.lower())]
+    return len(grams[0] & grams[1]) / len(grams[0] | grams[1])
+
+
+def test_near_dedupe_decides_as_exact_jaccard_away_from_the_threshold():
+    """Edited copies of one text: those clearly above 0.8 exact similarity are dropped,
+    those clearly below are kept (MinHash's error at 128 hashes is ~0.035)."""
+    rng = np.random.default_rng(0)
+    words = [f"w{int(i)}" for i in rng.integers(0, 5000, 300)]
+    base = " ".join(words)
+    checked = 0
+    for rate in (0.01, 0.02, 0.03, 0.2, 0.3, 0.5):
+        edited = list(words)
+        for i in rng.choice(len(words), int(rate * len(words)), replace=False):
+            edited[i] = f"x{int(rng.integers(0, 5000))}"
+        copy = " ".join(edited)
+        similarity = _jaccard_of_5grams(base, copy)
+        if abs(similarity - 0.8) < 0.12:
+            continue  # too close to the threshold for a 128-hash estimate to be certain
+        near = MinHashDeduper(0.8)
+        assert not near.seen(base)
+        assert near.seen(copy) == (similarity >= 0.8), f"rate {rate}: Jaccard {similarity:.3f}"
+        checked += 1
+    assert checked >= 4
+
+
 def test_prepare_report(tmp_path):
     base = " ".join(f"token{i}" for i in range(100))
     rows = [base, base, base + " extra", "mail me: a@b.com", "  ", "unique text here"]
