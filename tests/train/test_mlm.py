@@ -13,6 +13,7 @@ from tests.train.helpers import write_corpus
 from zenlm.cli import main
 from zenlm.config import ModelConfig
 from zenlm.data.shards import BlockSampler, ShardSet
+from zenlm.errors import UnsupportedModelError
 from zenlm.train.config import load_config
 from zenlm.train.export import load_trained
 from zenlm.train.objectives import IGNORE, MaskedLMObjective, masked_lm_accuracy
@@ -144,3 +145,12 @@ def test_export_of_a_pre_norm_encoder_as_bert_is_refused(tmp_path, capsys):
     code = main(["export", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "pre_norm=True (needs False)" in capsys.readouterr().err
+
+
+def test_a_run_whose_export_would_be_refused_is_refused_before_training(tmp_path):
+    corpus = write_corpus(tmp_path)
+    config = load_config(write_mlm_config(tmp_path, corpus, steps=1))
+    config.train.export_hf = True  # TINY_BERT is pre-norm: no BERT config.json describes it
+    with pytest.raises(UnsupportedModelError, match="pre_norm=True"):
+        pretrain(config, resume="none")
+    assert not (tmp_path / "run" / "checkpoints").exists()

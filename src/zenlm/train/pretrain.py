@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from zenlm.config import to_hf_config
 from zenlm.data.readers import read_documents
 from zenlm.data.shards import BlockSampler, ShardSet, build_shards
 from zenlm.tokenizer import Tokenizer
@@ -114,6 +115,8 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     objective_name = resolve_objective(config.train.objective, model_config)
+    if config.train.export_hf:
+        to_hf_config(model_config)  # a model the export would refuse is refused before training
     torch.manual_seed(config.train.seed)  # the initial weights
     model = build_for_objective(model_config, objective_name)
     if dist.is_main:
