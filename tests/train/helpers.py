@@ -44,31 +44,63 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "zenlm.cli", *args]
 
 
-#: `zenlm` with the Trainer's log patched to stop for good once a step's loss is written:
-#: argv is PAUSE_AT FLAG_FILE ZENLM_ARGS...; FLAG_FILE appears when the run is parked.
-_PAUSING_CLI = """
-import sys, threading
+#: `zenlm` patched to park for good at a given point (argv: WHERE FLAG_FILE ZENLM_ARGS...),
+#: then touch FLAG_FILE. WHERE is "step:N" (once step N's loss is logged) or "save:N" (at
+#: the N-th file operation of the checkpoint code, counted from this process's second
+#: save, so that a complete checkpoint exists and the kill lands inside a later save).
+_PARKING_CLI = """
+import functools, sys, threading
 from pathlib import Path
-from zenlm.train import trainer
+from zenlm.train import checkpoint, trainer
 
-pause_at, flag = int(sys.argv[1]), Path(sys.argv[2])
-write = trainer._Log.write
+where, flag = sys.argv[1].split(":"), Path(sys.argv[2])
+at = int(where[1])
 
-def write_then_pause(self, record):
-    write(self, record)
-    if record.get("step") == pause_at and "loss" in record:
-        flag.touch()
-        threading.Event().wait()  # parked until the test kills the process
+def park():
+    flag.touch()
+    threading.Event().wait()  # until the test kills the process
 
-trainer._Log.write = write_then_pause
+if where[0] == "step":
+    write = trainer._Log.write
+
+    def write_then_park(self, record):
+        write(self, record)
+        if record.get("step") == at and "loss" in record:
+            park()
+
+    trainer._Log.write = write_then_park
+else:
+    counts = {"saves": 0, "calls": 0}
+    save = trainer.save_checkpoint
+
+    def counting_save(*args, **kwargs):
+        counts["saves"] += 1
+        return save(*args, **kwargs)
+
+    trainer.save_checkpoint = counting_save
+
+    def parking(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if counts["saves"] >= 2:
+                counts["calls"] += 1
+                if counts["calls"] == at:
+                    park()
+            return fn(*args, **kwargs)
+        return call
+
+    for name in ("save_model", "save_file", "write_json", "_write_manifest", "_fsync",
+                 "_remove", "prune"):
+        setattr(checkpoint, name, parking(getattr(checkpoint, name)))
+
 from zenlm.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 
 
-def pausing_cli(pause_at: int, flag: Path, *args: str) -> list[str]:
-    """`cli(*args)` that parks after logging step `pause_at` and then touches `flag`."""
-    return [sys.executable, "-c", _PAUSING_CLI, str(pause_at), str(flag), *args]
+def parking_cli(where: str, flag: Path, *args: str) -> list[str]:
+    """`cli(*args)` that parks at `where` ("step:N" or "save:N") and then touches `flag`."""
+    return [sys.executable, "-c", _PARKING_CLI, where, str(flag), *args]
 
 
 def env() -> dict[str, str]:

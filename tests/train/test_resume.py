@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import time
@@ -10,10 +9,9 @@ import time
 import pytest
 
 from tests.train.helpers import (
-    cli,
     env,
     logged_steps,
-    pausing_cli,
+    parking_cli,
     run_cli,
     step_losses,
     write_config,
@@ -34,39 +32,31 @@ def reference(tmp_path_factory):
     return folder, corpus, losses
 
 
-def _kill_after(args: list[str], out_dir, min_steps: int, extra_delay: float = 0.0) -> int:
-    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while logged_steps(out_dir) < min_steps:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before step {min_steps}: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline, f"step {min_steps} not logged in 120 s"
-        time.sleep(0.002)
-    time.sleep(extra_delay)  # a seeded random kill point (inside a save or not), not a bound
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    return logged_steps(out_dir)
+def _kill_when_parked(args: list[str], flag) -> bool:
+    """Run `args` (a `parking_cli`) until it parks, then SIGKILL it: no race with the run.
 
-
-def _kill_when_parked(args: list[str], flag) -> None:
-    """Run `args` (a `pausing_cli`) until it parks, then SIGKILL it: no race with the run."""
+    Returns False if the run finished before reaching its parking point.
+    """
     proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not flag.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before parking: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "the run did not reach its pause step in 120 s"
+            if proc.returncode:
+                raise AssertionError(f"run failed: {proc.stderr.read().decode()}")
+            return False
+        assert time.monotonic() < deadline, "the run did not reach its parking point in 120 s"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
+    return True
 
 
 def test_sigkill_then_resume_auto_gives_identical_losses(reference):
     folder, corpus, expected = reference
     out = folder / "killed"
     config = str(write_config(folder, corpus, out))
-    _kill_when_parked(pausing_cli(13, folder / "parked", "pretrain", "--config", config),
-                      folder / "parked")
+    flag = folder / "parked"
+    assert _kill_when_parked(parking_cli("step:13", flag, "pretrain", "--config", config), flag)
     assert logged_steps(out) == 13  # killed mid-run: checkpoints at 5 and 10, steps 11-13 lost
     resumed = run_cli("pretrain", "--config", config, "--resume", "auto")
     assert "resumed from" in resumed.stdout
@@ -76,20 +66,22 @@ def test_sigkill_then_resume_auto_gives_identical_losses(reference):
 def test_sigkill_during_saves_always_leaves_a_complete_checkpoint(reference):
     folder, corpus, expected = reference
     out = folder / "crashy"
-    # A checkpoint at every step, so that many kills land inside a save.
+    # A checkpoint at every step; each kill lands at a chosen file operation of a save
+    # (of ~18: weights 1, optimizer 2-3, state 4, manifest 5-15, after the rename 16,
+    # pruning 17-18), never at a guessed time.
     config = str(write_config(folder, corpus, out, save_every=1, keep_last=2))
-    rng = random.Random(1)
-    for attempt in range(5):
-        done = logged_steps(out)
-        if done >= 36:
-            break
-        # Step done+2 is logged only after step done+1's save returned: from then on a
-        # complete checkpoint exists, and the random delay lands anywhere, saves included.
-        _kill_after(cli("pretrain", "--config", config, "--resume", "auto"), out,
-                    min_steps=done + 2, extra_delay=rng.uniform(0.0, 0.15))
+    kills = 0
+    for attempt, call in enumerate((1, 3, 5, 9, 13, 16, 17, 18)):
+        flag = folder / f"parked-{attempt}"
+        where = f"save:{call}"
+        args = parking_cli(where, flag, "pretrain", "--config", config, "--resume", "auto")
+        if not _kill_when_parked(args, flag):
+            break  # the run reached its last step
+        kills += 1
         newest = latest_checkpoint(out / "checkpoints")
-        assert newest is not None, f"kill {attempt}: no complete checkpoint"
+        assert newest is not None, f"kill {attempt} at {where}: no complete checkpoint"
         # Every visible step folder is complete: incomplete ones only exist as .tmp-*.
-        assert all(is_complete(f) for f in list_checkpoints(out / "checkpoints"))
+        assert all(is_complete(f) for f in list_checkpoints(out / "checkpoints")), where
+    assert kills == 8
     run_cli("pretrain", "--config", config, "--resume", "auto")
     assert step_losses(out) == expected
