@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from zenlm.config import ModelConfig, from_hf_config, to_hf_config
@@ -35,3 +37,16 @@ def test_round_trip_through_hf_dict():
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match="d_modle"):
         ModelConfig.from_dict({"d_modle": 3})
+
+
+@pytest.mark.parametrize("family,fields,named", [
+    ("llama", {"positions": "sinusoidal"}, "positions='sinusoidal' (needs 'rope')"),
+    ("gpt2", {"norm": "rmsnorm", "positions": "learned"}, "norm='rmsnorm' (needs 'layernorm')"),
+    ("bert", {"arch": "encoder", "norm": "layernorm", "positions": "learned", "gated_mlp": False,
+              "embed_norm": True, "final_norm": False}, "pre_norm=True (needs False)"),
+])
+def test_a_config_json_that_cannot_describe_the_model_is_refused(family, fields, named):
+    config = ModelConfig(vocab_size=8, d_model=8, n_layers=1, n_heads=2, d_ff=8,
+                         hf_model_type=family, **fields)
+    with pytest.raises(UnsupportedModelError, match=re.escape(named)):
+        to_hf_config(config)

@@ -166,7 +166,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
 #: Fields a family's config.json cannot express: a model that differs in them would be
 #: written as a different function (e.g. a pre-norm encoder as post-norm BERT).
 _FAMILY_TRAITS: dict[str, dict[str, Any]] = {
-    "llama": {"positions": "rope", "norm": "rmsnorm", "pre_norm": True, "arch": "decoder"},
+    "llama": {"positions": "rope", "norm": "rmsnorm", "pre_norm": True, "gated_mlp": True,
+              "arch": "decoder"},
     "gpt2": {"positions": "learned", "norm": "layernorm", "pre_norm": True, "gated_mlp": False,
              "arch": "decoder"},
     "bert": {"positions": "learned", "norm": "layernorm", "pre_norm": False, "final_norm": False,
