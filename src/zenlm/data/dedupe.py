@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from typing import TYPE_CHECKING
 
-from datasketch import MinHash, MinHashLSH
+if TYPE_CHECKING:
+    from datasketch import MinHash
 
 _WS = re.compile(r"\s+")
 
@@ -61,6 +63,9 @@ class MinHashDeduper:
     ) -> None:
         if num_perm % bands:
             raise ValueError(f"num_perm={num_perm} must be a multiple of bands={bands}")
+        # Imported here: only near-duplicate removal needs it, not every reader of zenlm.data.
+        from datasketch import MinHash, MinHashLSH
+
         self.threshold, self.shingle = threshold, shingle
         # crc32 hashes shingles ~3x faster than datasketch's default sha1; datasketch
         # mixes each hash (MurmurHash3's finalizer) before permuting, as sha1 needs not.
@@ -75,8 +80,8 @@ class MinHashDeduper:
         k = self.shingle
         grams = {norm[i:i + k] for i in range(max(1, len(norm) - k + 1))}
         template = self._template
-        sig = MinHash(num_perm=len(template), hashfunc=template.hashfunc,
-                      permutations=template.permutations, scheme=template.scheme)
+        sig = type(template)(num_perm=len(template), hashfunc=template.hashfunc,
+                             permutations=template.permutations, scheme=template.scheme)
         sig.update_batch([g.encode("utf-8") for g in grams])
         return sig
 
