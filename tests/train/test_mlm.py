@@ -116,7 +116,7 @@ def test_evaluation_masks_are_a_function_of_the_block():
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], batch[:, :-1])
 
 
-def test_export_of_a_masked_lm_run_gives_transformers_the_same_logits(tmp_path):
+def test_export_of_a_masked_lm_run_gives_transformers_the_same_logits(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     corpus = write_corpus(tmp_path)
     config = load_config(write_mlm_config(tmp_path, corpus, steps=3, model=POST_NORM_BERT))
@@ -135,6 +135,9 @@ def test_export_of_a_masked_lm_run_gives_transformers_the_same_logits(tmp_path):
         got = ours(ids, attention_mask=mask)
     real = mask.bool()
     torch.testing.assert_close(got[real], expected[real], rtol=0, atol=1e-4)
+    gguf = ["export", str(tmp_path / "run"), "--to", "gguf", "--out", str(tmp_path / "m.gguf")]
+    assert main(gguf) == 2  # GGUF holds decoders: refused by name, not a crash
+    assert "a masked LM exports to hf only" in capsys.readouterr().err
 
 
 def test_export_of_a_pre_norm_encoder_as_bert_is_refused(tmp_path, capsys):
