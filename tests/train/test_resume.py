@@ -60,7 +60,7 @@ def test_sigkill_then_resume_auto_gives_identical_losses(reference):
     assert logged_steps(out) == 13  # killed mid-run: checkpoints at 5 and 10, steps 11-13 lost
     resumed = run_cli("pretrain", "--config", config, "--resume", "auto")
     assert "resumed from" in resumed.stdout
-    assert step_losses(out) == expected  # every step, exactly (==): same ops, same order, on CPU
+    assert step_losses(out) == expected  # every step, exactly (==), on CPU fp32
 
 
 def test_sigkill_during_saves_always_leaves_a_complete_checkpoint(reference):

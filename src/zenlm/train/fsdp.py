@@ -48,7 +48,7 @@ def tied_names(model: nn.Module) -> dict[str, str]:
         groups.setdefault(id(tensor), []).append(name)
     tied: dict[str, str] = {}
     for names in groups.values():
-        keep = sorted(names)[0]
+        keep = min(names)
         tied.update({name: keep for name in names if name != keep})
     return tied
 
