@@ -17,12 +17,17 @@ from zenlm import kernels
 from zenlm.cpu import cpu_info
 from zenlm.kernels.layout import GROUP, K_MULTIPLE, pack_codes, unpack_codes
 
-#: From this many input rows on (a prompt), int4 layers dequantize their weight and
-#: multiply with oneDNN (bfloat16 where the CPU has it natively, else float32): with
-#: AVX512-BF16, dequantization included, 1.1-1.3x the int4 kernel's tiles at 64 rows
-#: and 1.8-2.2x at 512; at 32 rows the two are equal, and below that reading 4-bit
-#: weights is what wins.
-PROMPT_ROWS = 64
+#: From this many input rows on (a prompt), int4 layers on a CPU with native bfloat16
+#: dequantize their weight to bfloat16 and multiply with oneDNN. Measured with
+#: benchmarks/int4_prompt.py (one SmolLM2 layer, kernel / dequantized time): with
+#: AVX512-BF16 0.65 at 64 rows, 0.94 at 128, 1.10 at 512, 1.22 at 1024. Without native
+#: bfloat16 the kernel wins at every length (AVX2 against float32 matmuls: 0.33 at 64,
+#: 0.81 at 512, 0.98 at 2048), so there it serves prompts too.
+PROMPT_ROWS = 256
+
+#: From this many rows on, int8 layers on a CPU without native bfloat16 multiply in
+#: float32 (PyTorch's int8 kernel takes bfloat16 activations, emulated there).
+INT8_FLOAT_ROWS = 64
 
 #: Rows of a weight quantized at a time (2048 x 576 floats: 4.7 MB per temporary).
 ROWS_PER_SLICE = 2048
@@ -58,7 +63,7 @@ class Int8Linear(nn.Module):
         """
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if flat.shape[0] >= PROMPT_ROWS and not self.native_bf16:
+        if flat.shape[0] >= INT8_FLOAT_ROWS and not self.native_bf16:
             out = flat.float() @ (self.weight.float() * self.scales.float()[:, None]).T
         else:
             out = torch.ops.aten._weight_int8pack_mm(
@@ -84,9 +89,9 @@ class Int4Linear(nn.Module):
     quantization, refined by least squares; GGUF's Q4_1 blocks are this format
     exactly). The matmul is zenlm's own kernel (`zenlm/kernels/int4_linear.cpp`): int8
     activations times 4-bit codes with AVX-512 VNNI or AVX2, reading the packed weights
-    directly. Prompts of `PROMPT_ROWS` tokens or more multiply by the weight dequantized
-    to bfloat16 (where the CPU has native bfloat16) or float32 instead: arithmetic, not
-    reading weights, is what costs there. Without the kernel (a CPU with neither ISA,
+    directly. On a CPU with native bfloat16, prompts of `PROMPT_ROWS` tokens or more
+    multiply by the weight dequantized to bfloat16 instead (oneDNN's bfloat16 matmul
+    outruns the kernel's tiles there; elsewhere the kernel is the faster of the two). Without the kernel (a CPU with neither ISA,
     no C++ compiler, or ZENLM_KERNELS=0) the layer keeps a copy of its codes in
     PyTorch's int4 layout and multiplies with `aten._weight_int4pack_mm_for_cpu`.
 
@@ -116,7 +121,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("mins", torch.cat(mins))  # (N, K / 32)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.in_features, self.out_features = K, N
-        self.prompt_dtype = torch.bfloat16 if cpu_info().native_bf16 else torch.float32
+        # Rows from which a dequantized bfloat16 matmul beats the kernel (None: never).
+        self.prompt_rows = PROMPT_ROWS if cpu_info().native_bf16 else None
         if self.kernel is None:
             self.register_buffer("torch_codes", torch.cat(torch_packed))
             # PyTorch's groups: w = (q - 8) * scale + zero, (K / 32, N, 2) float32
@@ -137,10 +143,10 @@ class Int4Linear(nn.Module):
         if self.kernel is None:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat, self.torch_codes, GROUP, self.scales_and_zeros)
-        elif flat.shape[0] >= PROMPT_ROWS:
+        elif self.prompt_rows is not None and flat.shape[0] >= self.prompt_rows:
             weight = torch.ops.zenlm.int4_dequantize(self.codes, self.scales, self.mins,
-                                                     self.prompt_dtype)
-            out = (flat.to(weight.dtype) @ weight.T).float()
+                                                     torch.bfloat16)
+            out = (flat.bfloat16() @ weight.T).float()
         else:
             out = torch.ops.zenlm.int4_linear(flat, self.codes, self.scales, self.mins)
         if self.bias is not None:
