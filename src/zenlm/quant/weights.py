@@ -91,8 +91,9 @@ class Int4Linear(nn.Module):
     activations times 4-bit codes with AVX-512 VNNI or AVX2, reading the packed weights
     directly. On a CPU with native bfloat16, prompts of `PROMPT_ROWS` tokens or more
     multiply by the weight dequantized to bfloat16 instead (oneDNN's bfloat16 matmul
-    outruns the kernel's tiles there; elsewhere the kernel is the faster of the two). Without the kernel (a CPU with neither ISA,
-    no C++ compiler, or ZENLM_KERNELS=0) the layer keeps a copy of its codes in
+    outruns the kernel's tiles there; elsewhere the kernel is the faster of the two).
+    Without the kernel (a CPU with neither ISA, no C++ compiler, or ZENLM_KERNELS=0)
+    the layer keeps a copy of its codes in
     PyTorch's int4 layout and multiplies with `aten._weight_int4pack_mm_for_cpu`.
 
     Args:
