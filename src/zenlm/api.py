@@ -14,15 +14,10 @@ import torch
 
 from zenlm.config import ModelConfig, from_hf_config
 from zenlm.errors import CheckpointError
-from zenlm.generate import (
-    GenerationConfig,
-    GenerationResult,
-    TextStream,
-    generate_batch,
-    stream_tokens,
-)
+from zenlm.generate import GenerationConfig, GenerationResult, generate_batch, stream_batch
 from zenlm.generate.beam import beam_search
 from zenlm.generate.compile import compile_decoding
+from zenlm.generate.defaults import sampling_defaults
 from zenlm.io.hf import load_hf_model, refuse_pickle
 from zenlm.io.resolve import resolve_model
 from zenlm.models import DecoderLM
@@ -100,56 +95,61 @@ class LM:
 
         Options are GenerationConfig fields (max_new_tokens, temperature, top_k, top_p,
         min_p, penalties, seed, stop, stop_token_ids, num_return_sequences, logprobs,
-        top_logprobs, num_beams, length_penalty, early_stopping). Stop strings end a
-        sequence at the text level; the returned text stops before them.
+        top_logprobs, num_beams, length_penalty, early_stopping); left out, they take
+        GenerationConfig's defaults (greedy). Stop strings end a sequence at the text
+        level; the returned text stops before them.
 
         Returns:
-            One Completion per prompt x num_return_sequences, in order.
+            One Completion per prompt x num_return_sequences, in order (with
+            num_beams > 1: the best num_return_sequences beams of each prompt).
         """
         config = self._config(options)
         ids = [self.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
         if config.num_beams > 1:
-            return [self._completion(r, TextStream(self.tokenizer)) for prompt in ids
+            if config.stop:
+                raise ValueError("stop strings are not supported with num_beams > 1 "
+                                 f"(got stop={list(config.stop)!r}); use stop_token_ids")
+            return [Completion(self.decode_new(r), r) for prompt in ids
                     for r in beam_search(self.model, prompt, config)]
-        streams: list[TextStream] = []
-
-        def stop_check(row: int, token: int) -> bool:
-            while len(streams) <= row:
-                streams.append(TextStream(self.tokenizer, config.stop))
-            streams[row].push(token)
-            return streams[row].stopped
-
-        check = stop_check if config.stop else None
-        results = generate_batch(self.model, ids, config, check)
-        return [self._completion(result, streams[row] if check else TextStream(self.tokenizer))
-                for row, result in enumerate(results)]
+        return [Completion(r.text, r)
+                for r in generate_batch(self.model, ids, config, self._tokenizer)]
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
-        """Yield the text of one generation as it is produced (UTF-8 safe, stop-aware)."""
+        """Yield the text of one generation as it is produced (UTF-8 safe, stop-aware).
+
+        Raises:
+            ValueError: num_beams > 1 (beam search knows its best sequence only at the end:
+                use `generate` or `complete`), or an invalid option.
+        """
         config = self._config(options)
+        if config.num_beams > 1:
+            raise ValueError(f"stream cannot use num_beams={config.num_beams}: beam search "
+                             "knows its best sequence only at the end; use generate or complete")
         ids = self.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        text = TextStream(self.tokenizer, config.stop)
-        for token in stream_tokens(self.model, ids, config):
-            if token in config.stop_token_ids:
-                break
-            delta = text.push(token)
-            if delta:
-                yield delta
-            if text.stopped:
-                return
-        if tail := text.finish():
-            yield tail
+        for events in stream_batch(self.model, [ids], config, self.tokenizer):
+            for event in events:
+                if event.row == 0 and event.text:
+                    yield event.text
 
     def generate(self, prompt: str, **options: Any) -> str:
         """Continue `prompt` and return the new text, without the stop token or string.
 
-        Options are GenerationConfig fields, as for `complete`.
+        Options are GenerationConfig fields, as for `complete` (num_beams included).
         """
         return self.complete([prompt], **options)[0].text
 
     def chat(self, messages: Sequence[Message], **options: Any) -> str:
         """The assistant's reply to `messages`, rendered with the model's chat template."""
         return self.complete([self.encode_chat(messages)], **options)[0].text
+
+    def sampling_defaults(self, mode: str = "model") -> dict[str, Any]:
+        """What requests and commands use for sampling parameters they leave out.
+
+        See `zenlm.generate.defaults`: the model's generation_config.json, else
+        llama.cpp's chain ("model"), or OpenAI's temperature 1 ("openai").
+        """
+        folder = Path(self.source) if self.source and Path(self.source).is_dir() else None
+        return sampling_defaults(mode, folder)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a plain prompt (ValueError if it is empty)."""
@@ -178,11 +178,6 @@ class LM:
         config = GenerationConfig(**options)
         config.validate()
         return config
-
-    def _completion(self, result: GenerationResult, text: TextStream) -> Completion:
-        if text.stopped:  # a stop string ended it: the text ends before the string
-            return Completion(text.text[: text.emitted], result)
-        return Completion(self.decode_new(result), result)
 
     def embed(
         self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True

@@ -124,16 +124,16 @@ def tiny_server(tiny_chat) -> Iterator[LiveServer]:
 def fail_sequences_seeded(monkeypatch: pytest.MonkeyPatch, seed: int, at_token: int) -> None:
     """Make the engine raise "boom" while recording token `at_token` of any request with
     sampling seed `seed` (one failing request among healthy ones)."""
-    from zenlm.serve.engine import _Sequence
+    from zenlm.generate.core import Sequence
 
-    record = _Sequence.record
+    accept = Sequence.accept
 
-    def flaky(self, token):  # noqa: ANN001, ANN202
-        if self.request.config.seed == seed and self.generated == at_token:
+    def flaky(self, token, *args):  # noqa: ANN001, ANN002, ANN202
+        if self.config.seed == seed and len(self.tokens) == at_token:
             raise RuntimeError("boom")
-        return record(self, token)
+        return accept(self, token, *args)
 
-    monkeypatch.setattr(_Sequence, "record", flaky)
+    monkeypatch.setattr(Sequence, "accept", flaky)
 
 
 @contextlib.contextmanager

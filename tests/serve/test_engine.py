@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from zenlm.generate import GenerationConfig
-from zenlm.generate.sampling import SamplingParams, warp
+from zenlm.generate import GenerationConfig, Sequence, sample_rows
+from zenlm.generate.sampling import warp
 from zenlm.serve.engine import (
     Delta,
     Done,
@@ -17,7 +17,6 @@ from zenlm.serve.engine import (
     Failed,
     QueueFullError,
     Request,
-    choose_rows,
 )
 from zenlm.serve.metrics import Metrics
 
@@ -148,24 +147,19 @@ def test_one_failing_request_leaves_the_others_running(engine, tiny_lm, monkeypa
 
 
 def test_batched_draws_follow_the_distribution():
+    """`sample_rows`, the one sampler of every driver: three seeded rows drawn together
+    follow softmax(warp(logits)) (each inverting its CDF at a draw of its own)."""
     torch.manual_seed(0)
     logits = torch.randn(1, 6) * 2
-    params = SamplingParams(temperature=0.7, top_k=4)
-
-    class Seq:  # the two attributes choose_rows reads
-        def __init__(self, seed):
-            self.params = params
-            self.generator = torch.Generator().manual_seed(seed)
-
-        def uniform(self):
-            return float(torch.rand((), generator=self.generator))
-
-    seqs = {0: Seq(1), 1: Seq(2), 2: Seq(3)}
+    config = GenerationConfig(temperature=0.7, top_k=4, max_new_tokens=1)
+    seqs = [Sequence([1], config, vocab_size=6, index=i) for i in range(3)]
+    for seq in seqs:
+        seq.generator = torch.Generator().manual_seed(seq.index + 1)
     draws = torch.zeros(6)
     for _ in range(4000):
-        for token in choose_rows(logits.expand(3, 6), seqs).values():
+        for token in sample_rows(logits.expand(3, 6), seqs):
             draws[token] += 1
-    expected = torch.softmax(warp(logits, params), -1)[0]
+    expected = torch.softmax(warp(logits, config.sampling()), -1)[0]
     assert draws[expected == 0].sum() == 0  # top-k masked tokens are never drawn
     torch.testing.assert_close(draws / draws.sum(), expected, atol=0.015, rtol=0)
 

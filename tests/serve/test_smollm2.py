@@ -1,4 +1,5 @@
-"""The real chat model through the server: its own chat template, a sensible greedy answer."""
+"""The real chat model through the server: its own chat template, a sensible greedy answer,
+and sensible sampled answers with the server's default sampling parameters."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_gguf):
     lm = zenlm.load(smollm2_gguf, quantize="int8")
-    app = create_app(lambda: lm, ServeOptions(model_name="smollm2", max_batch=4,
+    app = create_app(lambda: lm, ServeOptions(model_name="smollm2", max_batch=10,
                                               kv_budget_mb=64))
     server = LiveServer(app).start()
     yield server, lm
@@ -36,3 +37,16 @@ def test_chat_answers_with_the_models_template(smollm2_server):
     streamed = "".join(chunk.choices[0].delta.content or ""
                        for chunk in client.chat.completions.create(**options, stream=True))
     assert streamed == text
+
+
+def test_default_sampling_answers_sensibly_in_ten_of_ten_seeds(smollm2_server):
+    """No sampling parameters: the server's defaults (llama.cpp's chain, as this GGUF has
+    no generation_config.json). Under OpenAI's temperature 1 this question got
+    "Élébâlis împiran..." (issue 13). n=10 with one seed: choice j draws from seed + j."""
+    server, _ = smollm2_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=6,
+                                           n=10, seed=0)
+    answers = [choice.message.content for choice in reply.choices]
+    assert len(answers) == 10
+    assert all("Paris" in answer for answer in answers), answers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zenlm.generate.defaults import SAMPLING_DEFAULTS_MODES
 from zenlm.quant import QUANTIZE_MODES
 
 DEMO_MESSAGES = [
@@ -20,21 +21,30 @@ def generate_command(
     chat: bool = False,
     system: str | None = None,
     max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     seed: int | None = None,
     dtype: str | None = None,
     quantize: str | None = "auto",
     compile: bool = False,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
     stop: list[str] | None = None,
     num_beams: int = 1,
+    logprobs: int | None = None,
+    sampling_defaults: str = "model",
     as_json: bool = False,
 ) -> int:
-    """Generate a continuation of `prompt` (or a chat reply to it) and print it."""
+    """Generate a continuation of `prompt` (or a chat reply to it) and print it.
+
+    Sampling parameters left out (None) take `sampling_defaults` ("model": the model's
+    generation_config.json, else llama.cpp's chain; "openai": temperature 1).
+    """
     import zenlm
+    from zenlm.generate.defaults import fill_sampling
 
     lm = zenlm.load(model, dtype=dtype, quantize=quantize, compile=compile)
     if chat:
@@ -44,10 +54,14 @@ def generate_command(
         prompt_ids = lm.encode_chat(messages)
     else:
         prompt_ids = lm.encode_prompt(prompt)
+    sampling = fill_sampling(
+        dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+             repetition_penalty=repetition_penalty), lm.sampling_defaults(sampling_defaults))
     completion = lm.complete(
-        [prompt_ids], max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-        seed=seed, stop=stop or (), num_beams=num_beams,
+        [prompt_ids], max_new_tokens=max_new_tokens, **sampling,
+        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+        seed=seed, stop=stop or (), num_beams=num_beams, logprobs=logprobs is not None,
+        top_logprobs=logprobs or 0,
     )[0]
     result, text = completion.result, completion.text
     if not as_json:
@@ -62,6 +76,8 @@ def generate_command(
         "prefill_s": round(result.prefill_s, 6),
         "decode_s": round(result.decode_s, 6),
         "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
+        **({"logprobs": result.logprobs} if result.logprobs is not None else {}),
+        **({"top_logprobs": result.top_logprobs} if result.top_logprobs is not None else {}),
     }, ensure_ascii=False))
     return 0
 
@@ -91,14 +107,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     gen.add_argument("--system", default=None, help="system message (with --chat)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
+    left_out = " (default: from --sampling-defaults)"
+    gen.add_argument("--temperature", type=float, default=None, help="0: greedy" + left_out)
+    gen.add_argument("--top-k", type=int, default=None, help="0: off" + left_out)
+    gen.add_argument("--top-p", type=float, default=None, help="1: off" + left_out)
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--min-p", type=float, default=0.0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=None, help="0: off" + left_out)
+    gen.add_argument("--repetition-penalty", type=float, default=None, help="1: off" + left_out)
+    gen.add_argument("--presence-penalty", type=float, default=0.0)
+    gen.add_argument("--frequency-penalty", type=float, default=0.0)
+    gen.add_argument("--sampling-defaults", choices=SAMPLING_DEFAULTS_MODES, default="model",
+                     help="for sampling options left out: the model's generation_config.json, "
+                     "else llama.cpp's chain (temperature 0.8, top-k 40, top-p 0.95, "
+                     "min-p 0.05); or openai (temperature 1, nothing else)")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--logprobs", type=int, default=None, metavar="N",
+                     help="with --json: each token's log-probability and N alternatives")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     gen.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
                      help="auto: the fastest mode on this CPU (see `zenlm info`)")

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from zenlm.generate.defaults import SAMPLING_DEFAULTS_MODES
 from zenlm.quant import QUANTIZE_MODES
 
 KEY_ENV = "ZENLM_API_KEY"
@@ -29,6 +30,8 @@ def serve_command(
     drain_timeout: float = 30.0,
     threads: int | None = None,
     log_level: str = "info",
+    compile: bool = False,
+    sampling_defaults: str = "model",
 ) -> int:
     """Serve `model` until SIGINT/SIGTERM; on a signal, finish in-flight requests, then exit."""
     import uvicorn
@@ -49,6 +52,7 @@ def serve_command(
     options = ServeOptions(
         model_name=name, api_key=key, max_batch=max_batch, max_queue=max_queue,
         kv_budget_mb=kv_budget_mb, max_body_bytes=int(max_body_mb * 2**20),
+        sampling_defaults=sampling_defaults,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if dtype is None:
@@ -56,7 +60,8 @@ def serve_command(
     info = cpu_info()
     print(f"zenlm serve: CPU level {info.level} ({' '.join(info.features)}); "
           f"mode {quantize or 'as loaded'}", flush=True)
-    app = create_app(lambda: zenlm.load(model, dtype=dtype, quantize=quantize), options)
+    app = create_app(lambda: zenlm.load(model, dtype=dtype, quantize=quantize, compile=compile),
+                     options)
     auth = "an API key" if key else "no API key"
     print(f"zenlm serve: {name} on http://{host}:{port}/ with {auth} "
           f"(the model loads in the background; GET /health says when it is ready)", flush=True)
@@ -116,6 +121,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="seconds in-flight requests get to finish after SIGTERM")
     serve.add_argument("--threads", type=int, default=None,
                        help="PyTorch threads (default: PyTorch's choice, one per core)")
+    serve.add_argument("--compile", action="store_true",
+                       help="torch.compile the decode step (a one-off compilation at start)")
+    serve.add_argument("--sampling-defaults", choices=SAMPLING_DEFAULTS_MODES, default="model",
+                       help="for sampling parameters a request leaves out: the model's "
+                       "generation_config.json, else llama.cpp's chain (temperature 0.8, "
+                       "top-k 40, top-p 0.95, min-p 0.05); or openai (temperature 1)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=serve_command)

@@ -1,9 +1,9 @@
-"""Text generation: sampling as pure functions, and one decoding loop as an iterator."""
+"""Text generation: one core (a row's state, one prefill, one sampler) and its drivers."""
 
+from zenlm.generate.config import GenerationConfig
+from zenlm.generate.core import Sequence, TokenEvent, advance, prefill, sample_rows
 from zenlm.generate.decode import (
-    GenerationConfig,
     GenerationResult,
-    TokenEvent,
     generate,
     generate_batch,
     stream_batch,
@@ -16,11 +16,15 @@ __all__ = [
     "GenerationConfig",
     "GenerationResult",
     "SamplingParams",
+    "Sequence",
     "TextStream",
     "TokenEvent",
+    "advance",
     "generate",
     "generate_batch",
+    "prefill",
     "sample_next",
+    "sample_rows",
     "stream_batch",
     "stream_tokens",
 ]

@@ -4,6 +4,8 @@ Each step scores every continuation of every running beam, keeps the best
 2 x num_beams candidates, moves those that end (a stop token, or the length limit)
 into the finished set with a length-penalised score, and continues with the best
 num_beams that did not end. The KV cache rows are reordered to follow the beams.
+It drives the generation core's prefill and the model's (compiled) decode step; its
+choice of tokens is the beam rule itself, not sampling.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from zenlm.generate.core import decode_step, prefill
 from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts
 from zenlm.models import DecoderLM
 
@@ -67,7 +70,7 @@ class _BeamSearch:
         self.improvable = True
 
     def run(self) -> float:
-        logits = self.model(torch.tensor([self.prompt]), cache=self.cache)[:, -1].float()
+        logits = prefill(self.model, [self.prompt], self.cache)  # (1, V)
         first_at = time.perf_counter()
         self.cache.keep_rows(torch.zeros(self.n, dtype=torch.long))  # n copies of the prompt
         logits = logits.expand(self.n, -1)
@@ -76,7 +79,7 @@ class _BeamSearch:
             if not self._should_continue(step + 1):
                 break
             self.cache.keep_rows(chosen[0])
-            logits = self.model(chosen[1][:, None], cache=self.cache)[:, 0].float()
+            logits = decode_step(self.model, chosen[1], self.cache)  # (n, V)
         self.finished.sort(key=lambda f: -f.score)
         return first_at
 

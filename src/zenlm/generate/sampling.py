@@ -1,7 +1,8 @@
 """Choosing the next token from logits: pure functions over tensors, no model state.
 
 The order of operations is transformers': penalties, then temperature, then top-k,
-top-p and min-p masks, then a draw (or argmax for greedy).
+top-p and min-p masks, then a draw (or argmax for greedy). A draw inverts the CDF at
+a uniform number, so each row can bring its own (from its own seeded generator).
 """
 
 from __future__ import annotations
@@ -94,6 +95,40 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return scores
 
 
+def choose_tokens(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    uniforms: torch.Tensor | None = None,
+    *,
+    seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick one token per row, by inverting each row's CDF at a given uniform draw.
+
+    A row's token depends only on its own logits and its own draw, never on the other
+    rows: a seeded sequence samples the same tokens whatever it is batched with.
+
+    Args:
+        logits: (B, V) next-token logits.
+        params: Sampling controls shared by the rows.
+        uniforms: (B,) draws in [0, 1) (ignored when greedy).
+        seen: (B, V) bool, tokens already in each sequence (repetition penalty).
+        counts: (B, V) generated-token counts (presence / frequency penalties).
+
+    Returns:
+        (B,) token ids.
+    """
+    logits = apply_penalties(logits, seen, counts, params)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    cdf = torch.softmax(warp(logits, params), dim=-1).cumsum(-1)  # (B, V)
+    # Scale by the total (float32 sums fall a little short of 1): the draw then always
+    # lands on a token of non-zero probability.
+    u = uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]  # (B,)
+    tokens = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
+    return tokens.clamp_(max=logits.shape[-1] - 1)
+
+
 def sample_next(
     logits: torch.Tensor,
     params: SamplingParams | None = None,
@@ -102,7 +137,7 @@ def sample_next(
     counts: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row.
+    """Pick one token per row with one generator for the batch (see `choose_tokens`).
 
     Args:
         logits: (B, V) next-token logits.
@@ -115,11 +150,8 @@ def sample_next(
         (B,) token ids.
     """
     params = params or SamplingParams()
-    logits = apply_penalties(logits, seen, counts, params)
-    if params.greedy:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(warp(logits, params), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    uniforms = None if params.greedy else torch.rand(logits.shape[0], generator=generator)
+    return choose_tokens(logits, params, uniforms, seen=seen, counts=counts)
 
 
 def token_logprobs(

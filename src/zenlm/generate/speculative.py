@@ -9,16 +9,17 @@ own next token. Greedy output is exactly plain greedy output, in fewer passes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence as Seq
 
 import torch
 
-from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts
+from zenlm.generate.core import Sequence, TokenEvent, advance, prefill
+from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts, to_result
 from zenlm.models import DecoderLM
 from zenlm.nn import KVCache
 
 
-def lookup_guesses(tokens: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
+def lookup_guesses(tokens: Seq[int], k: int, max_ngram: int = 3) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of the last n-gram.
 
     Tries n = max_ngram down to 1; returns [] when no n-gram recurs.
@@ -43,7 +44,7 @@ class _Draft:
         new = torch.tensor([tokens[self.seen:]])
         out: list[int] = []
         for _ in range(k):
-            guess = int(self.model(new, cache=self.cache)[0, -1].argmax())
+            guess = int(self.model.step(new, self.cache)[0, -1].argmax())
             out.append(guess)
             new = torch.tensor([[guess]])
         self.seen = len(tokens) + k - 1
@@ -57,7 +58,7 @@ class _Draft:
 @torch.inference_mode()
 def speculative_generate(
     model: DecoderLM,
-    prompt_ids: Sequence[int],
+    prompt_ids: Seq[int],
     config: GenerationConfig,
     *,
     draft: DecoderLM | None = None,
@@ -83,38 +84,40 @@ def speculative_generate(
             f"{model.config.vocab_size}: the draft must share the tokenizer"
         )
     start = time.perf_counter()
-    tokens = list(prompt_ids)
-    limit = min(model.config.max_seq_len, len(tokens) + config.max_new_tokens)
-    cache = model.new_cache(1, limit + num_guesses + 1)
-    helper = _Draft(draft, limit + num_guesses + 1) if draft is not None else None
-    stop = set(config.stop_token_ids)
-    logits = model(torch.tensor([tokens]), cache=cache)[0, -1]
-    tokens.append(int(logits.argmax()))
+    seq = Sequence(prompt_ids, config, vocab_size=model.config.vocab_size,
+                   context=model.config.max_seq_len)
+    cache = model.new_cache(1, seq.limit + num_guesses + 1)
+    helper = _Draft(draft, seq.limit + num_guesses + 1) if draft is not None else None
+    events = advance(prefill(model, [seq.prompt], cache), [seq])
     first_at, passes = time.perf_counter(), 1
-    while tokens[-1] not in stop and len(tokens) < limit:
-        k = min(num_guesses, limit - len(tokens))
+    while not seq.finished:
+        tokens = seq.prompt + seq.tokens
+        k = min(num_guesses, seq.limit - len(tokens))
         guesses = helper.guesses(tokens, k) if helper else lookup_guesses(tokens, k, max_ngram)
-        fed = [tokens[-1], *guesses]
-        best = model(torch.tensor([fed]), cache=cache)[0].argmax(-1).tolist()  # (k+1,)
+        fed = torch.tensor([tokens[-1], *guesses])
+        logits = model.step(fed[None], cache)[0].float()  # (k + 1, V)
         passes += 1
-        accepted = 0
-        while accepted < len(guesses) and guesses[accepted] == best[accepted]:
-            accepted += 1
-        tokens += best[: accepted + 1]
+        events += _accept(logits, seq, guesses)
         # The cache holds the fed tokens; keep those that are now part of the text.
-        cache.set_lengths([len(tokens) - 1])
+        cache.set_lengths([len(seq.prompt) + len(seq.tokens) - 1])
         if helper:
-            helper.rewind(len(tokens) - 1)
-    generated = _truncate(tokens[len(prompt_ids):], stop, limit - len(prompt_ids))
+            helper.rewind(len(seq.prompt) + len(seq.tokens) - 1)
     end = time.perf_counter()
-    reason = "stop" if generated and generated[-1] in stop else "length"
-    result = GenerationResult(generated, len(prompt_ids), first_at - start, end - first_at, reason)
+    result = to_result(events, len(seq.prompt), first_at - start, end - first_at, config)
     return result, passes
 
 
-def _truncate(generated: list[int], stop: set[int], limit: int) -> list[int]:
-    """Cut after the first stop token and at the length limit (a pass may overshoot)."""
-    for index, token in enumerate(generated[:limit]):
-        if token in stop:
-            return generated[: index + 1]
-    return generated[:limit]
+def _accept(logits: torch.Tensor, seq: Sequence, guesses: list[int]) -> list[TokenEvent]:
+    """Accept the model's own token at each fed position while it agrees with the guesses.
+
+    Args:
+        logits: (k + 1, V) the model's logits after each fed token.
+        seq: The sequence.
+        guesses: The k guesses; the first disagreement is the model's token, the last kept.
+    """
+    events = []
+    for position in range(len(guesses) + 1):
+        events += advance(logits[position: position + 1], [seq])
+        if seq.finished or position == len(guesses) or seq.tokens[-1] != guesses[position]:
+            break
+    return events

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zenlm.generate import GenerationConfig
+from zenlm.generate.defaults import SAMPLING_KEYS, fill_sampling
 from zenlm.models import DecoderLM
 from zenlm.serve import sse
 from zenlm.serve.engine import Delta, Done, Engine, Event, Failed, QueueFullError
@@ -58,6 +59,7 @@ class ServeOptions:
     max_queue: int = 64
     kv_budget_mb: float = 1024.0
     max_body_bytes: int = 1 << 20
+    sampling_defaults: str = "model"  # for parameters a request leaves out: "model"|"openai"
 
 
 class APIError(Exception):
@@ -98,6 +100,7 @@ class ServerState:
         self.metrics = Metrics()
         self.lm: Any = None
         self.engine: Engine | None = None
+        self.sampling: dict[str, Any] = {}  # defaults of the sampling parameters
         self.error: str | None = None
         self.ready = threading.Event()
         self.created = int(time.time())
@@ -106,6 +109,7 @@ class ServerState:
         """Load the model and start the engine (runs on its own thread)."""
         try:
             lm = self.loader()
+            self.sampling = lm.sampling_defaults(self.options.sampling_defaults)
             if isinstance(lm.model, DecoderLM):  # decoders generate; encoders only embed
                 self.engine = Engine(lm, self.metrics, max_batch=self.options.max_batch,
                                      max_queue=self.options.max_queue,
@@ -317,8 +321,9 @@ def _prompts(state: ServerState, body: _Sampling, chat: bool) -> list[list[int]]
     return out
 
 
-def _config(engine: Engine, body: _Sampling, prompts: list[list[int]], chat: bool,
+def _config(state: ServerState, body: _Sampling, prompts: list[list[int]], chat: bool,
             ) -> GenerationConfig:
+    engine = state.require_engine()
     max_tokens = body.max_tokens
     if chat and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
@@ -336,12 +341,16 @@ def _config(engine: Engine, body: _Sampling, prompts: list[list[int]], chat: boo
         raise APIError(400, "stop: at most 4 stop sequences", param="stop")
     if body.seed is not None and not -(2**63) <= body.seed < 2**63:
         raise APIError(400, "seed: must fit in 64 bits", param="seed")
+    if body.num_beams > 1:
+        raise APIError(400, f"num_beams: beam search is not served (got {body.num_beams}); "
+                       "use `zenlm generate --num-beams` or the Python API", param="num_beams")
+    sampling = fill_sampling({key: getattr(body, key) for key in SAMPLING_KEYS}, state.sampling)
     config = GenerationConfig(
-        max_new_tokens=max_tokens if max_tokens is not None else room,
-        temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-        repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=body.stop_list(),
-        num_return_sequences=body.n, logprobs=logprobs, top_logprobs=top,
+        max_new_tokens=max_tokens if max_tokens is not None else room, **sampling,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        seed=body.seed, stop=body.stop_list(), num_return_sequences=body.n,
+        logprobs=logprobs, top_logprobs=top,
+        stop_token_ids=() if body.ignore_eos else state.lm.stop_token_ids(),
     )
     try:
         config.validate()
@@ -377,7 +386,7 @@ async def _generate(request: Request, state: ServerState, body: _Sampling, chat:
     state.check_model(body.model)
     engine = state.require_engine()
     prompts = _prompts(state, body, chat)
-    config = _config(engine, body, prompts, chat)
+    config = _config(state, body, prompts, chat)
     bridge = _Bridge()
     job = EngineRequest(prompts, config, bridge.emit, ignore_eos=body.ignore_eos)
     try:

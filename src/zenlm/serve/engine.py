@@ -2,11 +2,16 @@
 
 One background thread owns the model. Requests wait in a bounded queue; at every
 decode step the engine admits waiting requests into free cache rows (prefilled
-together in a cache of their own, then copied in with `KVCache.write_row`), runs one
-forward pass over all occupied rows, chooses each row's token with that row's own
-sampling parameters, penalties and random generator, and frees rows whose sequence
-finished or whose client went away. Sequences thus join and leave the running batch
-at every step.
+together in a cache of their own, then copied in with `KVCache.write_row`), runs the
+model's decode step (the compiled one with `--compile`) over all occupied rows,
+chooses each row's token with that row's own sampling parameters, penalties and
+random generator, and frees rows whose sequence finished or whose client went away.
+Sequences thus join and leave the running batch at every step.
+
+It is a driver of the generation core (zenlm.generate.core): each row is a core
+`Sequence`, prefill is the core's `prefill`, tokens come from `sample_rows`, and the
+sequence's own `accept` says when it ends, exactly as for `zenlm generate` and the
+Python API, so a seeded request gives the same tokens through all three.
 
 Results go back through a callback (`emit`) called on the engine thread; the HTTP
 layer forwards them to its event loop.
@@ -19,13 +24,14 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import torch
 
-from zenlm.generate import GenerationConfig, TextStream
-from zenlm.generate.sampling import SamplingParams, sample_next, token_logprobs, warp
+from zenlm.generate import GenerationConfig, Sequence, TokenEvent, prefill, sample_rows
+from zenlm.generate.core import decode_step, logprob_rows
 from zenlm.nn.kv_cache import KVCache
 from zenlm.serve.metrics import Metrics
 
@@ -111,98 +117,13 @@ class Request:
         self.cancelled = True
 
 
-class _Sequence:
-    """One choice of one request, running in one cache row."""
+@dataclass(eq=False)
+class _Row:
+    """What occupies one cache row: a sequence of the generation core, and its request."""
 
-    def __init__(self, request: Request, choice: int, prompt_len: int, tokenizer, vocab: int):
-        config = request.config
-        self.request, self.choice, self.prompt_len = request, choice, prompt_len
-        self.params = config.sampling()
-        self.limit = prompt_len + config.max_new_tokens
-        self.generated = 0
-        self.text = TextStream(tokenizer, config.stop)
-        self.generator = None
-        if config.seed is not None:  # choice j draws from seed + j: reproducible per choice
-            self.generator = torch.Generator().manual_seed((config.seed + choice) % 2**63)
-        self.seen = self.counts = None
-        if self.params.repetition_penalty != 1.0:
-            self.seen = torch.zeros(1, vocab, dtype=torch.bool)
-        if self.params.presence_penalty or self.params.frequency_penalty:
-            self.counts = torch.zeros(1, vocab, dtype=torch.int32)
-        self.last_token_at = 0.0
-
-    @property
-    def batchable(self) -> bool:
-        """Without penalties, its token is drawn together with other rows' (`choose_rows`)."""
-        return self.seen is None and self.counts is None
-
-    def uniform(self) -> float:
-        """One draw in [0, 1) from this sequence's own generator (its seed)."""
-        return float(torch.rand((), generator=self.generator))
-
-    def choose(self, logits: torch.Tensor) -> int:
-        """Pick this row's token from its logits (1, V), penalties included."""
-        return int(sample_next(logits, self.params, seen=self.seen, counts=self.counts,
-                               generator=self.generator)[0])
-
-    def info(self, token: int, logits: torch.Tensor) -> TokenInfo:
-        """The token, with its log-probabilities (from logits (1, V)) if the request wants them."""
-        info = TokenInfo(token)
-        config = self.request.config
-        if config.logprobs or config.top_logprobs:
-            chosen, values, ids = token_logprobs(logits, torch.tensor([token]),
-                                                 config.top_logprobs)
-            info.logprob = float(chosen[0])
-            if ids is not None:
-                info.top = list(zip(ids[0].tolist(), values[0].tolist(), strict=True))
-        return info
-
-    def flush(self) -> str:
-        """The text not yet sent, at the end: bytes of an unfinished character included."""
-        tail = self.text.finish()
-        full = self.text.tokenizer.decode(self.text.ids, skip_special_tokens=True)
-        # An unfinished character decodes to U+FFFD: send it, as a whole decode would.
-        if len(full) > self.text.emitted and full.startswith(self.text.text[: self.text.emitted]):
-            tail += full[self.text.emitted:]
-            self.text.emitted = len(full)
-        return tail
-
-    def record(self, token: int) -> None:
-        if self.seen is not None:
-            self.seen[0, token] = True
-        if self.counts is not None:
-            self.counts[0, token] += 1
-
-
-def choose_rows(logits: torch.Tensor, seqs: dict[int, _Sequence]) -> dict[int, int]:
-    """Tokens of batchable rows: one warp per sampling setting, one draw per row.
-
-    Args:
-        logits: (B, V) logits; `seqs` maps a row of it to its sequence.
-        seqs: Sequences without penalties.
-
-    Returns:
-        Row -> token. Greedy rows take the argmax. Sampled rows share softmax and
-        cumsum, then each inverts the CDF at a uniform draw from its own generator,
-        so a seeded request samples the same tokens whatever else is in the batch.
-    """
-    groups: dict[SamplingParams, list[int]] = collections.defaultdict(list)
-    for row, seq in seqs.items():
-        groups[seq.params].append(row)
-    out: dict[int, int] = {}
-    for params, rows in groups.items():
-        scores = logits[torch.tensor(rows)]  # (G, V)
-        if params.greedy:
-            tokens = scores.argmax(-1)
-        else:
-            cdf = torch.softmax(warp(scores, params), dim=-1).cumsum(-1)  # (G, V)
-            # Scale by the total (float32 sums fall a little short of 1): the draw then
-            # always lands on a token of non-zero probability.
-            u = torch.tensor([seqs[r].uniform() for r in rows]) * cdf[:, -1]  # (G,)
-            tokens = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
-            tokens = tokens.clamp_(max=scores.shape[-1] - 1)
-        out.update(zip(rows, tokens.tolist(), strict=True))
-    return out
+    seq: Sequence
+    request: Request
+    last_token_at: float = 0.0
 
 
 class Engine:
@@ -228,7 +149,7 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.row_len = self._row_len(kv_budget_mb)
         self.cache = self.model.new_cache(max_batch, self.row_len)
-        self.rows: list[_Sequence | None] = [None] * max_batch
+        self.rows: list[_Row | None] = [None] * max_batch
         self.lengths = [0] * max_batch  # filled slots per row, tracked here
         self.last = torch.zeros(max_batch, dtype=torch.long)  # token each row feeds next
         self.stop_ids = set(lm.stop_token_ids())
@@ -272,7 +193,7 @@ class Engine:
             self.metrics.queue_depth.set(len(self.waiting))
             self.lock.notify()
 
-    def check(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> str | None:
+    def check(self, prompts: Seq[Seq[int]], config: GenerationConfig) -> str | None:
         """Why this request can never run here (None if it can): too long, too many rows."""
         if len(prompts) * config.num_return_sequences > self.max_batch:
             return (f"n x prompts = {len(prompts) * config.num_return_sequences} sequences; "
@@ -299,7 +220,7 @@ class Engine:
 
     def running_sequences(self) -> int:
         """Occupied cache rows."""
-        return sum(seq is not None for seq in self.rows)
+        return sum(slot is not None for slot in self.rows)
 
     def _free_rows(self) -> int:
         return self.rows.count(None)
@@ -326,9 +247,9 @@ class Engine:
                     self._step()
             except Exception:  # a bug in a batched step: fail the running requests, go on
                 log.exception("decode step failed")
-                for request in {seq.request for seq in self.rows if seq is not None}:
+                for request in {slot.request for slot in self.rows if slot is not None}:
                     self._fail(request, "internal error while decoding")
-        for request in {seq.request for seq in self.rows if seq is not None}:
+        for request in {slot.request for slot in self.rows if slot is not None}:
             self._fail(request, "the server is shutting down")
 
     def _admit(self) -> None:
@@ -361,89 +282,80 @@ class Engine:
 
     def _prefill(self, requests: list[Request]) -> None:
         prompts = [(r, i, p) for r in requests for i, p in enumerate(r.prompts)]
-        longest = max(len(p) for _, _, p in prompts)
-        ids = torch.zeros(len(prompts), longest, dtype=torch.long)  # right-padded
-        for row, (_, _, prompt) in enumerate(prompts):
-            ids[row, : len(prompt)] = torch.tensor(prompt)
-        cache = self.model.new_cache(len(prompts), longest)
-        hidden = self.model.hidden_states(ids, cache=cache)  # (P, T, d)
-        lengths = torch.tensor([len(p) for _, _, p in prompts])
-        cache.set_lengths(lengths)  # padded slots are forgotten
-        last = hidden[torch.arange(len(prompts)), lengths - 1]
-        logits = self.model.lm_head(last).float()  # (P, V)
+        cache = self.model.new_cache(len(prompts), max(len(p) for _, _, p in prompts))
+        logits = prefill(self.model, [p for _, _, p in prompts], cache)  # (P, V)
+        rows, sources = [], []
         for index, (request, prompt_index, prompt) in enumerate(prompts):
             self.metrics.tokens_in.inc(len(prompt))
             n = request.config.num_return_sequences
             for j in range(n):
-                self._start_sequence(request, prompt_index * n + j, prompt, cache, index,
-                                     logits[index: index + 1])
+                rows.append(self._start_sequence(request, prompt_index * n + j, prompt,
+                                                 cache, index))
+                sources.append(index)
+        self._choose(rows, logits[torch.tensor(sources)])
 
     def _start_sequence(
-        self, request: Request, choice: int, prompt: list[int], cache: KVCache,
-        cache_row: int, logits: torch.Tensor,
-    ) -> None:
+        self, request: Request, index: int, prompt: list[int], cache: KVCache, cache_row: int,
+    ) -> int:
+        """Put choice `index` of `request` in a free row; its prompt is `cache`'s row."""
+        config = request.config
+        stop_ids = () if request.ignore_eos else (config.stop_token_ids or self.stop_ids)
+        seq = Sequence(prompt, config, vocab_size=self.model.config.vocab_size, index=index,
+                       stop_ids=stop_ids, tokenizer=self.lm.tokenizer)
         row = self.rows.index(None)
-        seq = _Sequence(request, choice, len(prompt), self.lm.tokenizer,
-                        self.model.config.vocab_size)
-        if seq.seen is not None:
-            seq.seen[0, torch.tensor(prompt)] = True
         self.cache.write_row(row, cache, cache_row)
-        self.rows[row] = seq
+        self.rows[row] = _Row(seq, request)
         self.lengths[row] = len(prompt)
         request.live += 1
         self.metrics.running.set(self.running_sequences())
-        token = choose_rows(logits, {0: seq})[0] if seq.batchable else seq.choose(logits)
-        self._deliver(row, seq.info(token, logits))
+        return row
 
     def _step(self) -> None:
         """One decode step over rows [0, highest occupied row]."""
         start = time.perf_counter()
-        hi = max(i for i, seq in enumerate(self.rows) if seq is not None) + 1
+        hi = max(i for i, slot in enumerate(self.rows) if slot is not None) + 1
         view = self.cache.narrow_rows(hi)
         view.set_lengths(self.lengths[:hi])  # free rows read length 0: harmless
-        logits = self.model(self.last[:hi, None], cache=view)[:, 0].float()  # (hi, V)
-        for row in range(hi):
-            if self.rows[row] is not None:
-                self.lengths[row] += 1
-        running = {r: seq for r, seq in enumerate(self.rows[:hi]) if seq is not None}
-        batched = choose_rows(logits, {r: s for r, s in running.items() if s.batchable})
-        for row, seq in running.items():
-            try:
-                token = batched[row] if row in batched else seq.choose(logits[row: row + 1])
-                self._deliver(row, seq.info(token, logits[row: row + 1]))
-            except Exception as exc:  # one request's failure stays its own
-                log.exception("request %d failed", seq.request.id)
-                self._fail(seq.request, f"generation failed: {exc}")
+        logits = decode_step(self.model, self.last[:hi], view)  # (hi, V)
+        running = [row for row in range(hi) if self.rows[row] is not None]
+        for row in running:
+            self.lengths[row] += 1
+        self._choose(running, logits[torch.tensor(running)])
         elapsed = time.perf_counter() - start
         self.step_s = 0.9 * self.step_s + 0.1 * elapsed if self.step_s else elapsed
 
-    def _deliver(self, row: int, info: TokenInfo) -> None:
-        """Record a row's new token, send its text, and free the row if it ended."""
-        seq = self.rows[row]
-        request = seq.request
-        token = info.token
-        seq.record(token)
-        seq.generated += 1
+    def _choose(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Choose the next token of each of `rows` (logits (len(rows), V)) and deliver it."""
+        slots = [self.rows[row] for row in rows]
+        seqs = [slot.seq for slot in slots]
+        tokens = sample_rows(logits, seqs)
+        scores = logprob_rows(logits, seqs, tokens)
+        for row, slot, token, score in zip(rows, slots, tokens, scores, strict=True):
+            request = slot.request
+            if request.finished:  # another of its rows failed this step
+                continue
+            try:
+                self._deliver(row, slot.seq.accept(token, *score))
+            except Exception as exc:  # one request's failure stays its own
+                log.exception("request %d failed", request.id)
+                self._fail(request, f"generation failed: {exc}")
+
+    def _deliver(self, row: int, event: TokenEvent) -> None:
+        """Send a row's new token and text; free the row if its sequence ended."""
+        slot = self.rows[row]
+        request = slot.request
         request.completion_tokens += 1
-        self.last[row] = token
+        self.last[row] = event.token
         now = time.perf_counter()
-        if seq.generated == 1:
+        if len(slot.seq.tokens) == 1:
             self.metrics.ttft.observe(now - request.submitted)
         else:
-            self.metrics.itl.observe(now - seq.last_token_at)
-        seq.last_token_at = now
+            self.metrics.itl.observe(now - slot.last_token_at)
+        slot.last_token_at = now
         self.metrics.tokens_out.inc()
-        finish = None
-        if token in self.stop_ids and not request.ignore_eos:
-            finish, text = "stop", seq.flush()
-        else:
-            text = seq.text.push(token)
-            if seq.text.stopped:
-                finish = "stop"
-            elif seq.prompt_len + seq.generated >= seq.limit:
-                finish, text = "length", text + seq.flush()
-        _emit(request, Delta(seq.choice, text, [info], finish))
-        if finish is not None:
+        info = TokenInfo(event.token, event.logprob, event.top_logprobs)
+        _emit(request, Delta(event.row, event.text, [info], event.finish_reason))
+        if event.finish_reason is not None:
             self._free(row)
             if request.live == 0:
                 request.finished = True
@@ -451,11 +363,11 @@ class Engine:
                 _emit(request, Done(prompt_tokens, request.completion_tokens))
 
     def _free(self, row: int) -> None:
-        seq = self.rows[row]
+        slot = self.rows[row]
         self.rows[row] = None
         self.lengths[row] = 0
         self.last[row] = 0
-        seq.request.live -= 1
+        slot.request.live -= 1
         self.metrics.running.set(self.running_sequences())
 
     def _drop_cancelled(self) -> None:
@@ -464,13 +376,13 @@ class Engine:
             if len(kept) != len(self.waiting):
                 self.waiting = collections.deque(kept)
                 self.metrics.queue_depth.set(len(self.waiting))
-        for row, seq in enumerate(self.rows):
-            if seq is not None and seq.request.cancelled:
+        for row, slot in enumerate(self.rows):
+            if slot is not None and slot.request.cancelled:
                 self._free(row)
 
     def _fail(self, request: Request, message: str) -> None:
-        for row, seq in enumerate(self.rows):
-            if seq is not None and seq.request is request:
+        for row, slot in enumerate(self.rows):
+            if slot is not None and slot.request is request:
                 self._free(row)
         if not request.finished:
             request.finished = True

@@ -31,8 +31,10 @@ class _Sampling(_Strict):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: Finite = Field(1.0, ge=0.0, le=2.0)
-    top_p: Finite = Field(1.0, gt=0.0, le=1.0)
+    # Sampling parameters left out (None) take the server's sampling defaults
+    # (`zenlm serve --sampling-defaults`: the model's, or OpenAI's).
+    temperature: Finite | None = Field(None, ge=0.0, le=2.0)
+    top_p: Finite | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = Field(None)
     seed: int | None = None
@@ -41,10 +43,11 @@ class _Sampling(_Strict):
     presence_penalty: Finite = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: Finite = Field(0.0, ge=-2.0, le=2.0)
     # Extensions, named as vLLM names them.
-    top_k: int = Field(0, ge=0)
-    min_p: Finite = Field(0.0, ge=0.0, lt=1.0)
-    repetition_penalty: Finite = Field(1.0, gt=0.0)
+    top_k: int | None = Field(None, ge=0)
+    min_p: Finite | None = Field(None, ge=0.0, lt=1.0)
+    repetition_penalty: Finite | None = Field(None, gt=0.0)
     ignore_eos: bool = False
+    num_beams: int = Field(1, ge=1)  # accepted so that > 1 is refused, not ignored
 
     def stop_list(self) -> list[str]:
         """Stop strings as a list (OpenAI allows up to 4)."""
