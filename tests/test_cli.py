@@ -37,9 +37,10 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_generate_json_has_every_field(tiny_chat_model):
     folder, model, tokenizer = tiny_chat_model
-    # --quantize none: float32 as transformers computes it (the default, auto, may be bf16)
+    # --quantize none: float32 as transformers computes it (the default, auto, may be bf16);
+    # --temperature 0: left out, sampling options take --sampling-defaults (not greedy)
     out = run("generate", str(folder), "--prompt", "Hello, world", "--max-new-tokens", "12",
-              "--quantize", "none", "--json")
+              "--quantize", "none", "--temperature", "0", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) >= {"text", "token_ids", "prompt_tokens", "new_tokens", "prefill_s",

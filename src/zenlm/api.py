@@ -146,7 +146,7 @@ class LM:
         """What requests and commands use for sampling parameters they leave out.
 
         See `zenlm.generate.defaults`: the model's generation_config.json, else
-        llama.cpp's chain ("model"), or OpenAI's temperature 1 ("openai").
+        zenlm's default chain ("model"), or OpenAI's temperature 1 ("openai").
         """
         folder = Path(self.source) if self.source and Path(self.source).is_dir() else None
         return sampling_defaults(mode, folder)

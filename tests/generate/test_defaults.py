@@ -1,4 +1,4 @@
-"""Sampling defaults: the model's generation_config.json, else llama.cpp's chain; or OpenAI's."""
+"""Sampling defaults: the model's generation_config.json, else the default chain; or OpenAI's."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from zenlm.generate.defaults import fill_sampling, sampling_defaults
 
-CHAIN = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-         "repetition_penalty": 1.0}  # llama.cpp's defaults, written out here
+CHAIN = {"temperature": 0.2, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+         "repetition_penalty": 1.0}  # llama.cpp's filters at temperature 0.2, written out here
 OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
@@ -18,7 +18,7 @@ def _folder(tmp_path, config):
     return tmp_path
 
 
-def test_without_sampling_in_generation_config_the_llama_cpp_chain(tmp_path):
+def test_without_sampling_in_generation_config_the_default_chain(tmp_path):
     assert sampling_defaults("model", None) == CHAIN
     assert sampling_defaults("model", tmp_path) == CHAIN  # no generation_config.json
     assert sampling_defaults("model", _folder(tmp_path, {"bos_token_id": 1})) == CHAIN

@@ -12,7 +12,7 @@ import torch
 
 import zenlm
 from zenlm.cli import main as cli_main
-from zenlm.generate.defaults import LLAMA_CPP_CHAIN
+from zenlm.generate.defaults import DEFAULT_CHAIN
 
 from .conftest import MODEL, LiveServer
 
@@ -91,8 +91,9 @@ def test_serving_with_compile_runs_the_compiled_step(tiny_chat, monkeypatch, cap
 
     apps = []
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: apps.append(self.config.app))
-    assert cli_main(["serve", str(tiny_chat), "--compile", "--model-name", MODEL]) == 0
+    with monkeypatch.context() as patch:  # catch the app `zenlm serve` would run
+        patch.setattr(uvicorn.Server, "run", lambda self: apps.append(self.config.app))
+        assert cli_main(["serve", str(tiny_chat), "--compile", "--model-name", MODEL]) == 0
     server = LiveServer(apps[0]).start()
     try:
         body = dict(model=MODEL, prompt=PROMPT, max_tokens=7, ignore_eos=True)
@@ -119,7 +120,7 @@ def test_omitted_sampling_parameters_take_the_servers_defaults(make_server, monk
         reply = httpx.post(server.url + "/v1/completions", json={**body, **extra}, timeout=60)
         assert reply.status_code == 200, reply.text
     chain, openai, given = [(c.temperature, c.top_k, c.top_p, c.min_p) for c in seen]
-    assert chain == tuple(LLAMA_CPP_CHAIN[k] for k in ("temperature", "top_k", "top_p", "min_p"))
+    assert chain == tuple(DEFAULT_CHAIN[k] for k in ("temperature", "top_k", "top_p", "min_p"))
     assert openai == (1.0, 0, 1.0, 0.0)
     assert given == (0.3, 0, 0.95, 0.05)  # what the request gives wins, the rest defaults
 
@@ -142,7 +143,7 @@ def test_cli_sampling_defaults(tiny_chat, capsys, monkeypatch, mode):
                                                                       complete(self, prompts, **o))[1])
     _cli(capsys, tiny_chat, "--max-new-tokens", "2", "--sampling-defaults", mode)
     _cli(capsys, tiny_chat, "--max-new-tokens", "2", "--temperature", "0")
-    expected = LLAMA_CPP_CHAIN if mode == "model" else {"temperature": 1.0, "top_k": 0,
+    expected = DEFAULT_CHAIN if mode == "model" else {"temperature": 1.0, "top_k": 0,
                                                        "top_p": 1.0, "min_p": 0.0}
     assert {k: seen[0][k] for k in expected} == expected
     assert seen[1]["temperature"] == 0

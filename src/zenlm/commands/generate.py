@@ -41,7 +41,8 @@ def generate_command(
     """Generate a continuation of `prompt` (or a chat reply to it) and print it.
 
     Sampling parameters left out (None) take `sampling_defaults` ("model": the model's
-    generation_config.json, else llama.cpp's chain; "openai": temperature 1).
+    generation_config.json, else zenlm.generate.defaults.DEFAULT_CHAIN; "openai":
+    temperature 1).
     """
     import zenlm
     from zenlm.generate.defaults import fill_sampling
@@ -118,8 +119,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--frequency-penalty", type=float, default=0.0)
     gen.add_argument("--sampling-defaults", choices=SAMPLING_DEFAULTS_MODES, default="model",
                      help="for sampling options left out: the model's generation_config.json, "
-                     "else llama.cpp's chain (temperature 0.8, top-k 40, top-p 0.95, "
-                     "min-p 0.05); or openai (temperature 1, nothing else)")
+                     "else top-k 40, top-p 0.95, min-p 0.05 "
+                     "at temperature 0.2; or openai (temperature 1, nothing else)")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--logprobs", type=int, default=None, metavar="N",

@@ -125,8 +125,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="torch.compile the decode step (a one-off compilation at start)")
     serve.add_argument("--sampling-defaults", choices=SAMPLING_DEFAULTS_MODES, default="model",
                        help="for sampling parameters a request leaves out: the model's "
-                       "generation_config.json, else llama.cpp's chain (temperature 0.8, "
-                       "top-k 40, top-p 0.95, min-p 0.05); or openai (temperature 1)")
+                       "generation_config.json, else top-k 40, top-p 0.95, min-p 0.05 at "
+                       "temperature 0.2; or openai (temperature 1)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=serve_command)
