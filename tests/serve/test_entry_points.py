@@ -64,7 +64,9 @@ def test_same_seeded_request_same_tokens_through_cli_api_and_server(
     cli = _cli(capsys, tiny_chat, *_cli_args(sampling, 40, stop))
     api = lm.complete([PROMPT], max_new_tokens=40, stop=stop, logprobs=True, top_logprobs=3,
                       **sampling)[0]
-    served = _server(make_server(max_batch=4), sampling, 40, stop)
+    # Each entry point loads the model its own way, with its defaults (quantize "auto").
+    served = _server(make_server(loader=lambda: zenlm.load(tiny_chat), max_batch=4),
+                     sampling, 40, stop)
 
     assert cli["finish_reason"] == api.result.finish_reason == served["finish_reason"] == "stop"
     assert cli["token_ids"] == api.result.token_ids
