@@ -146,6 +146,25 @@ def test_one_failing_request_leaves_the_others_running(engine, tiny_lm, monkeypa
     assert good.tokens() == reference(tiny_lm, [5, 6, 7], 20)
 
 
+def test_a_failing_draw_fails_its_request_and_frees_its_rows(engine, tiny_lm, monkeypatch):
+    import zenlm.serve.engine as module
+
+    real = module.sample_rows
+
+    def broken(logits, seqs):
+        if any(seq.config.seed == 777 for seq in seqs):
+            raise RuntimeError("bad draw")
+        return real(logits, seqs)
+
+    monkeypatch.setattr(module, "sample_rows", broken)
+    bad = submit(engine, [5, 6, 7], temperature=0.5, seed=777, num_return_sequences=2)
+    assert bad.done.wait(30)
+    assert isinstance(bad.events[-1], Failed) and "bad draw" in bad.events[-1].message
+    assert engine.running_sequences() == 0  # no row is left waiting for a token
+    good = submit(engine, [5, 6, 7], max_new_tokens=8)
+    assert good.done.wait(30) and good.tokens() == reference(tiny_lm, [5, 6, 7], 8)
+
+
 def test_batched_draws_follow_the_distribution():
     """`sample_rows`, the one sampler of every driver: three seeded rows drawn together
     follow softmax(warp(logits)) (each inverting its CDF at a draw of its own)."""

@@ -328,8 +328,14 @@ class Engine:
         """Choose the next token of each of `rows` (logits (len(rows), V)) and deliver it."""
         slots = [self.rows[row] for row in rows]
         seqs = [slot.seq for slot in slots]
-        tokens = sample_rows(logits, seqs)
-        scores = logprob_rows(logits, seqs, tokens)
+        try:
+            tokens = sample_rows(logits, seqs)
+            scores = logprob_rows(logits, seqs, tokens)
+        except Exception as exc:  # a bug in batched sampling: these rows' requests fail
+            log.exception("choosing tokens failed")
+            for request in {slot.request for slot in slots}:
+                self._fail(request, f"generation failed: {exc}")
+            return
         for row, slot, token, score in zip(rows, slots, tokens, scores, strict=True):
             request = slot.request
             if request.finished:  # another of its rows failed this step
