@@ -22,3 +22,12 @@ def test_invalid_parameter_survives_pickling():
     """Errors cross process boundaries (data loader workers, multiprocessing) intact."""
     error = pickle.loads(pickle.dumps(InvalidParameter("n", "n must be >= 1, got 0")))
     assert (type(error), error.param, str(error)) == (InvalidParameter, "n", "n must be >= 1, got 0")
+
+
+def test_generation_config_names_the_parameter_as_data():
+    from zenlm.generate import GenerationConfig
+
+    for field, value in [("top_p", 0.0), ("temperature", -1.0), ("seed", "x"), ("top_k", -2)]:
+        with pytest.raises(InvalidParameter) as info:
+            GenerationConfig(**{field: value}).validate()
+        assert info.value.param == field and info.value.message.startswith(field)

@@ -191,8 +191,10 @@ def test_queue_limit_and_request_checks(tiny_lm):
     with pytest.raises(QueueFullError) as caught:
         engine.submit(Request([[5]], config, Collector()))
     assert caught.value.retry_after >= 1
-    assert "at most 1" in engine.check([[5], [6]], config)
-    assert "context" in engine.check([[5] * 2040], GenerationConfig(max_new_tokens=100))
+    too_many = engine.check([[5], [6]], config)
+    assert too_many.param == "n" and "at most 1" in too_many.message
+    too_long = engine.check([[5] * 2040], GenerationConfig(max_new_tokens=100))
+    assert too_long.param == "max_tokens" and "context" in too_long.message
     assert engine.check([[5]], config) is None
 
 

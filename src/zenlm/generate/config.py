@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from zenlm.errors import InvalidParameter
 from zenlm.generate.sampling import SamplingParams
 
 
@@ -52,12 +53,12 @@ class GenerationConfig:
     early_stopping: bool = False
 
     def validate(self) -> None:
-        """Raise ValueError naming the first parameter outside its valid range."""
+        """Raise InvalidParameter (a ValueError) for the first parameter out of its range."""
         _check_int(self.max_new_tokens, "max_new_tokens", 1)
         _check_float(self.temperature, "temperature", 0.0, math.inf, "a finite number >= 0")
         _check_int(self.top_k, "top_k", 0, note=" (0 disables it)")
         if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise InvalidParameter("top_p", f"top_p must be in (0, 1], got {self.top_p!r}")
         _check_float(self.min_p, "min_p", 0.0, 1.0, "in [0, 1)", high_open=True)
         _check_float(self.repetition_penalty, "repetition_penalty", 0.0, math.inf, "> 0",
                      low_open=True)
@@ -68,7 +69,7 @@ class GenerationConfig:
         _check_int(self.num_beams, "num_beams", 1)
         _check_float(self.length_penalty, "length_penalty", -math.inf, math.inf, "finite")
         if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+            raise InvalidParameter("seed", f"seed must be an integer or None, got {self.seed!r}")
 
     def sampling(self) -> SamplingParams:
         """The token-choice controls of this config."""
@@ -85,7 +86,7 @@ def _check_int(value: object, name: str, low: int, high: int | None = None, note
         high is not None and value > high
     ):
         valid = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {valid}{note}, got {value!r}")
+        raise InvalidParameter(name, f"{name} must be an integer {valid}{note}, got {value!r}")
 
 
 def _check_float(
@@ -98,4 +99,4 @@ def _check_float(
             value < high if high_open else value <= high
         )
     if not ok:
-        raise ValueError(f"{name} must be {valid}, got {value!r}")
+        raise InvalidParameter(name, f"{name} must be {valid}, got {value!r}")

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from zenlm.errors import InvalidParameter
 from zenlm.generate import GenerationConfig
 from zenlm.generate.defaults import SAMPLING_KEYS, fill_sampling
 from zenlm.models import DecoderLM
@@ -354,16 +355,13 @@ def _config(state: ServerState, body: _Sampling, prompts: list[list[int]], chat:
     )
     try:
         config.validate()
-    except ValueError as exc:
-        name = str(exc).split(" ", 1)[0]
-        name = API_NAMES.get(name, name)
-        raise APIError(400, f"{name}{str(exc)[len(str(exc).split(' ', 1)[0]):]}",
-                       param=name) from None
+    except InvalidParameter as exc:  # its message starts with our name for the parameter
+        name = API_NAMES.get(exc.param, exc.param)
+        raise APIError(400, name + exc.message.removeprefix(exc.param), param=name) from None
     problem = engine.check(prompts, config)
     if problem is not None:
-        param = "n" if problem.startswith("n x") else "max_tokens"
-        raise APIError(400, problem, param=param,
-                       code="context_length_exceeded" if param == "max_tokens" else None)
+        raise APIError(400, problem.message, param=problem.param,
+                       code="context_length_exceeded" if problem.param == "max_tokens" else None)
     return config
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zenlm.errors import InvalidParameter
 from zenlm.generate import GenerationConfig, Sequence, TokenEvent, prefill, sample_rows
 from zenlm.generate.core import decode_step, logprob_rows
 from zenlm.nn.kv_cache import KVCache
@@ -193,18 +194,20 @@ class Engine:
             self.metrics.queue_depth.set(len(self.waiting))
             self.lock.notify()
 
-    def check(self, prompts: Seq[Seq[int]], config: GenerationConfig) -> str | None:
+    def check(self, prompts: Seq[Seq[int]], config: GenerationConfig) -> InvalidParameter | None:
         """Why this request can never run here (None if it can): too long, too many rows."""
         if len(prompts) * config.num_return_sequences > self.max_batch:
-            return (f"n x prompts = {len(prompts) * config.num_return_sequences} sequences; "
-                    f"this server runs at most {self.max_batch} at once")
+            return InvalidParameter("n", (
+                f"n x prompts = {len(prompts) * config.num_return_sequences} sequences; "
+                f"this server runs at most {self.max_batch} at once"))
         for prompt in prompts:
             if not prompt:
-                return "the prompt is empty"
+                return InvalidParameter("prompt", "the prompt is empty")
             if len(prompt) + config.max_new_tokens > self.row_len:
-                return (f"the prompt has {len(prompt)} tokens and max_tokens is "
-                        f"{config.max_new_tokens}: together {len(prompt) + config.max_new_tokens}"
-                        f", beyond this server's context of {self.row_len} tokens")
+                return InvalidParameter("max_tokens", (
+                    f"the prompt has {len(prompt)} tokens and max_tokens is "
+                    f"{config.max_new_tokens}: together {len(prompt) + config.max_new_tokens}"
+                    f", beyond this server's context of {self.row_len} tokens"))
         return None
 
     def shutdown(self, timeout: float = 10.0) -> None:
