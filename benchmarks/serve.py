@@ -55,6 +55,8 @@ def start(kind: str, gguf: Path, args: argparse.Namespace) -> tuple[subprocess.P
                "--kv-budget-mb", "512", "--log-level", "warning", "--model-name", "m"]
         if args.quantize:
             cmd += ["--quantize", args.quantize]
+        if args.compile:
+            cmd += ["--compile"]
         cmd += ["--threads", str(args.threads)]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--quantize", default="auto", help="zenlm's --quantize")
+    parser.add_argument("--compile", action="store_true", help="zenlm serve --compile")
     parser.add_argument("--cpu", default="", help="run zenlm as this zenlm.cpu level")
     parser.add_argument("--llamacpp-path", default="", help="llama-cpp-python for --cpu")
     parser.add_argument("--threads", type=int, default=2, help="threads of each server")
