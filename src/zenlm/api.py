@@ -211,8 +211,8 @@ def load(
     """Load a model folder, a .gguf file, a short name or a hub id.
 
     By default a decoder is prepared for fast inference on this CPU (`quantize="auto"`:
-    bf16 where bfloat16 is native, int4 with zenlm's kernel on AVX2 / AVX-512, float32
-    elsewhere; see zenlm.quant.auto). Pass `quantize=None` for the weights exactly as
+    int4 with zenlm's kernel on AVX2 / AVX-512, else bf16 where bfloat16 is native, else
+    float32; see zenlm.quant.auto). Pass `quantize=None` for the weights exactly as
     stored, in float32: for training, or to compare logits with another library.
 
     Args:

@@ -34,7 +34,7 @@ def runnable(level: str) -> None:
     ("generic", "none", "float32"),
     ("avx2", "int4", "float32"),
     ("avx512", "int4", "float32"),
-    ("avx512_bf16", "bf16", "bfloat16"),
+    ("avx512_bf16", "int4", "bfloat16"),
 ])
 def test_zenlm_info_says_what_auto_picks_at_each_level(level, mode, dtype):
     runnable(level)

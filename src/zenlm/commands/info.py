@@ -45,12 +45,13 @@ def _kernel_line(path: str | None) -> str:
 
 
 def _why(native_bf16: bool, kernel: str | None) -> str:
-    if native_bf16:
-        return ("bfloat16 is native here (AVX512-BF16/AMX): bf16 matmuls run ~4x float32's "
-                "rate, with float32's perplexity")
+    prompts = ("long prompts in bfloat16 (native here)" if native_bf16 else
+               "prompts through the kernel too (bfloat16 is emulated here)")
     if kernel is not None:
-        return ("no native bfloat16 (emulated bf16 is slower than float32): 4-bit weights "
-                "with zenlm's kernel, float32 prompts; perplexity within 3% of float32")
+        return (f"zenlm's int4 kernel: decoding reads 4-bit weights directly, {prompts}; "
+                "perplexity within 3% of float32")
+    if native_bf16:
+        return "no int4 kernel of zenlm's; bfloat16 is native here: bf16 matmuls"
     return "no native bfloat16 and no int4 kernel of zenlm's: float32 is the fastest safe mode"
 
 
