@@ -23,9 +23,11 @@ This module imports nothing heavy (no torch).
 from __future__ import annotations
 
 import functools
+import getpass
 import logging
 import os
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +146,12 @@ def cpu_info() -> CPUInfo:
 
 
 def apply_forced_level() -> None:
-    """Narrow PyTorch's kernels to a forced ZENLM_CPU level (no-op when not forced).
+    """Narrow PyTorch's kernels to a forced ZENLM_CPU level, and key torch.compile's cache.
+
+    torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR) gets one folder per level
+    unless the user set it: its keys do not tell the vector ISA a kernel was generated
+    for, and an AVX2 kernel reused at AVX-512 (or the reverse) overran its buffers here
+    ("corrupted size vs. prev_size" after a forced run had filled the shared cache).
 
     Sets ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS unless the
     user set them. PyTorch reads them when it first needs each library (ATen's
@@ -152,10 +159,19 @@ def apply_forced_level() -> None:
     runs it before it imports torch.
     """
     info = cpu_info()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
+        Path(tempfile.gettempdir()) / f"torchinductor_{_user()}" / f"zenlm-{info.level}"))
     if not info.forced:
         return
     for name, value in info.torch_env.items():
         os.environ.setdefault(name, value)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return str(os.getuid()) if hasattr(os, "getuid") else "user"
 
 
 def _check_level(level: str, what: str) -> str:
