@@ -98,3 +98,20 @@ def test_zenlm_load_prepares_a_decoder_for_this_cpu_unless_told_not_to(tmp_path)
     out = run([sys.executable, "-c", LOAD_DEFAULT, str(tmp_path)], "avx2")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "Int4Linear", "torch.float32", "Linear"]
+
+
+CACHE_DIR = """
+import os
+os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+import zenlm
+print(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+"""
+
+
+def test_each_level_compiles_into_its_own_torch_compile_cache():
+    """An AVX2-generated kernel reused at AVX-512 overran its buffers: never share them."""
+    runnable("avx2")
+    folders = {level: run([sys.executable, "-c", CACHE_DIR], level).stdout.strip()
+               for level in ("generic", "avx2")}
+    assert folders["generic"].endswith("zenlm-generic")
+    assert folders["avx2"].endswith("zenlm-avx2")
