@@ -188,9 +188,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu:  # before the first matmul: PyTorch reads these lazily
         os.environ["ZENLM_CPU"] = args.cpu
-    from zenlm.cpu import apply_forced_level, cpu_info
+    from zenlm.cpu import apply_level, cpu_info
 
-    apply_forced_level()
+    apply_level()
     info = cpu_info()
     print(f"CPU: {info.model}, features {' '.join(info.features)}; level {info.level}; "
           f"torch kernels {torch.backends.cpu.get_cpu_capability()}", flush=True)

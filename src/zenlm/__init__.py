@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from zenlm import cpu
 
 # Before torch loads: a forced ZENLM_CPU level narrows PyTorch's kernels too.
-cpu.apply_forced_level()
+cpu.apply_level()
 
 from zenlm.config import ModelConfig
 from zenlm.errors import (

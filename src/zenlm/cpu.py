@@ -15,7 +15,7 @@ Levels, from narrowest to widest (each includes the one before):
 
 `ZENLM_CPU=<level>` runs zenlm as if the CPU stopped at that level (for testing the
 narrower paths, and for measuring them, on a wider machine). It must be set before
-torch is imported: `apply_forced_level()` then also narrows PyTorch's own kernels
+torch is imported: `apply_level()` then also narrows PyTorch's own kernels
 (ATen's dispatch, oneDNN and MKL) so that a forced run is a fair stand-in for that CPU.
 This module imports nothing heavy (no torch).
 """
@@ -115,7 +115,7 @@ class CPUInfo:
 
 @functools.cache
 def cpu_info() -> CPUInfo:
-    """This CPU, read once per process (ZENLM_CPU applies; see `apply_forced_level`).
+    """This CPU, read once per process (ZENLM_CPU applies; see `apply_level`).
 
     A ZENLM_CPU value that names no level, or one this CPU lacks, is refused with one
     warning naming the valid values, and zenlm runs at the detected level.
@@ -145,7 +145,7 @@ def cpu_info() -> CPUInfo:
     )
 
 
-def apply_forced_level() -> None:
+def apply_level() -> None:
     """Narrow PyTorch's kernels to a forced ZENLM_CPU level, and key torch.compile's cache.
 
     torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR) gets one folder per level
