@@ -390,7 +390,10 @@ void weight_tiles(const uint8_t* codes, const c10::Half* scales, const c10::Half
 }
 
 constexpr int64_t kRowsPerPass = 32;
-// Activation rows per tile for prompts: AVX-512 has 32 vector registers, AVX2 16.
+// A prompt's tiles, weight rows x activation rows: AVX-512 has 32 vector registers,
+// AVX2 16. On AVX2, 3 x 2 was 4-9% faster than 2 x 2 at 512 rows (benchmarks/
+// int4_prompt.py, forced AVX2; 4 x 2 equal to 2 x 2, 2 x 4 15% slower).
+constexpr int kPromptTileWeights = ZENLM_AVX512 ? 2 : 3;
 constexpr int kPromptTileRows = ZENLM_AVX512 ? 4 : 2;
 
 // Weight rows [n0, n1) against all M activation rows.
@@ -559,7 +562,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
     if (M < 4) {
       weight_rows<4, 1>(c, s, z, rows, K, N, n0, n1, o);
     } else {
-      weight_rows<2, kPromptTileRows>(c, s, z, rows, K, N, n0, n1, o);
+      weight_rows<kPromptTileWeights, kPromptTileRows>(c, s, z, rows, K, N, n0, n1, o);
     }
   });
   return out;
