@@ -93,8 +93,8 @@ class Int4Linear(nn.Module):
     multiply by the weight dequantized to bfloat16 instead (oneDNN's bfloat16 matmul
     outruns the kernel's tiles there; elsewhere the kernel is the faster of the two).
     Without the kernel (a CPU with neither ISA, no C++ compiler, or ZENLM_KERNELS=0)
-    the layer keeps a copy of its codes in
-    PyTorch's int4 layout and multiplies with `aten._weight_int4pack_mm_for_cpu`.
+    the layer keeps a copy of its codes in PyTorch's int4 layout and multiplies with
+    `aten._weight_int4pack_mm_for_cpu`.
 
     Args:
         weight: (N, K) float weight; K must be a multiple of 64.
