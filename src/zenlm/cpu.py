@@ -77,6 +77,8 @@ class CPUInfo:
         detected: The widest level the CPU supports.
         level: The level zenlm runs at: `detected`, or narrower when forced.
         forced: Whether ZENLM_CPU chose `level`.
+        torch_env: The variables that narrow PyTorch's kernels to a forced `level`
+            (TORCH_ENV's; empty when not forced).
     """
 
     machine: str
@@ -92,10 +94,6 @@ class CPUInfo:
     def native_bf16(self) -> bool:
         """Whether bfloat16 matmuls run natively at this level (else PyTorch emulates)."""
         return self.level == "avx512_bf16"
-
-    def at_least(self, level: str) -> bool:
-        """Whether this CPU runs at `level` or wider."""
-        return LEVELS.index(self.level) >= LEVELS.index(_check_level(level, "level"))
 
     def describe(self) -> str:
         """A few lines for `zenlm info` and start-up logs."""
@@ -172,12 +170,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (some containers)
         return str(os.getuid()) if hasattr(os, "getuid") else "user"
-
-
-def _check_level(level: str, what: str) -> str:
-    if level not in LEVELS:
-        raise ValueError(f"{what} must be one of {', '.join(LEVELS)}, got {level!r}")
-    return level
 
 
 def forced_level(value: str, detected: str) -> str:
