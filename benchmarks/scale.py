@@ -73,10 +73,10 @@ else:
     import torch
     import zenlm
     from zenlm.generate import GenerationConfig, generate
-    from zenlm.quant.auto import resolve_mode
+    from zenlm.quant.auto import chosen_mode
     torch.set_num_threads(threads)
     lm = zenlm.load(path, compile=bool(compile_))
-    load_s, mode = lm.load_s, (resolve_mode("auto") or "none") + (" compiled" if compile_ else "")
+    load_s, mode = lm.load_s, (chosen_mode("auto") or "none") + (" compiled" if compile_ else "")
     ids = prompt_ids(lm.config.vocab_size)
     config = GenerationConfig(max_new_tokens=n_new, stop_token_ids=())  # exactly n_new
     generate(lm.model, ids, config)  # warm-up (and compilation): the same work once

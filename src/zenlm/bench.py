@@ -17,7 +17,7 @@ import torch
 from zenlm.api import LM, load
 from zenlm.cpu import cpu_info
 from zenlm.generate import GenerationConfig, generate
-from zenlm.quant.auto import resolve_mode
+from zenlm.quant.auto import chosen_mode
 
 CHAT = [
     {"role": "system",
@@ -105,7 +105,7 @@ def measure(
     """Load `model` in `quantize` mode and measure it (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
-    quantize = resolve_mode(quantize) or "none"  # report the mode that ran, not "auto"
+    quantize = chosen_mode(quantize) or "none"  # report the mode that ran, not "auto"
     lm = load(model, quantize=quantize, compile=compile)
     prompt = chat_prompt(lm)
     config = GenerationConfig(max_new_tokens=new_tokens, stop_token_ids=())

@@ -38,7 +38,7 @@ def serve_command(
 
     import zenlm
     from zenlm.cpu import cpu_info
-    from zenlm.quant.auto import resolve_mode
+    from zenlm.quant.auto import chosen_mode
     from zenlm.serve import ServeOptions, create_app
 
     if threads is not None:
@@ -56,7 +56,7 @@ def serve_command(
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if dtype is None:
-        quantize = resolve_mode(quantize)
+        quantize = chosen_mode(quantize)
     info = cpu_info()
     print(f"zenlm serve: CPU level {info.level} ({' '.join(info.features)}); "
           f"mode {quantize or 'as loaded'}", flush=True)

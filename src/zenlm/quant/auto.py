@@ -39,6 +39,15 @@ def auto_mode() -> str:
     return "bf16" if cpu_info().native_bf16 else "none"
 
 
+def chosen_mode(mode: str | None) -> str | None:
+    """The mode that will run for `mode`: `auto` -> this CPU's, others as given (no log).
+
+    For reporting what runs; `quantize()` itself resolves (and warns) through
+    `resolve_mode`, so callers that then load the model must not call that too.
+    """
+    return auto_mode() if mode == AUTO else mode
+
+
 def resolve_mode(mode: str | None) -> str | None:
     """`auto` -> this CPU's mode; other modes come back as given.
 
