@@ -1,10 +1,11 @@
 """zenlm's C++ kernels: compiled for this machine's CPU on first use, then cached.
 
-`load()` builds `int4_linear.cpp` with the system's C++ compiler against the installed
-torch (a few seconds, once; `make` does it at install time with `python -m
-zenlm.kernels`) and registers `torch.ops.zenlm.int4_linear`. Without a compiler,
-`load()` returns False and says why; int4 layers then compute through dequantized
-weights (correct, but slower than float32: each matmul dequantizes its weight).
+`load()` builds `int4_linear.cpp` for this CPU's level (AVX-512 VNNI or AVX2; see
+zenlm.cpu) with the system's C++ compiler against the installed torch (a few seconds,
+once; `make` does it at install time with `python -m zenlm.kernels`), registers
+`torch.ops.zenlm.int4_linear` and returns the path in use. Without a compiler, or on a
+CPU without AVX2, it returns None and says why in one line; int4 layers then multiply
+with PyTorch's own int4 kernel.
 """
 
 from zenlm.kernels.build import build, load
