@@ -20,7 +20,7 @@ from zenlm.errors import UnsupportedModelError
 Norm = Literal["layernorm", "rmsnorm"]
 Positions = Literal["rope", "learned", "sinusoidal", "none"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-Arch = Literal["decoder", "encoder"]
+Arch = Literal["decoder", "encoder", "encoder-decoder"]
 
 #: RoPE scaling types whose inverse frequencies are fixed at build time.
 ROPE_SCALING_TYPES = ("default", "linear", "llama3", "yarn")
@@ -71,6 +71,17 @@ class ModelConfig:
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
     position_offset: int = 0  # first real token's position id (RoBERTa: padding_idx + 1)
 
+    # --- encoder-decoders (T5, BART, Marian); n_layers counts the encoder's blocks
+    n_decoder_layers: int | None = None  # None: = n_layers
+    relative_buckets: int = 0  # T5's relative position bias buckets; 0: none
+    relative_max_distance: int = 128  # T5: distances past this share the last bucket
+    scale_attention: bool = True  # scores / sqrt(head_dim); T5 folds it into its weights
+    scale_embeddings: bool = False  # embeddings x sqrt(d_model) (Marian, the 2017 Transformer)
+    scale_output: bool = False  # hidden x d_model^-0.5 before a tied head (T5 v1.0)
+    lm_head_bias: bool = False  # a bias on the vocabulary logits (BART's final_logits_bias)
+    share_embeddings: bool = True  # encoder and decoder read one token embedding
+    decoder_start_token_id: int | None = None  # first decoder input of every target
+
     # --- special token ids (copied from config.json; the tokenizer is the authority)
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -87,6 +98,13 @@ class ModelConfig:
     def kv_heads(self) -> int:
         """Number of key/value heads (n_heads for plain multi-head attention)."""
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        """Blocks of the decoder (of an encoder-decoder; n_layers otherwise)."""
+        if self.arch == "encoder-decoder" and self.n_decoder_layers:
+            return self.n_decoder_layers
+        return self.n_layers
 
     @property
     def dim_per_head(self) -> int:
@@ -112,6 +130,16 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.arch not in ("decoder", "encoder", "encoder-decoder"):
+            raise ValueError(f"ModelConfig.arch must be decoder, encoder or encoder-decoder, "
+                             f"got {self.arch!r}")
+        if self.n_decoder_layers is not None and (
+                not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers <= 0):
+            raise ValueError(f"ModelConfig.n_decoder_layers must be a positive int, "
+                             f"got {self.n_decoder_layers!r}")
+        if self.relative_buckets and self.relative_buckets < 4:
+            raise ValueError(f"ModelConfig.relative_buckets must be 0 or >= 4, "
+                             f"got {self.relative_buckets}")
         rope_type = (self.rope_scaling or {}).get("rope_type", "default")
         if rope_type not in ROPE_SCALING_TYPES:
             raise UnsupportedModelError(

@@ -1,6 +1,11 @@
-"""Decoder-only language models (GPT-2, Llama, Mistral, Qwen2 families)."""
+"""Decoders: decoder-only LMs (GPT-2, Llama, Mistral, Qwen2) and encoder-decoders' halves.
+
+The decoder of an encoder-decoder (T5, BART, Marian) has blocks that also cross-attend.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -8,23 +13,29 @@ from torch import nn
 
 from zenlm.config import ModelConfig
 from zenlm.nn import Block, KVCache, RotaryEmbedding, attention_mask
-from zenlm.nn.attention import slot_mask
+from zenlm.nn.attention import slot_mask, with_bias
+from zenlm.nn.kv_cache import CrossContext
+from zenlm.nn.positions import RelativePositionBias
 
 
 class DecoderLM(nn.Module):
     """Token embedding -> causal blocks -> final norm -> vocabulary logits.
 
     Parts are built by `zenlm.models.build_model` from a ModelConfig and passed in.
+    In an encoder-decoder the blocks also attend to the source, whose keys and values
+    (a `CrossContext`) come with the call or ride in the KV cache (`cache.cross`).
 
     Args:
         config: The configuration the parts were built from.
         embed: Token embedding (V, d_model).
         blocks: The Transformer blocks, in order.
-        final_norm: Norm before the output head.
+        final_norm: Norm before the output head, or None (BART's post-norm decoder).
         lm_head: Linear d_model -> V (shares `embed.weight` when tied).
         positions: Absolute positions added to the embeddings (learned as GPT-2's, or
             sinusoidal), or None.
         rope: Rotary embedding (Llama family), or None.
+        embed_norm: Norm over the summed embeddings (BART), or None.
+        relative_bias: T5's position bias shared by every block, or None.
     """
 
     def __init__(
@@ -33,10 +44,12 @@ class DecoderLM(nn.Module):
         *,
         embed: nn.Embedding,
         blocks: list[Block],
-        final_norm: nn.Module,
+        final_norm: nn.Module | None,
         lm_head: nn.Linear,
         positions: nn.Module | None = None,
         rope: RotaryEmbedding | None = None,
+        embed_norm: nn.Module | None = None,
+        relative_bias: RelativePositionBias | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -45,6 +58,8 @@ class DecoderLM(nn.Module):
         self.rope = rope
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
+        self.embed_norm = embed_norm
+        self.relative_bias = relative_bias
         self.lm_head = lm_head
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -63,10 +78,11 @@ class DecoderLM(nn.Module):
         oneDNN compiles a matmul per shape, so each new key length costs memory
         (see `KVCache`).
         """
-        norm = self.final_norm.weight  # in the activation dtype, whatever the weights' format
+        # a norm is in the activation dtype, whatever the weights' format
+        norm = (self.final_norm or self.blocks[0].attn_norm).weight
         half = norm.device.type == "cpu" and norm.dtype in (torch.bfloat16, torch.float16)
         return KVCache(
-            self.config.n_layers, batch, max_len, self.config.kv_heads,
+            len(self.blocks), batch, max_len, self.config.kv_heads,
             self.config.dim_per_head, dtype=norm.dtype, device=norm.device,
             key_multiple=64 if half else 1,
         )
@@ -78,6 +94,7 @@ class DecoderLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        cross: CrossContext | None = None,
     ) -> torch.Tensor:
         """Next-token logits for every position.
 
@@ -88,12 +105,14 @@ class DecoderLM(nn.Module):
                 when nothing is padded.
             position_ids: (B, T); by default counted from the first real token of each row.
             cache: KV cache to read earlier tokens from and append these to.
+            cross: The source's keys and values (encoder-decoders; default `cache.cross`).
 
         Returns:
             Logits (B, T, V) in the parameters' dtype.
         """
         return self.lm_head(self.hidden_states(
-            ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache
+            ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            cross=cross,
         ))
 
     def hidden_states(
@@ -103,22 +122,64 @@ class DecoderLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        cross: CrossContext | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states (B, T, d_model); arguments as in `forward`."""
+        """Final hidden states (B, T, d_model), what the head reads; arguments as in `forward`."""
         T = ids.shape[1]
         self._check_inputs(ids, cache, attention_mask)
+        if cross is None and cache is not None:
+            cross = cache.cross
         if position_ids is None:
             position_ids = default_positions(ids, cache, attention_mask)
         x = self.embed(ids)  # (B, T, d)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
         if self.positions is not None:
-            x = x + self.positions(position_ids).to(x.dtype)
+            x = x + self.positions(position_ids + self.config.position_offset).to(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask, is_causal = self._mask(T, cache, attention_mask)
+        if self.relative_bias is not None:
+            mask, is_causal = self._with_relative_bias(position_ids, mask, cache, T, x.dtype), False
         for index, block in enumerate(self.blocks):
-            x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index)
+            cross_kv = None if cross is None else (cross.keys[index], cross.values[index])
+            x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index,
+                      cross_kv=cross_kv, cross_mask=None if cross is None else cross.mask)
         if cache is not None:
             cache.advance(T)
-        return self.final_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if self.config.scale_output:  # T5: a tied head reads d_model^-0.5 x the hidden state
+            x = x * self.config.d_model**-0.5
+        return x
+
+    def cross_context(
+        self, memory: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> CrossContext:
+        """Every block's cross-attention keys and values of an encoder output.
+
+        Args:
+            memory: Encoder hidden states (B, S, d_model).
+            padding: (B, S), 1 at real source tokens and 0 at padding; None if unpadded.
+        """
+        pairs = [block.cross_attn.project_kv(memory) for block in self.blocks]
+        mask = None if padding is None else padding.bool()[:, None, None, :]
+        return CrossContext([k for k, _ in pairs], [v for _, v in pairs], mask)
+
+    def _with_relative_bias(
+        self, position_ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+        T: int, dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The step's causal mask as T5's additive bias (B|1, H, T, S)."""
+        S = T if cache is None else cache.key_length(T)
+        if mask is None:  # SDPA's is_causal was to apply it: spell it out
+            first = torch.zeros(1, dtype=torch.long, device=position_ids.device)
+            if cache is not None:
+                first = cache.lengths
+            mask = slot_mask(first, None, query_len=T, key_len=S, causal=True)
+        keys = torch.arange(S, device=position_ids.device)[None]  # (1, S)
+        return with_bias(self.relative_bias(position_ids, keys), mask, dtype)
 
     def _mask(
         self, T: int, cache: KVCache | None, padding: torch.Tensor | None

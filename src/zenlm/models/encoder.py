@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from zenlm.config import ModelConfig
 from zenlm.nn import Block, attention_mask
+from zenlm.nn.attention import with_bias
+from zenlm.nn.positions import RelativePositionBias
 
 
 class EncoderModel(nn.Module):
@@ -23,6 +27,7 @@ class EncoderModel(nn.Module):
         token_types: Segment embedding (type_vocab_size, d_model), or None.
         embed_norm: Norm over the summed embeddings, or None.
         final_norm: Norm after the last block (pre-norm encoders), or None.
+        relative_bias: T5's position bias shared by every block, or None.
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class EncoderModel(nn.Module):
         token_types: nn.Embedding | None = None,
         embed_norm: nn.Module | None = None,
         final_norm: nn.Module | None = None,
+        relative_bias: RelativePositionBias | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -44,6 +50,7 @@ class EncoderModel(nn.Module):
         self.embed_norm = embed_norm
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
+        self.relative_bias = relative_bias
 
     def forward(
         self,
@@ -70,8 +77,11 @@ class EncoderModel(nn.Module):
                 f"got {tuple(attention_mask.shape)}"
             )
         x = self.embed(ids)  # (B, T, d)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        positions = self.position_ids(ids, attention_mask)
         if self.positions is not None:
-            x = x + self.positions(self.position_ids(ids, attention_mask)).to(x.dtype)
+            x = x + self.positions(positions).to(x.dtype)
         if self.token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(ids)
@@ -82,6 +92,8 @@ class EncoderModel(nn.Module):
         if attention_mask is not None:
             T = ids.shape[1]
             mask = attention_mask_bidirectional(attention_mask, T)
+        if self.relative_bias is not None:
+            mask = with_bias(self.relative_bias(positions, positions), mask, x.dtype)
         for block in self.blocks:
             x = block(x, mask=mask)
         return self.final_norm(x) if self.final_norm is not None else x

@@ -39,6 +39,7 @@ class Attention(nn.Module):
         qkv_bias: Biases on the q, k, v projections.
         out_bias: Bias on the output projection.
         d_context: Width of the keys' input for cross-attention (default d_model).
+        scale: Factor on the scores (default 1/sqrt(head_dim); T5 uses 1).
     """
 
     def __init__(
@@ -51,12 +52,14 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         out_bias: bool = False,
         d_context: int | None = None,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
         d_context = d_context or d_model
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
         self.q = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias)
         self.k = nn.Linear(d_context, n_kv_heads * head_dim, bias=qkv_bias)
         self.v = nn.Linear(d_context, n_kv_heads * head_dim, bias=qkv_bias)
@@ -78,36 +81,52 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Attend from x to itself (or to `context`).
+        """Attend from x to itself (or to `context`, or to precomputed `kv`).
 
         Args:
             x: Queries' input (B, T, d_model).
             context: Keys' input (B, S, d_context) for cross-attention; None for self.
-            mask: Boolean (B|1, 1, T, S), True where a query may attend; None for all.
+            mask: Boolean (B|1, 1, T, S), True where a query may attend, or a float
+                bias (B|1, H|1, T, S) added to the scores (T5's positions, with masked
+                keys at the dtype's minimum); None for all.
             is_causal: Let SDPA apply the causal mask itself (only when `mask` is None).
             rope: (cos, sin), each (B, T, 1, head_dim), applied to q and k.
             cache: KV cache to append this step's keys/values to (self-attention only).
             layer: This layer's index into `cache`.
+            kv: Cross-attention keys and values (B, Hkv, S, D) each, from `project_kv`
+                (computed once per source); replaces `context`.
 
         Returns:
             (B, T, d_model).
         """
         B, T, _ = x.shape
-        q, k, v = self._project(x, context, rope)  # (B, H, T, D), (B, Hkv, S, D) x 2
+        if kv is not None:
+            q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k, v = kv
+        else:
+            q, k, v = self._project(x, context, rope)  # (B, H, T, D), (B, Hkv, S, D) x 2
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S_total, D)
         causal_prompt = is_causal and mask is None and T > 1
         if T <= SMALL_QUERY and not causal_prompt:
             out = self._small_query_attention(q, k, v, mask)
         elif causal_prompt and use_blocked_attention(q, k):
-            out = blocked_causal_attention(q, k, v)
+            out = blocked_causal_attention(q, k, v, scale=self.scale)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                enable_gqa=self.n_kv_heads != self.n_heads,
+                enable_gqa=self.n_kv_heads != self.n_heads, scale=self.scale,
             )  # (B, H, T, D)
         return self.o(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (B, Hkv, S, D) each of `context` (B, S, d_context)."""
+        B, S, _ = context.shape
+        k = self.k(context).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(context).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
 
     def _project(
         self,
@@ -137,15 +156,18 @@ class Attention(nn.Module):
     def _small_query_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """softmax(q k^T / sqrt(D)) v for a few queries, query heads grouped per KV head."""
+        """softmax(q k^T x scale + bias) v for a few queries, query heads grouped per KV head."""
         B, H, T, D = q.shape
         Hkv, S, group = k.shape[1], k.shape[2], H // k.shape[1]
         q = q.reshape(B, Hkv, group * T, D)  # heads h = g*group + i share KV head g
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # (B, Hkv, group*T, S)
-        if mask is not None:
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, Hkv, group*T, S)
+        if mask is not None and mask.dtype == torch.bool:
             scores = scores.view(B, Hkv, group, T, S).masked_fill(
                 ~mask[:, :, None], float("-inf")
             ).view(B, Hkv, group * T, S)
+        elif mask is not None:  # an additive bias, per head or shared
+            bias = mask.expand(mask.shape[0], H, T, S).reshape(-1, Hkv, group * T, S)
+            scores = scores + bias
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         return (probs @ v).view(B, H, T, D)
 
@@ -163,9 +185,10 @@ def use_blocked_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def blocked_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = QUERY_BLOCK
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = QUERY_BLOCK,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Causal softmax(q k^T / sqrt(D)) v, one block of queries at a time.
+    """Causal softmax(q k^T x scale) v, one block of queries at a time.
 
     Each block of queries multiplies only the keys up to its own last position,
     which skips about half of the work, and only the block's own keys need the
@@ -177,6 +200,7 @@ def blocked_causal_attention(
         k: Keys (B, Hkv, T, D), Hkv dividing H (the same T: nothing cached before).
         v: Values (B, Hkv, T, D).
         block: Queries per block.
+        scale: Factor on the scores (default 1/sqrt(D)).
 
     Returns:
         (B, H, T, D), a transposed view of a (B, T, H, D) tensor.
@@ -184,7 +208,7 @@ def blocked_causal_attention(
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
-    q = (q * (1.0 / math.sqrt(D))).view(B, Hkv, group, T, D)
+    q = (q * (1.0 / math.sqrt(D) if scale is None else scale)).view(B, Hkv, group, T, D)
     keys, values = k.reshape(B * Hkv, T, D), v.reshape(B * Hkv, T, D)
     out = q.new_empty(B, T, Hkv, group, D)
     causal = torch.full((block, block), float("-inf"), dtype=q.dtype).triu(1)
@@ -261,3 +285,19 @@ def slot_mask(
     if key_padding is not None:
         mask = mask & key_padding.bool()[:, None, None, :]
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def with_bias(bias: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """An additive attention mask: `bias` (B|1, H, T, S), with forbidden keys at dtype's minimum.
+
+    The minimum (not -inf) is what T5 adds, and keeps rows finite.
+
+    Args:
+        bias: Position bias per head.
+        mask: Boolean (B|1, 1, T, S), True where a query may attend; None for all.
+        dtype: The scores' dtype.
+    """
+    bias = bias.to(dtype)
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask, torch.finfo(dtype).min)

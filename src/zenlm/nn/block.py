@@ -53,10 +53,15 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, d_model); `context` (B, S, d) feeds cross-attention."""
+        """(B, T, d_model) -> (B, T, d_model).
+
+        `cross_kv` (keys and values (B, Hkv, S, D) of the encoder output, from
+        `cross_attn.project_kv`) feeds cross-attention, masked by `cross_mask`
+        (B, 1, 1, S), True at real source tokens.
+        """
         x = self._residual(
             x,
             self.attn_norm,
@@ -66,7 +71,7 @@ class Block(nn.Module):
         )
         if self.cross_attn is not None:
             x = self._residual(
-                x, self.cross_norm, lambda h: self.cross_attn(h, context=context, mask=context_mask)
+                x, self.cross_norm, lambda h: self.cross_attn(h, kv=cross_kv, mask=cross_mask)
             )
         return self._residual(x, self.mlp_norm, self.mlp)
 

@@ -1,8 +1,60 @@
-"""A static, preallocated key/value cache (one buffer per layer, written in place)."""
+"""Key/value caches: the decoder's own, and the cross-attention context of a source.
+
+`KVCache` is static and preallocated (one buffer per layer, written in place);
+`CrossContext` holds the keys and values an encoder-decoder computes once per source.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class CrossContext:
+    """What every decoder layer's cross-attention reads: the encoder output, projected.
+
+    Computed once per source (`Seq2SeqLM.cross_context`) and read by every decode step,
+    so a step costs its query projection and one attention per layer.
+
+    Attributes:
+        keys: One tensor (B, Hkv, S, D) per decoder layer.
+        values: Likewise.
+        mask: (B, 1, 1, S) boolean, True at real source tokens; None if none is padding.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor | None = None
+
+    def select(self, rows: torch.Tensor) -> CrossContext:
+        """The rows `rows` (LongTensor), in that order (beams, or a batch's survivors)."""
+        return CrossContext(
+            [k.index_select(0, rows) for k in self.keys],
+            [v.index_select(0, rows) for v in self.values],
+            None if self.mask is None else self.mask.index_select(0, rows),
+        )
+
+    @classmethod
+    def stack(cls, rows: list[CrossContext]) -> CrossContext:
+        """One batch of single-source contexts (sources of any lengths, right-padded)."""
+        S = max(r.keys[0].shape[2] for r in rows)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, 0, 0, S - t.shape[2]))
+
+        masks = []
+        for r in rows:
+            real = (r.mask.reshape(r.mask.shape[0], -1) if r.mask is not None
+                    else torch.ones(r.keys[0].shape[0], r.keys[0].shape[2], dtype=torch.bool))
+            masks.append(torch.nn.functional.pad(real, (0, S - real.shape[1])))
+        n_layers = len(rows[0].keys)
+        return cls(
+            [torch.cat([pad(r.keys[i]) for r in rows]) for i in range(n_layers)],
+            [torch.cat([pad(r.values[i]) for r in rows]) for i in range(n_layers)],
+            torch.cat(masks)[:, None, None, :],
+        )
 
 
 class KVCache:
@@ -49,6 +101,7 @@ class KVCache:
         self.uniform: int | None = 0  # the common length while all rows agree
         self.longest = 0  # max(lengths), kept as a Python int to slice without a sync
         self.key_multiple = key_multiple
+        self.cross: CrossContext | None = None  # an encoder-decoder's source, per row
 
     @property
     def length(self) -> int:
@@ -114,6 +167,8 @@ class KVCache:
         """Keep only `rows` (LongTensor of row indices), in that order (beam search)."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
+        if self.cross is not None:
+            self.cross = self.cross.select(rows)
         self.batch = len(rows)
         self.set_lengths(self.lengths.index_select(0, rows))
 
@@ -141,6 +196,7 @@ class KVCache:
         view.keys = [k[:n] for k in self.keys]
         view.values = [v[:n] for v in self.values]
         view.batch, view.max_len, view.key_multiple = n, self.max_len, self.key_multiple
+        view.cross = None if self.cross is None else self.cross.select(torch.arange(n))
         view.lengths = self.lengths[:n].clone()
         view.set_lengths(view.lengths)
         return view

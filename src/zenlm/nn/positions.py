@@ -1,6 +1,8 @@
-"""Absolute position embeddings: learned (GPT-2, BERT) and sinusoidal (Transformer, Marian)."""
+"""Position encodings: learned (GPT-2, BERT), sinusoidal (Transformer, Marian), T5's bias."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -63,3 +65,54 @@ class SinusoidalPositions(nn.Module):
     def extra_repr(self) -> str:
         """Shown by print(model)."""
         return f"dim={self.dim}, base={self.base}"
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned attention bias per head, indexed by a bucket of key - query distance.
+
+    Distances below half the buckets (per direction) have a bucket each; longer ones
+    share buckets spaced logarithmically up to `max_distance`, past which all share the
+    last. An encoder's buckets tell before from after (bidirectional); a decoder's
+    count only distances back (later keys are masked anyway).
+
+    Args:
+        n_buckets: Number of buckets (32 in T5).
+        max_distance: Distance where the last bucket starts (128 in T5).
+        n_heads: Attention heads (one bias per head and bucket).
+        bidirectional: Separate buckets for keys after the query (encoders).
+    """
+
+    def __init__(self, n_buckets: int, max_distance: int, n_heads: int, *,
+                 bidirectional: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_buckets, n_heads))
+        self.n_buckets, self.max_distance = n_buckets, max_distance
+        self.bidirectional = bidirectional
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """Bias (B, H, T, S) for query positions (B, T) and key positions (B, S)."""
+        distance = key_positions[:, None, :] - query_positions[:, :, None]  # (B, T, S)
+        return self.weight[self.bucket(distance)].permute(0, 3, 1, 2)
+
+    def bucket(self, distance: torch.Tensor) -> torch.Tensor:
+        """Bucket index of each key - query distance (any shape, long)."""
+        buckets, offset = self.n_buckets, torch.zeros_like(distance)
+        if self.bidirectional:
+            buckets //= 2
+            offset = (distance > 0).long() * buckets
+            distance = distance.abs()
+        else:
+            distance = (-distance).clamp(min=0)
+        exact = buckets // 2
+        # log-spaced above `exact`; clamp(min=1) only keeps log() finite where unused
+        far = exact + (
+            torch.log(distance.clamp(min=1).float() / exact)
+            / math.log(self.max_distance / exact) * (buckets - exact)
+        ).long()
+        far = far.clamp(max=buckets - 1)
+        return offset + torch.where(distance < exact, distance, far)
+
+    def extra_repr(self) -> str:
+        """Shown by print(model)."""
+        return (f"buckets={self.n_buckets}, max_distance={self.max_distance}, "
+                f"bidirectional={self.bidirectional}")
