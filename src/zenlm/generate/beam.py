@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zenlm.generate.core import decode_step, prefill
+from zenlm.generate.core import decode_step, open_rows, prefill
 from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts
 from zenlm.models import DecoderLM
 
@@ -62,8 +62,10 @@ class _BeamSearch:
         self.model, self.config, self.prompt = model, config, prompt
         self.n = config.num_beams
         self.stop_ids = set(config.stop_token_ids)
-        self.max_new = min(config.max_new_tokens, model.config.max_seq_len - len(prompt))
-        self.cache = model.new_cache(1, len(prompt) + self.max_new)
+        decoder_prompts, self.cache = open_rows(
+            model, [prompt], min(len(prompt) + config.max_new_tokens, model.config.max_seq_len))
+        self.prompt = decoder_prompts[0]  # an encoder-decoder's start token
+        self.max_new = min(config.max_new_tokens, self.cache.max_len - len(self.prompt))
         self.running: list[list[int]] = [[] for _ in range(self.n)]
         self.scores = torch.tensor([0.0] + [NEG] * (self.n - 1))  # only beam 0 is real at first
         self.finished: list[_Finished] = []

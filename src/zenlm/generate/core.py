@@ -25,7 +25,7 @@ import torch
 from zenlm.generate.config import GenerationConfig
 from zenlm.generate.sampling import SamplingParams, choose_tokens, token_logprobs
 from zenlm.generate.text import TextStream
-from zenlm.models import DecoderLM
+from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.nn import KVCache
 from zenlm.tokenizer import Tokenizer
 
@@ -152,6 +152,34 @@ class Sequence:
             tail += full[self.text.emitted:]
             self.text.emitted = len(full)
         return tail
+
+
+def open_rows(
+    model: DecoderLM | Seq2SeqLM, prompts: Seq[Seq[int]], max_len: int
+) -> tuple[list[list[int]], KVCache]:
+    """The decoder prompts of a batch of rows, and their empty KV cache.
+
+    A decoder-only model's prompts are its decoder prompts. An encoder-decoder's
+    prompts are sources: they are encoded here, once, their cross-attention context
+    rides in the cache (`cache.cross`, reordered with its rows), and every row's
+    decoder prompt is the start token.
+
+    Args:
+        model: The model.
+        prompts: Token ids per row (sources for an encoder-decoder).
+        max_len: Decoder slots per row.
+    """
+    if not isinstance(model, Seq2SeqLM):
+        return [list(p) for p in prompts], model.new_cache(len(prompts), max_len)
+    longest = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), longest, dtype=torch.long)
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt)
+        mask[row, : len(prompt)] = 1
+    padded = bool((mask == 0).any())
+    cache = model.start_cache(ids, mask if padded else None, max_len)
+    return [[model.start_id] for _ in prompts], cache
 
 
 def prefill(model: DecoderLM, prompts: Seq[Seq[int]], cache: KVCache) -> torch.Tensor:

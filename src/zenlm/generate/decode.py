@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from zenlm.generate.config import GenerationConfig
-from zenlm.generate.core import Sequence, TokenEvent, advance, decode_step, prefill
+from zenlm.generate.core import Sequence, TokenEvent, advance, decode_step, open_rows, prefill
 from zenlm.models import DecoderLM
 from zenlm.tokenizer import Tokenizer
 
@@ -73,7 +73,8 @@ def stream_batch(
     Rows are the prompts, each repeated num_return_sequences times (row r belongs
     to prompt r // num_return_sequences). A row ends on a stop token, on a stop
     string (with a tokenizer), at max_new_tokens, or at the context's end; rows that
-    ended leave the batch (and its cache).
+    ended leave the batch (and its cache). An encoder-decoder's prompts are its
+    sources (see `open_rows`).
 
     Args:
         model: The decoder.
@@ -90,10 +91,12 @@ def stream_batch(
     config.validate()
     check_prompts(model, prompts)
     n, context = config.num_return_sequences, model.config.max_seq_len
-    seqs = [Sequence(prompt, config, vocab_size=model.config.vocab_size, index=p * n + j,
+    rows = [prompt for prompt in prompts for _ in range(n)]
+    max_len = min(context, max(len(p) for p in rows) + config.max_new_tokens)
+    decoder_prompts, cache = open_rows(model, rows, max_len)
+    seqs = [Sequence(prompt, config, vocab_size=model.config.vocab_size, index=i,
                      tokenizer=tokenizer, context=context)
-            for p, prompt in enumerate(prompts) for j in range(n)]
-    cache = model.new_cache(len(seqs), max(seq.limit for seq in seqs))
+            for i, prompt in enumerate(decoder_prompts)]
     logits = prefill(model, [seq.prompt for seq in seqs], cache)
     while True:
         events = advance(logits, seqs)
