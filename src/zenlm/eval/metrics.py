@@ -197,3 +197,22 @@ def squad_scores(
         f1 += max(squad_f1(predictions[qid], a) for a in answers)
     n = len(references)
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF of detokenized, cased text, as sacreBLEU reports them.
+
+    BLEU uses sacreBLEU's default 13a tokenization and exponential smoothing; chrF
+    character 6-grams with beta 2. Both are on a 0-100 scale.
+
+    Args:
+        hypotheses: One system output per segment.
+        references: The one reference of each segment.
+    """
+    import sacrebleu
+
+    _same_length(references, hypotheses)
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
+    return {"bleu": float(bleu.score), "chrf": float(chrf.score),
+            "bleu_signature": str(sacrebleu.BLEU().get_signature())}
