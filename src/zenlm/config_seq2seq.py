@@ -120,6 +120,48 @@ def read_marian(hf: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+#: BartConfig's defaults (transformers), for keys a config.json leaves out.
+_BART_DEFAULTS = {
+    "vocab_size": 50265, "max_position_embeddings": 1024, "encoder_layers": 12,
+    "encoder_ffn_dim": 4096, "encoder_attention_heads": 16, "decoder_layers": 12,
+    "d_model": 1024, "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+_BART_OFFSET = 2  # BART's position ids start at 2; its table has 2 more rows
+
+
+def read_bart(hf: dict[str, Any]) -> dict[str, Any]:
+    """BART: learned positions from 2, LayerNorm over the embeddings, post-norm blocks.
+
+    transformers 5 ties the stacks' embeddings to `shared` only along with the head,
+    so `tie_word_embeddings: false` gives three separate matrices.
+    """
+    fields = _bart_like(hf, "bart", _BART_DEFAULTS)
+    fields.update(
+        positions="learned",
+        max_seq_len={**_BART_DEFAULTS, **hf}["max_position_embeddings"] + _BART_OFFSET,
+        position_offset=_BART_OFFSET,
+        embed_norm=True,
+        share_embeddings=fields["tie_embeddings"],
+    )
+    return fields
+
+
+def write_bart(config: ModelConfig) -> dict[str, Any]:
+    """config.json keys of a BartForConditionalGeneration."""
+    if config.tie_embeddings and not config.share_embeddings:
+        raise UnsupportedModelError(
+            "a bart config.json cannot describe share_embeddings=False with "
+            "tie_embeddings=True (BART ties its head to the one shared embedding)"
+        )
+    return {
+        "model_type": "bart",
+        "architectures": ["BartForConditionalGeneration"],
+        **_write_bart_like(config),
+        "max_position_embeddings": config.max_seq_len - _BART_OFFSET,
+    }
+
+
 def _write_bart_like(config: ModelConfig) -> dict[str, Any]:
     return {
         "vocab_size": config.vocab_size,
@@ -167,8 +209,11 @@ SEQ2SEQ_TRAITS: dict[str, dict[str, Any]] = {
                "position_offset": 0},
 }
 
-SEQ2SEQ_READERS = {"marian": read_marian}
-SEQ2SEQ_WRITERS = {"marian": write_marian}
+SEQ2SEQ_TRAITS["bart"] = {**_POST_NORM_TRAITS, "positions": "learned", "embed_norm": True,
+                          "position_offset": _BART_OFFSET}
+
+SEQ2SEQ_READERS = {"marian": read_marian, "bart": read_bart}
+SEQ2SEQ_WRITERS = {"marian": write_marian, "bart": write_bart}
 
 
 def check_heads(config: ModelConfig) -> None:

@@ -48,6 +48,29 @@ FAMILIES = {
              final_norm=False, lm_head_bias=False, tie_embeddings=False, share_embeddings=True,
              max_seq_len=64),
     ),
+    "bart": (
+        lambda: transformers.BartConfig(
+            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=3,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+            decoder_ffn_dim=48, max_position_embeddings=40, scale_embedding=True,
+            pad_token_id=0),
+        dict(positions="learned", position_offset=2, max_seq_len=42, embed_norm=True,
+             norm="layernorm", norm_bias=True, activation="gelu", gated_mlp=False,
+             qkv_bias=True, attn_out_bias=True, mlp_bias=True, pre_norm=False, final_norm=False,
+             scale_embeddings=True, lm_head_bias=True, tie_embeddings=True,
+             share_embeddings=True),
+    ),
+    "bart-untied": (
+        lambda: transformers.BartConfig(
+            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=3,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+            decoder_ffn_dim=48, max_position_embeddings=40, tie_word_embeddings=False,
+            activation_function="gelu_new", pad_token_id=0),
+        dict(positions="learned", position_offset=2, max_seq_len=42, embed_norm=True,
+             norm="layernorm", norm_bias=True, activation="gelu_tanh", gated_mlp=False,
+             qkv_bias=True, attn_out_bias=True, mlp_bias=True, pre_norm=False, final_norm=False,
+             lm_head_bias=True, tie_embeddings=False, share_embeddings=False),
+    ),
 }
 
 
@@ -147,6 +170,10 @@ def test_zenlm_folder_round_trips(name, tmp_path):
     ("marian", "normalize_embedding", True),
     ("marian", "decoder_vocab_size", VOCAB + 1),
     ("marian", "activation_function", "tanh"),
+    ("bart", "normalize_before", True),
+    ("bart", "add_final_layer_norm", True),
+    ("bart", "encoder_attention_heads", 8),
+    ("bart", "encoder_ffn_dim", 64),
 ])
 def test_unsupported_field_is_refused_by_name(family, field, value):
     hf = FAMILIES[family][0]().to_dict()

@@ -234,6 +234,23 @@ NAME_MAPS["marian"] = NameMap(
     optional=("decoder.lm_head.bias",),
 )
 
+
+def _bart_rules() -> list[Rule]:
+    rules = _bart_embedding_rules("model.") + _bart_layer_rules("model.")
+    # BART always has `shared`, unused when untied; write one so transformers misses
+    # nothing (loading never reaches this rule: the first rule matching a name decides)
+    rules.append(Rule("model.shared.weight", ("encoder.embed.weight",),
+                      when=lambda c: not _shared(c)))
+    for stack in ("encoder", "decoder"):
+        rules.append(_one(f"model.{stack}.embed_positions.weight", f"{stack}.positions.weight"))
+        rules += [_one(f"model.{stack}.layernorm_embedding.{kind}", f"{stack}.embed_norm.{kind}")
+                  for kind in ("weight", "bias")]
+    return rules
+
+
+NAME_MAPS["bart"] = NameMap(tuple(_bart_rules()), re.compile(r"model\.(en|de)coder\.version$"),
+                            optional=("decoder.lm_head.bias",))
+
 # The decoder's bias is the same tensor as the head's `bias` (HF ties them); its
 # weight is the word embedding, saved only by some checkpoints.
 MLM_HEAD_MAPS: dict[str, NameMap] = {
