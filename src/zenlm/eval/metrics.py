@@ -209,10 +209,11 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
         hypotheses: One system output per segment.
         references: The one reference of each segment.
     """
-    import sacrebleu
+    from sacrebleu.metrics import BLEU, CHRF
 
     _same_length(references, hypotheses)
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
-    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-    return {"bleu": float(bleu.score), "chrf": float(chrf.score),
-            "bleu_signature": str(sacrebleu.BLEU().get_signature())}
+    bleu, chrf = BLEU(), CHRF()
+    hyps, refs = list(hypotheses), [list(references)]
+    return {"bleu": float(bleu.corpus_score(hyps, refs).score),
+            "chrf": float(chrf.corpus_score(hyps, refs).score),
+            "bleu_signature": str(bleu.get_signature())}
