@@ -19,13 +19,8 @@ from zenlm.data.parallel import read_parallel
 from zenlm.data.tasks import TaskDataError
 from zenlm.models import build_model
 from zenlm.tasks.spec import TaskInfo
-from zenlm.tasks.translate import (
-    IGNORE,
-    collate_pairs,
-    decoder_inputs,
-    encode_pairs,
-    seq2seq_loss,
-)
+from zenlm.tasks.translate import collate_pairs, encode_pairs, seq2seq_loss
+from zenlm.train.objectives import IGNORE, decoder_inputs
 
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sits", "sleeps", "small"]
 GERMAN = dict(zip(WORDS, ["rot", "blau", "gruen", "Katze", "Hund", "Vogel", "rennt", "sitzt",
