@@ -170,5 +170,7 @@ def test_finetune_evaluate_predict_translate(trained, capsys):
     assert scores["n"] == len(hypotheses) == 30
     assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [refs]).score)
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [refs]).score)
+    assert scores["bleu_lowercase"] == pytest.approx(
+        sacrebleu.corpus_bleu(hypotheses, [refs], lowercase=True).score)
     # word-for-word substitution is learnable in 150 steps: far above an untrained model's 0
     assert scores["bleu"] > 40, (scores, hypotheses[:5])
