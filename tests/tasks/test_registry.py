@@ -29,17 +29,17 @@ def test_every_task_is_a_spec_under_its_own_name():
 
 
 def test_unknown_task_is_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match="unknown task 'translate'") as info:
-        get_task("translate")
-    assert all(name in str(info.value) for name in ("classify", "ner", "qa", "sft"))
+    with pytest.raises(ValueError, match="unknown task 'paraphrase'") as info:
+        get_task("paraphrase")
+    assert all(name in str(info.value) for name in ("classify", "ner", "qa", "sft", "translate"))
 
 
 def test_cli_refuses_an_unknown_task_listing_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["finetune", "--task", "translate", "--model", "m", "--train", "t"])
+        main(["finetune", "--task", "paraphrase", "--model", "m", "--train", "t"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "'translate'" in err and "classify" in err and "sft" in err
+    assert "'paraphrase'" in err and "classify" in err and "sft" in err
 
 
 def test_no_task_name_dispatch_outside_the_registry():
@@ -68,7 +68,7 @@ def test_task_json_of_the_first_layout_still_reads(tmp_path):
 
 
 @pytest.mark.parametrize(("record", "message"), [
-    ({**OLD_TASK_JSON, "task": "translate"}, "unknown task 'translate'; valid tasks: classify"),
+    ({**OLD_TASK_JSON, "task": "paraphrase"}, "unknown task 'paraphrase'; valid tasks: classify"),
     ({**OLD_TASK_JSON, "colour": "red"}, "unknown keys ['colour']"),
     ({**OLD_TASK_JSON, "format": 99}, "format 99 is not one of"),
     ({"labels": []}, "no 'task' key"),

@@ -148,7 +148,7 @@ def trained(tmp_path_factory):
     val_tsv = _write(tmp / "val.tsv", [f"{s}\t{t}" for s, t in val])
     assert main(["finetune", "--task", "translate", "--model", str(tmp / "init"),
                  "--train", str(src), "--train-target", str(tgt), "--val", str(val_tsv),
-                 "--output", str(tmp / "run"), "--max-steps", "150", "--batch-size", "32",
+                 "--output", str(tmp / "run"), "--max-steps", "400", "--batch-size", "32",
                  "--lr", "3e-3", "--warmup-fraction", "0.1", "--autocast", "float32"]) == 0
     return tmp, tmp / "run" / "model", val
 
@@ -172,5 +172,5 @@ def test_finetune_evaluate_predict_translate(trained, capsys):
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [refs]).score)
     assert scores["bleu_lowercase"] == pytest.approx(
         sacrebleu.corpus_bleu(hypotheses, [refs], lowercase=True).score)
-    # word-for-word substitution is learnable in 150 steps: far above an untrained model's 0
+    # word-for-word substitution is learnable in 400 steps (65 BLEU): an untrained model scores 0
     assert scores["bleu"] > 40, (scores, hypotheses[:5])
