@@ -71,6 +71,24 @@ FAMILIES = {
              qkv_bias=True, attn_out_bias=True, mlp_bias=True, pre_norm=False, final_norm=False,
              lm_head_bias=True, tie_embeddings=False, share_embeddings=False),
     ),
+    "t5": (
+        lambda: transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=6, d_ff=48, num_layers=2, num_decoder_layers=3,
+            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            feed_forward_proj="relu", decoder_start_token_id=0),
+        dict(head_dim=6, norm="rmsnorm", norm_eps=1e-6, activation="relu", gated_mlp=False,
+             positions="none", relative_buckets=8, relative_max_distance=20,
+             scale_attention=False, scale_output=True, tie_embeddings=True),
+    ),
+    "t5-v1.1": (
+        lambda: transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0),
+        dict(norm="rmsnorm", norm_eps=1e-6, activation="gelu_tanh", gated_mlp=True,
+             positions="none", relative_buckets=8, relative_max_distance=20,
+             scale_attention=False, scale_output=False, tie_embeddings=False),
+    ),
 }
 
 
@@ -85,6 +103,9 @@ def _hf_model(name: str):  # noqa: ANN202
                 module.weight.copy_(module.create_weight())
         if hasattr(model, "final_logits_bias"):
             model.final_logits_bias.normal_(generator=torch.Generator().manual_seed(2))
+    if name == "t5-v1.1":  # transformers 5 builds T5 tied; v1.1 checkpoints are not
+        head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(6))
+        model.lm_head.weight = torch.nn.Parameter(0.15 * head)
     return model.eval()
 
 
@@ -129,6 +150,8 @@ def test_transformers_folder_loads_with_same_logits(name, tmp_path):
     lm = zenlm.load(tmp_path, quantize=None)
     assert isinstance(lm.model, Seq2SeqLM)
     assert lm.config.hf_model_type == hf.config.model_type
+    tied = lm.model.lm_head.weight is lm.model.decoder.embed.weight
+    assert tied == lm.config.tie_embeddings == (name in ("marian", "bart", "t5"))
     diff = _compare(hf, lm.model, _batch(hf.config.pad_token_id))
     assert diff <= TOL, f"{name}: max |logit diff| {diff}"
 
@@ -174,6 +197,10 @@ def test_zenlm_folder_round_trips(name, tmp_path):
     ("bart", "add_final_layer_norm", True),
     ("bart", "encoder_attention_heads", 8),
     ("bart", "encoder_ffn_dim", 64),
+    ("t5", "feed_forward_proj", "gated-silu"),
+    ("t5", "is_gated_act", True),
+    ("t5-v1.1", "dense_act_fn", "relu"),
+    ("t5", "is_decoder", True),
 ])
 def test_unsupported_field_is_refused_by_name(family, field, value):
     hf = FAMILIES[family][0]().to_dict()
