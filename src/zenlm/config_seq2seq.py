@@ -180,6 +180,8 @@ def _write_bart_like(config: ModelConfig) -> dict[str, Any]:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
+        # transformers' default (Marian 0, BART 2) would force a foreign id at max length
+        "forced_eos_token_id": config.extra.get("forced_eos_token_id", config.eos_token_id),
     }
 
 

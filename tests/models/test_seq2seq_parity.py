@@ -15,7 +15,10 @@ from zenlm.config import ModelConfig, from_hf_config
 from zenlm.errors import UnsupportedModelError
 from zenlm.io.hf import save_hf_model
 from zenlm.models import Seq2SeqLM, build_model
+from zenlm.tokenizer import Tokenizer
 
+from ..test_tokenizer import SAMPLES
+from ..tiny_tokenizer import byte_level_bpe
 from .tiny_hf import VOCAB, randomize
 
 transformers = pytest.importorskip("transformers")
@@ -215,3 +218,40 @@ def test_marian_writer_refuses_a_pre_norm_model(tmp_path):
                          **SIZES, **fields)
     with pytest.raises(UnsupportedModelError, match="pre_norm"):
         save_hf_model(build_model(config), tmp_path)
+
+
+def test_zenlm_folder_carries_its_tokenizer(tmp_path):
+    """A from-scratch Marian saved with its tokenizer: both zenlm and transformers read it."""
+    tokenizer = Tokenizer(byte_level_bpe(SAMPLES * 5, vocab_size=300), bos_token="<s>",
+                          eos_token="</s>")
+    vocab = tokenizer.backend.get_vocab_size()
+    eos = tokenizer.backend.token_to_id("</s>")
+    config = ModelConfig(vocab_size=vocab, arch="encoder-decoder", hf_model_type="marian",
+                         pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+                         **SIZES, **FAMILIES["marian"][1])
+    save_hf_model(build_model(config), tmp_path, tokenizer=tokenizer)
+    lm = zenlm.load(tmp_path, quantize=None)
+    assert lm.tokenizer.encode("hello world") == tokenizer.encode("hello world")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert theirs("hello world")["input_ids"] == tokenizer.encode("hello world")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert hf.config.forced_eos_token_id == eos == hf.config.decoder_start_token_id
+
+
+def test_old_marian_checkpoint_with_copies_and_position_tables_loads(tmp_path):
+    """Older Marian files also store the stacks' and the head's copies of `shared`, and
+    the sinusoidal tables: copies and tables are recomputed or tied, not loaded twice."""
+    from safetensors.torch import load_file, save_file
+
+    hf = _hf_model("marian")
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    tensors = load_file(tmp_path / "model.safetensors")
+    for name in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                 "lm_head.weight"):
+        tensors[name] = tensors["model.shared.weight"].clone()
+    for stack in ("encoder", "decoder"):
+        tensors[f"model.{stack}.embed_positions.weight"] = getattr(
+            hf.model, stack).embed_positions.weight.detach().clone()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    diff = _compare(hf, zenlm.load(tmp_path, quantize=None).model, _batch(0))
+    assert diff <= TOL
