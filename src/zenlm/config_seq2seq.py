@@ -22,9 +22,9 @@ _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "g
 _ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "swish"}
 
 #: Kept for the round trip: training and generation settings transformers reads.
-_KEPT = ("architectures", "torch_dtype", "dtype", "transformers_version", "dropout",
+_KEPT = ("architectures", "torch_dtype", "dtype", "transformers_version",
          "attention_dropout", "activation_dropout", "init_std", "forced_bos_token_id",
-         "forced_eos_token_id", "dropout_rate", "initializer_factor")
+         "forced_eos_token_id", "initializer_factor")
 
 
 def _refuse(family: str, key: str, value: Any, valid: str) -> UnsupportedModelError:
@@ -83,6 +83,7 @@ def _bart_like(hf: dict[str, Any], family: str, defaults: dict[str, Any]) -> dic
         "gated_mlp": False, "qkv_bias": True, "attn_out_bias": True, "mlp_bias": True,
         "arch": "encoder-decoder", "pre_norm": False, "final_norm": False,
         "scale_embeddings": bool(get("scale_embedding", False)),
+        "dropout": float(get("dropout", 0.1)),  # transformers' default
         "lm_head_bias": True,  # final_logits_bias (zeros unless fine-tuned)
         "tie_embeddings": bool(get("tie_word_embeddings", True)),
         "decoder_start_token_id": get("decoder_start_token_id"),
@@ -174,6 +175,7 @@ def _write_bart_like(config: ModelConfig) -> dict[str, Any]:
         "decoder_ffn_dim": config.d_ff,
         "activation_function": _ACTIVATION_NAMES[config.activation],
         "scale_embedding": config.scale_embeddings,
+        "dropout": config.dropout,
         "tie_word_embeddings": config.tie_embeddings,
         "is_encoder_decoder": True,
         "decoder_start_token_id": config.decoder_start_token_id,
@@ -241,10 +243,11 @@ def read_t5(hf: dict[str, Any]) -> dict[str, Any]:
     tie = hf.get("tie_word_embeddings", True) is not False
     layers = hf.get("num_layers", 6)
     pad = hf.get("pad_token_id", 0)
+    d_model, heads, d_kv = hf.get("d_model", 512), hf.get("num_heads", 8), hf.get("d_kv", 64)
     return {
-        "vocab_size": hf.get("vocab_size", 32128), "d_model": hf.get("d_model", 512),
+        "vocab_size": hf.get("vocab_size", 32128), "d_model": d_model,
         "n_layers": layers, "n_decoder_layers": hf.get("num_decoder_layers") or layers,
-        "n_heads": hf.get("num_heads", 8), "head_dim": hf.get("d_kv", 64),
+        "n_heads": heads, "head_dim": None if d_kv * heads == d_model else d_kv,
         "d_ff": hf.get("d_ff", 2048), "max_seq_len": hf.get("n_positions", 512),
         "norm": "rmsnorm", "norm_eps": hf.get("layer_norm_epsilon", 1e-6), "norm_bias": False,
         "activation": activation, "gated_mlp": gated,
@@ -254,6 +257,7 @@ def read_t5(hf: dict[str, Any]) -> dict[str, Any]:
         "scale_attention": False,
         "scale_output": bool(hf.get("scale_decoder_outputs", tie)),
         "tie_embeddings": tie, "share_embeddings": True,
+        "dropout": float(hf.get("dropout_rate", 0.1)),
         "decoder_start_token_id": hf.get("decoder_start_token_id", pad),
         "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id", 1),
         "pad_token_id": pad, "hf_model_type": "t5",
@@ -281,6 +285,7 @@ def write_t5(config: ModelConfig) -> dict[str, Any]:
         "relative_attention_num_buckets": config.relative_buckets,
         "relative_attention_max_distance": config.relative_max_distance,
         "layer_norm_epsilon": config.norm_eps,
+        "dropout_rate": config.dropout,
         "feed_forward_proj": projection,
         "is_gated_act": config.gated_mlp,
         "dense_act_fn": _T5_FEED_FORWARD[projection][2],

@@ -187,6 +187,22 @@ def test_zenlm_folder_round_trips(name, tmp_path):
     assert (ours[real] - theirs[real]).abs().max().item() <= 1e-6
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == \
         model.config.hf_model_type
+    expected = {**model.config.to_dict(), "extra": again.config.extra}
+    if name == "marian-untied":  # read back: a zero final_logits_bias; transformers 5
+        expected.update(lm_head_bias=True, share_embeddings=False)  # shares only when tied
+    assert again.config == ModelConfig(**expected)
+
+
+@pytest.mark.parametrize("name", ["marian", "bart", "t5"])
+def test_dropout_travels_both_ways(name, tmp_path):
+    hf_config = FAMILIES[name][0]()
+    key = "dropout_rate" if name == "t5" else "dropout"
+    setattr(hf_config, key, 0.25)
+    config = from_hf_config(hf_config.to_dict())
+    assert config.dropout == 0.25
+    model = build_model(config)
+    save_hf_model(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())[key] == 0.25
 
 
 @pytest.mark.parametrize(("family", "field", "value"), [
