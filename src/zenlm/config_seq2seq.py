@@ -63,10 +63,18 @@ def _bart_like(hf: dict[str, Any], family: str, defaults: dict[str, Any]) -> dic
     if hf.get("decoder_vocab_size") not in (None, vocab):
         raise _refuse(family, "decoder_vocab_size", hf["decoder_vocab_size"],
                       f"must equal vocab_size={vocab}: zenlm has one vocabulary")
-    _refuse_true(hf, family, ("normalize_before", "add_final_layer_norm", "normalize_embedding",
-                              "add_bias_logits", "static_position_embeddings"),
+    _refuse_true(hf, family, ("normalize_before", "add_final_layer_norm"),
                  "zenlm reads post-norm BART/Marian blocks only (mBART-style pre-norm is not "
                  "implemented)")
+    _refuse_true(hf, family, ("add_bias_logits",), "the logits' bias is final_logits_bias")
+    # Older configs spell out what transformers now fixes per family; another value is refused.
+    marian = family == "marian"
+    for key, expected, meaning in (
+            ("static_position_embeddings", marian, "sinusoidal positions"),
+            ("normalize_embedding", not marian, "a LayerNorm over the embeddings"),
+            ("extra_pos_embeddings", None if marian else 2, "the position offset")):
+        if key in hf and expected is not None and hf[key] != expected:
+            raise _refuse(family, key, hf[key], f"{family} has {expected!r} ({meaning})")
     if hf.get("is_decoder"):
         raise _refuse(family, "is_decoder", True, "a decoder-only checkpoint")
     return {

@@ -212,6 +212,10 @@ def test_dropout_travels_both_ways(name, tmp_path):
     ("marian", "normalize_embedding", True),
     ("marian", "decoder_vocab_size", VOCAB + 1),
     ("marian", "activation_function", "tanh"),
+    ("marian", "static_position_embeddings", False),
+    ("bart", "static_position_embeddings", True),
+    ("bart", "normalize_embedding", False),
+    ("bart", "extra_pos_embeddings", 0),
     ("bart", "normalize_before", True),
     ("bart", "add_final_layer_norm", True),
     ("bart", "encoder_attention_heads", 8),
@@ -226,6 +230,49 @@ def test_unsupported_field_is_refused_by_name(family, field, value):
     hf[field] = value
     with pytest.raises(UnsupportedModelError, match=field):
         from_hf_config(hf)
+
+
+def test_opus_mt_style_config_reads():
+    """The keys an opus-mt config.json (written by transformers 3/4) carries."""
+    hf = {
+        "model_type": "marian", "architectures": ["MarianMTModel"], "activation_function": "swish",
+        "add_bias_logits": False, "add_final_layer_norm": False, "normalize_before": False,
+        "normalize_embedding": False, "static_position_embeddings": True, "scale_embedding": True,
+        "d_model": 512, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
+        "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
+        "vocab_size": 58101, "decoder_vocab_size": 58101, "max_position_embeddings": 512,
+        "pad_token_id": 58100, "decoder_start_token_id": 58100, "eos_token_id": 0,
+        "bos_token_id": 0, "forced_eos_token_id": 0, "num_beams": 4, "dropout": 0.1,
+        "bad_words_ids": [[58100]], "share_encoder_decoder_embeddings": True,
+    }
+    config = from_hf_config(hf)
+    assert (config.activation, config.positions, config.scale_embeddings) == (
+        "silu", "sinusoidal", True)
+    assert config.share_embeddings and config.tie_embeddings and config.lm_head_bias
+    assert (config.n_layers, config.decoder_layers, config.dim_per_head) == (6, 6, 64)
+    assert config.decoder_start_token_id == config.pad_token_id == 58100
+    assert config.extra["forced_eos_token_id"] == 0
+
+
+def test_bart_and_t5_hub_style_configs_read():
+    """Keys of bart-large's and t5-v1_1's config.json (older transformers)."""
+    bart = from_hf_config({
+        "model_type": "bart", "activation_function": "gelu", "add_bias_logits": False,
+        "add_final_layer_norm": False, "normalize_before": False, "normalize_embedding": True,
+        "static_position_embeddings": False, "extra_pos_embeddings": 2, "d_model": 1024,
+        "encoder_layers": 12, "decoder_layers": 12, "vocab_size": 50265,
+        "max_position_embeddings": 1024, "scale_embedding": False, "num_labels": 3,
+    })
+    assert (bart.max_seq_len, bart.position_offset, bart.embed_norm) == (1026, 2, True)
+    assert (bart.pad_token_id, bart.decoder_start_token_id, bart.n_heads) == (1, 2, 16)
+    t5 = from_hf_config({
+        "model_type": "t5", "d_ff": 1024, "d_kv": 64, "d_model": 512, "num_heads": 6,
+        "num_layers": 8, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+        "relative_attention_num_buckets": 32, "n_positions": 512, "output_past": True,
+    })
+    assert (t5.gated_mlp, t5.activation, t5.tie_embeddings, t5.scale_output) == (
+        True, "gelu_tanh", False, False)
+    assert (t5.dim_per_head, t5.decoder_layers, t5.decoder_start_token_id) == (64, 8, 0)
 
 
 def test_marian_writer_refuses_a_pre_norm_model(tmp_path):
