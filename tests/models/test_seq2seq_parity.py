@@ -318,3 +318,27 @@ def test_old_marian_checkpoint_with_copies_and_position_tables_loads(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     diff = _compare(hf, zenlm.load(tmp_path, quantize=None).model, _batch(0))
     assert diff <= TOL
+
+
+@pytest.mark.parametrize("name", ["marian", "bart"])
+def test_base_model_folder_loads(name, tmp_path):
+    """A BartModel / MarianModel folder (names without `model.`, no head): its tied head
+    is the shared embedding and final_logits_bias zero, as in the *ForConditionalGeneration."""
+    hf = transformers.AutoModel.from_config(FAMILIES[name][0](), attn_implementation="eager")
+    randomize(hf, seed=7)
+    with torch.no_grad():
+        for module in hf.modules():
+            if hasattr(module, "create_weight"):
+                module.weight.copy_(module.create_weight())
+    hf.eval().save_pretrained(tmp_path, safe_serialization=True)
+    model = zenlm.load(tmp_path, quantize=None).model
+    batch = _batch(0)
+    with torch.no_grad():
+        hidden = hf(input_ids=batch["src"], attention_mask=batch["src_mask"],
+                    decoder_input_ids=batch["tgt"],
+                    decoder_attention_mask=batch["tgt_mask"]).last_hidden_state
+        theirs = hidden @ hf.shared.weight.T
+        ours = model(batch["src"], batch["tgt"], src_mask=batch["src_mask"],
+                     tgt_mask=batch["tgt_mask"])
+    real = batch["tgt_mask"].bool()
+    assert (ours[real] - theirs[real]).abs().max().item() <= TOL

@@ -201,15 +201,20 @@ class NameMap:
     ignored: re.Pattern
     prefixes: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()  # our tensors a checkpoint may leave out: zeros then
+    # the base model's name inside the LM (BartModel's `shared` is `model.shared` in
+    # BartForConditionalGeneration): names of a base-model folder are read with it
+    base: str = ""
 
     def find(self, hf_name: str) -> tuple[Rule, str | None] | None:
         """The rule matching `hf_name` and its layer index, or None."""
         for prefix in self.prefixes:
             hf_name = hf_name.removeprefix(prefix)
-        for rule in self.rules:
-            match = rule.regex.match(hf_name)
-            if match:
-                return rule, match.groupdict().get("i")
+        candidates = [hf_name] + ([self.base + hf_name] if self.base else [])
+        for name in candidates:
+            for rule in self.rules:
+                match = rule.regex.match(name)
+                if match:
+                    return rule, match.groupdict().get("i")
         return None
 
 
@@ -230,8 +235,8 @@ NAME_MAPS.update({"bert": _BERT, "roberta": _BERT})
 # Marian's sinusoidal tables are recomputed, not weights (older checkpoints store them).
 NAME_MAPS["marian"] = NameMap(
     tuple(_bart_embedding_rules("model.") + _bart_layer_rules("model.")),
-    re.compile(r"model\.(en|de)coder\.embed_positions\.weight$"),
-    optional=("decoder.lm_head.bias",),
+    re.compile(r"(model\.)?(en|de)coder\.embed_positions\.weight$"),
+    optional=("decoder.lm_head.bias",), base="model.",
 )
 
 
@@ -288,8 +293,9 @@ NAME_MAPS["t5"] = NameMap(tuple(_t5_rules()), re.compile(
     r"(en|de)coder\.embed_tokens\.weight$"
     r"|decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
 
-NAME_MAPS["bart"] = NameMap(tuple(_bart_rules()), re.compile(r"model\.(en|de)coder\.version$"),
-                            optional=("decoder.lm_head.bias",))
+NAME_MAPS["bart"] = NameMap(tuple(_bart_rules()),
+                            re.compile(r"(model\.)?(en|de)coder\.version$"),
+                            optional=("decoder.lm_head.bias",), base="model.")
 
 # The decoder's bias is the same tensor as the head's `bias` (HF ties them); its
 # weight is the word embedding, saved only by some checkpoints.
