@@ -133,11 +133,7 @@ def model_from_hf_tensors(
         model = build_skeleton(config)
         aliases = tied_aliases(model)
     expected = model.state_dict()
-    for alias, owner in aliases.items():  # a tied tensor loads once, from any of its names
-        value = ours.pop(alias, None)
-        if owner not in ours and value is not None:
-            ours[owner] = value
-        expected.pop(alias)
+    _merge_tied(ours, expected, aliases)
     for name in name_map.optional:
         if name in expected and name not in ours:
             ours[name] = torch.zeros(expected[name].shape)
@@ -147,6 +143,17 @@ def model_from_hf_tensors(
         parent, _, attr = alias.rpartition(".")
         setattr(model.get_submodule(parent), attr, model.get_parameter(owner))
     return model.eval()
+
+
+def _merge_tied(
+    ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], aliases: dict[str, str]
+) -> None:
+    """Keep one tensor per tied parameter, under its owner's name, from any of its names."""
+    for alias, owner in aliases.items():
+        value = ours.pop(alias, None)
+        if owner not in ours and value is not None:
+            ours[owner] = value
+        expected.pop(alias)
 
 
 def _differs(ours: dict[str, torch.Tensor], name: str, owner: str | None) -> bool:
