@@ -72,11 +72,12 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[TextPair], info: TaskInfo, *,
             (named by its line).
     """
     limit, policy = info.max_length, info.options.get("long_inputs", "truncate")
-    features, cut = [], 0
+    features, cut, texts = [], 0, 0
     for pair in pairs:
         sides = [encode_text(tokenizer, pair.source)]
         if labelled and pair.target is not None:
             sides.append(encode_text(tokenizer, pair.target))
+        texts += len(sides)
         for ids in sides:
             if len(ids) > limit:
                 if policy == "error":
@@ -86,8 +87,8 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[TextPair], info: TaskInfo, *,
                 ids[limit - 1:] = ids[-1:]  # keep the final EOS
         features.append(PairFeature(sides[0], sides[1] if len(sides) > 1 else []))
     if cut:
-        log.warning("%d of %d texts were longer than max_length=%d tokens and were truncated",
-                    cut, len(pairs), limit)
+        log.warning("%d of %d texts (sources and targets) were longer than max_length=%d "
+                    "tokens and were truncated", cut, texts, limit)
     return features
 
 
