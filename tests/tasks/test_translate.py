@@ -19,13 +19,8 @@ from zenlm.data.parallel import read_parallel
 from zenlm.data.tasks import TaskDataError
 from zenlm.models import build_model
 from zenlm.tasks.spec import TaskInfo
-from zenlm.tasks.translate import (
-    IGNORE,
-    collate_pairs,
-    decoder_inputs,
-    encode_pairs,
-    seq2seq_loss,
-)
+from zenlm.tasks.translate import collate_pairs, encode_pairs, seq2seq_loss
+from zenlm.train.objectives import IGNORE, decoder_inputs
 
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sits", "sleeps", "small"]
 GERMAN = dict(zip(WORDS, ["rot", "blau", "gruen", "Katze", "Hund", "Vogel", "rennt", "sitzt",
@@ -175,5 +170,7 @@ def test_finetune_evaluate_predict_translate(trained, capsys):
     assert scores["n"] == len(hypotheses) == 30
     assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [refs]).score)
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [refs]).score)
+    assert scores["bleu_lowercase"] == pytest.approx(
+        sacrebleu.corpus_bleu(hypotheses, [refs], lowercase=True).score)
     # word-for-word substitution is learnable in 150 steps: far above an untrained model's 0
     assert scores["bleu"] > 40, (scores, hypotheses[:5])

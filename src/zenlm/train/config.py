@@ -85,7 +85,8 @@ class LoopConfig:
     progress: bool = True
     tensorboard: bool = False
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (parameters sharded over ranks)
-    objective: str = "auto"  # auto (causal for decoders, mlm for encoders) | causal | mlm
+    # auto (causal for decoders, mlm for encoders, span for encoder-decoders) | causal | mlm | span
+    objective: str = "auto"
     mask_prob: float = 0.15  # mlm: fraction of tokens masked (80% [MASK], 10% random, 10% kept)
     export_hf: bool = True  # write <out_dir>/model as a Hugging Face folder at the end
 
