@@ -18,6 +18,7 @@ import torch
 
 from zenlm.generate.core import decode_step, open_rows, prefill
 from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts
+from zenlm.generate.rules import TokenRules
 from zenlm.models import DecoderLM
 
 NEG = -1.0e9  # transformers' "impossible" score
@@ -62,8 +63,9 @@ class _BeamSearch:
         self.model, self.config, self.prompt = model, config, prompt
         self.n = config.num_beams
         self.stop_ids = set(config.stop_token_ids)
-        decoder_prompts, self.cache = open_rows(
-            model, [prompt], min(len(prompt) + config.max_new_tokens, model.config.max_seq_len))
+        self.rules = TokenRules.of(config, self.stop_ids, model.config.vocab_size)
+        decoder_prompts, self.cache = open_rows(model, [prompt], config.max_new_tokens,
+                                                cross_cache=config.use_cross_cache)
         self.prompt = decoder_prompts[0]  # an encoder-decoder's start token
         self.max_new = min(config.max_new_tokens, self.cache.max_len - len(self.prompt))
         self.running: list[list[int]] = [[] for _ in range(self.n)]
@@ -87,7 +89,12 @@ class _BeamSearch:
 
     def _step(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         V = logits.shape[-1]
-        total = torch.log_softmax(logits, dim=-1) + self.scores[:, None]  # (n, V)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (n, V)
+        if self.rules is not None:  # as transformers: on log-probabilities, not renormalised
+            logprobs = torch.stack([
+                self.rules.apply(logprobs[b], self.prompt + self.running[b], step,
+                                 self.max_new - step) for b in range(self.n)])
+        total = logprobs + self.scores[:, None]  # (n, V)
         keep = max(2, 1 + len(self.stop_ids)) * self.n
         top_scores, top_index = total.view(-1).topk(keep)
         beam, token = top_index // V, top_index % V
