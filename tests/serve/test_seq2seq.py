@@ -1,0 +1,116 @@
+"""Serving an encoder-decoder: /v1/completions with the source text as the prompt.
+
+The oracle is the Python API (`LM.complete` / `LM.stream`), which drives the same
+core without the engine's continuous batching: a request's tokens must not depend on
+what else runs beside it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx2 as httpx
+import pytest
+import torch
+
+from zenlm.api import LM
+from zenlm.config import ModelConfig
+from zenlm.models import build_model
+from zenlm.tokenizer import Tokenizer
+
+from ..test_tokenizer import SAMPLES
+from ..tiny_tokenizer import byte_level_bpe
+
+MODEL = "tiny-seq2seq"
+SOURCES = ["Hello, world!", "The cat sat on the mat.", "ok",
+           "A longer source sentence, to pad the others in the encoder batch."]
+
+
+@pytest.fixture(scope="module")
+def seq2seq_lm() -> LM:
+    """A random 2+2-layer Marian-shaped model with a byte-level BPE (</s> ends)."""
+    backend = byte_level_bpe(SAMPLES * 20)
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=backend.get_vocab_size(), d_model=32, n_layers=2, n_heads=4, d_ff=64,
+        max_seq_len=128, arch="encoder-decoder", positions="sinusoidal", scale_embeddings=True,
+        pre_norm=False, final_norm=False, norm="layernorm", norm_bias=True, gated_mlp=False,
+        activation="silu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.2)
+    return LM(model, Tokenizer(backend, bos_token="<s>", eos_token="</s>"), MODEL)
+
+
+@pytest.fixture(scope="module")
+def server(seq2seq_lm):
+    from zenlm.serve import ServeOptions, create_app
+
+    from .conftest import LiveServer
+
+    app = create_app(lambda: seq2seq_lm, ServeOptions(
+        model_name=MODEL, max_batch=8, sampling_defaults="openai"))
+    live = LiveServer(app).start()
+    yield live
+    live.stop()
+
+
+def complete(server, **body) -> dict:
+    response = httpx.post(server.url + "/v1/completions", json={"model": MODEL, **body},
+                          timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.0), dict(temperature=0.9, seed=11),
+                                     dict(temperature=0.7, seed=3, n=2)])
+def test_completion_equals_the_python_api(server, seq2seq_lm, options):
+    body = complete(server, prompt=SOURCES, max_tokens=16, **options)
+    api = dict(options)
+    n = api.pop("n", 1)
+    expected = seq2seq_lm.complete(SOURCES, max_new_tokens=16, num_return_sequences=n, **api)
+    texts = [c["text"] for c in sorted(body["choices"], key=lambda c: c["index"])]
+    assert texts == [c.text for c in expected]
+    assert body["usage"]["prompt_tokens"] == sum(
+        len(seq2seq_lm.encode_prompt(s)) for s in SOURCES)
+    assert body["usage"]["completion_tokens"] == sum(len(c.result.token_ids) for c in expected)
+
+
+def test_concurrent_requests_keep_their_own_sources(server, seq2seq_lm):
+    """12 requests on 8 rows join and leave a running batch; each keeps its own source."""
+    jobs = [(source, seed, 6 + 3 * i) for i, (source, seed) in
+            enumerate([(s, seed) for seed in (1, 2, 3) for s in SOURCES])]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        bodies = list(pool.map(lambda job: complete(
+            server, prompt=job[0], seed=job[1], max_tokens=job[2], temperature=1.0), jobs))
+    for (source, seed, tokens), body in zip(jobs, bodies, strict=True):
+        expected = seq2seq_lm.generate(source, max_new_tokens=tokens, temperature=1.0,
+                                       seed=seed)
+        assert body["choices"][0]["text"] == expected
+
+
+def test_stream_equals_the_python_stream(server, seq2seq_lm):
+    body = {"model": MODEL, "prompt": SOURCES[1], "max_tokens": 12, "temperature": 0.8,
+            "seed": 5, "stream": True}
+    pieces = []
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                pieces += [c["text"] for c in json.loads(line[6:])["choices"]]
+    expected = list(seq2seq_lm.stream(SOURCES[1], max_new_tokens=12, temperature=0.8, seed=5))
+    assert "".join(pieces) == "".join(expected)
+    assert "".join(expected) == seq2seq_lm.generate(SOURCES[1], max_new_tokens=12,
+                                                    temperature=0.8, seed=5)
+
+
+def test_chat_is_refused_and_long_sources_named(server):
+    response = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400 and "encoder-decoder" in response.text
+    response = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": list(range(3, 203)), "max_tokens": 4})
+    assert response.status_code == 400
+    assert "the source has 200 tokens; the encoder reads at most 128" in response.text
