@@ -118,7 +118,8 @@ class LM:
             if config.stop:
                 raise ValueError("stop strings are not supported with num_beams > 1 "
                                  f"(got stop={list(config.stop)!r}); use stop_token_ids")
-            return [Completion(self.decode_new(r), r) for prompt in ids
+            text = self.decode_new if self._tokenizer is not None else lambda r: ""
+            return [Completion(text(r), r) for prompt in ids
                     for r in beam_search(self.model, prompt, config)]
         return [Completion(r.text, r)
                 for r in generate_batch(self.model, ids, config, self._tokenizer)]
