@@ -1,0 +1,104 @@
+"""`zenlm.load(...)` and `zenlm generate` with an encoder-decoder folder: the prompt is the
+source text (no chat template); the oracle is transformers' model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import zenlm
+
+from ..models.tiny_hf import randomize
+from ..test_tokenizer import SAMPLES
+from ..tiny_tokenizer import byte_level_bpe
+
+transformers = pytest.importorskip("transformers")
+ZENLM = str(Path(sys.executable).parent / "zenlm")
+SOURCE = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def marian_folder(tmp_path_factory):
+    """A tiny random Marian with a byte-level BPE tokenizer (</s> ends), saved by transformers."""
+    folder = tmp_path_factory.mktemp("tiny_marian")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_bpe(SAMPLES * 20), bos_token="<s>", eos_token="</s>",
+        pad_token="<s>")
+    tokenizer.save_pretrained(folder)
+    config = transformers.MarianConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+        decoder_ffn_dim=48, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, forced_eos_token_id=None)
+    model = transformers.MarianMTModel(config)
+    randomize(model, seed=3)
+    with torch.no_grad():
+        for module in model.modules():  # the sinusoidal tables are fixed, not weights
+            if hasattr(module, "create_weight"):
+                module.weight.copy_(module.create_weight())
+    model.eval().save_pretrained(folder)
+    return folder, model, tokenizer
+
+
+def expected_ids(model, tokenizer, **settings) -> list[int]:
+    ids = tokenizer(SOURCE, return_tensors="pt").input_ids
+    config = transformers.GenerationConfig(
+        do_sample=False, eos_token_id=1, pad_token_id=0, decoder_start_token_id=0,
+        forced_eos_token_id=None, **settings)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             generation_config=config)[0, 1:].tolist()
+    return out[: out.index(1) + 1] if 1 in out else out
+
+
+@pytest.mark.parametrize("settings", [dict(max_new_tokens=12),
+                                      dict(max_new_tokens=10, num_beams=3),
+                                      dict(max_new_tokens=10, no_repeat_ngram_size=2)])
+def test_generate_takes_the_source_text(marian_folder, settings):
+    folder, model, tokenizer = marian_folder
+    lm = zenlm.load(folder, quantize=None)
+    ids = expected_ids(model, tokenizer, **settings)
+    assert lm.generate(SOURCE, **settings) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert lm.complete([SOURCE], **settings)[0].result.token_ids == ids
+
+
+def test_stream_pieces_make_the_generated_text(marian_folder):
+    lm = zenlm.load(marian_folder[0], quantize=None)
+    options = dict(max_new_tokens=14, temperature=0.9, seed=4)
+    pieces = list(lm.stream(SOURCE, **options))
+    assert len(pieces) > 1 and "".join(pieces) == lm.generate(SOURCE, **options)
+
+
+def test_chat_and_logits_are_refused_by_name(marian_folder):
+    lm = zenlm.load(marian_folder[0], quantize=None)
+    with pytest.raises(ValueError, match="encoder-decoder: it takes a source text"):
+        lm.chat([{"role": "user", "content": "hi"}])
+    with pytest.raises(TypeError, match="encoder-decoder"):
+        lm.logits(torch.tensor([[3, 4]]))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ZENLM, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("beams", ["1", "3"])
+def test_cli_generate_with_a_seq2seq_folder(marian_folder, beams):
+    folder, model, tokenizer = marian_folder
+    out = run("generate", str(folder), "--prompt", SOURCE, "--max-new-tokens", "10",
+              "--temperature", "0", "--num-beams", beams, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["token_ids"] == expected_ids(model, tokenizer, max_new_tokens=10,
+                                               num_beams=int(beams))
+    assert result["prompt_tokens"] == len(tokenizer(SOURCE).input_ids)
+
+
+def test_cli_chat_with_a_seq2seq_folder_is_one_line_error(marian_folder):
+    out = run("generate", str(marian_folder[0]), "--prompt", "hi", "--chat")
+    assert out.returncode == 2 and "encoder-decoder" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
