@@ -13,9 +13,7 @@ import torch
 
 import zenlm
 
-from ..models.tiny_hf import randomize
-from ..test_tokenizer import SAMPLES
-from ..tiny_tokenizer import byte_level_bpe
+from .tiny_seq2seq import tiny_marian_folder
 
 transformers = pytest.importorskip("transformers")
 ZENLM = str(Path(sys.executable).parent / "zenlm")
@@ -26,23 +24,7 @@ SOURCE = "The quick brown fox jumps over the lazy dog."
 def marian_folder(tmp_path_factory):
     """A tiny random Marian with a byte-level BPE tokenizer (</s> ends), saved by transformers."""
     folder = tmp_path_factory.mktemp("tiny_marian")
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=byte_level_bpe(SAMPLES * 20), bos_token="<s>", eos_token="</s>",
-        pad_token="<s>")
-    tokenizer.save_pretrained(folder)
-    config = transformers.MarianConfig(
-        vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
-        decoder_ffn_dim=48, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0, forced_eos_token_id=None)
-    model = transformers.MarianMTModel(config)
-    randomize(model, seed=3)
-    with torch.no_grad():
-        for module in model.modules():  # the sinusoidal tables are fixed, not weights
-            if hasattr(module, "create_weight"):
-                module.weight.copy_(module.create_weight())
-    model.eval().save_pretrained(folder)
-    return folder, model, tokenizer
+    return (folder, *tiny_marian_folder(folder))
 
 
 def expected_ids(model, tokenizer, **settings) -> list[int]:

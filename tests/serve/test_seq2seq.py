@@ -1,6 +1,6 @@
 """Serving an encoder-decoder: /v1/completions with the source text as the prompt.
 
-The oracle is the Python API (`LM.complete` / `LM.stream`), which drives the same
+The oracle is the Python API (`zenlm.load(...).complete` / `.stream`), which drives the same
 core without the engine's continuous batching: a request's tokens must not depend on
 what else runs beside it.
 """
@@ -12,15 +12,12 @@ import json
 
 import httpx2 as httpx
 import pytest
-import torch
 
-from zenlm.api import LM
-from zenlm.config import ModelConfig
-from zenlm.models import build_model
-from zenlm.tokenizer import Tokenizer
+import zenlm
 
-from ..test_tokenizer import SAMPLES
-from ..tiny_tokenizer import byte_level_bpe
+from ..generate.tiny_seq2seq import tiny_marian_folder
+
+pytest.importorskip("transformers")
 
 MODEL = "tiny-seq2seq"
 SOURCES = ["Hello, world!", "The cat sat on the mat.", "ok",
@@ -28,21 +25,11 @@ SOURCES = ["Hello, world!", "The cat sat on the mat.", "ok",
 
 
 @pytest.fixture(scope="module")
-def seq2seq_lm() -> LM:
-    """A random 2+2-layer Marian-shaped model with a byte-level BPE (</s> ends)."""
-    backend = byte_level_bpe(SAMPLES * 20)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=backend.get_vocab_size(), d_model=32, n_layers=2, n_heads=4, d_ff=64,
-        max_seq_len=128, arch="encoder-decoder", positions="sinusoidal", scale_embeddings=True,
-        pre_norm=False, final_norm=False, norm="layernorm", norm_bias=True, gated_mlp=False,
-        activation="silu", decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
-    model = build_model(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.2)
-    return LM(model, Tokenizer(backend, bos_token="<s>", eos_token="</s>"), MODEL)
+def seq2seq_lm(tmp_path_factory) -> zenlm.LM:
+    """A random 2+2-layer Marian with a byte-level BPE (</s> ends), from its folder."""
+    folder = tmp_path_factory.mktemp("tiny_marian")
+    tiny_marian_folder(folder, seed=5)
+    return zenlm.load(folder, quantize=None)
 
 
 @pytest.fixture(scope="module")

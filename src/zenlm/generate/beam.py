@@ -5,7 +5,15 @@ Each step scores every continuation of every running beam, keeps the best
 into the finished set with a length-penalised score, and continues with the best
 num_beams that did not end. The KV cache rows are reordered to follow the beams.
 It drives the generation core's prefill and the model's (compiled) decode step; its
-choice of tokens is the beam rule itself, not sampling.
+choice of tokens is the beam rule itself, not sampling. The token rules of the config
+(min_new_tokens, no_repeat_ngram_size, forced BOS/EOS) act on each beam's
+log-probabilities, as transformers' logits processors do.
+
+Length accounting, as in transformers 5 (`_update_finished_beams`: cur_len + 1 -
+decoder_prompt_len): the length penalty divides by the number of generated tokens,
+the stop token included; neither a decoder-only prompt nor an encoder-decoder's start
+token counts. (transformers before 4.36 divided by the whole decoder length, start
+token or prompt included.) test_seq2seq_hf.py checks it against the installed version.
 """
 
 from __future__ import annotations
