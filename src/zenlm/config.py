@@ -71,6 +71,7 @@ class ModelConfig:
     embed_norm: bool = False  # LayerNorm over the summed embeddings (BERT, RoBERTa)
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
     position_offset: int = 0  # first real token's position id (RoBERTa: padding_idx + 1)
+    dropout: float = 0.0  # on each sub-layer's output while training (0: none)
 
     # --- encoder-decoders (T5, BART, Marian); n_layers counts the encoder's blocks
     n_decoder_layers: int | None = None  # None: = n_layers
@@ -138,6 +139,8 @@ class ModelConfig:
                 not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers <= 0):
             raise ValueError(f"ModelConfig.n_decoder_layers must be a positive int, "
                              f"got {self.n_decoder_layers!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.relative_buckets and self.relative_buckets < 4:
             raise ValueError(f"ModelConfig.relative_buckets must be 0 or >= 4, "
                              f"got {self.relative_buckets}")

@@ -15,7 +15,10 @@ from zenlm.config import ModelConfig, from_hf_config
 from zenlm.errors import UnsupportedModelError
 from zenlm.io.hf import save_hf_model
 from zenlm.models import Seq2SeqLM, build_model
+from zenlm.tokenizer import Tokenizer
 
+from ..test_tokenizer import SAMPLES
+from ..tiny_tokenizer import byte_level_bpe
 from .tiny_hf import VOCAB, randomize
 
 transformers = pytest.importorskip("transformers")
@@ -48,6 +51,47 @@ FAMILIES = {
              final_norm=False, lm_head_bias=False, tie_embeddings=False, share_embeddings=True,
              max_seq_len=64),
     ),
+    "bart": (
+        lambda: transformers.BartConfig(
+            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=3,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+            decoder_ffn_dim=48, max_position_embeddings=40, scale_embedding=True,
+            pad_token_id=0),
+        dict(positions="learned", position_offset=2, max_seq_len=42, embed_norm=True,
+             norm="layernorm", norm_bias=True, activation="gelu", gated_mlp=False,
+             qkv_bias=True, attn_out_bias=True, mlp_bias=True, pre_norm=False, final_norm=False,
+             scale_embeddings=True, lm_head_bias=True, tie_embeddings=True,
+             share_embeddings=True),
+    ),
+    "bart-untied": (
+        lambda: transformers.BartConfig(
+            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=3,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+            decoder_ffn_dim=48, max_position_embeddings=40, tie_word_embeddings=False,
+            activation_function="gelu_new", pad_token_id=0),
+        dict(positions="learned", position_offset=2, max_seq_len=42, embed_norm=True,
+             norm="layernorm", norm_bias=True, activation="gelu_tanh", gated_mlp=False,
+             qkv_bias=True, attn_out_bias=True, mlp_bias=True, pre_norm=False, final_norm=False,
+             lm_head_bias=True, tie_embeddings=False, share_embeddings=False),
+    ),
+    "t5": (
+        lambda: transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=6, d_ff=48, num_layers=2, num_decoder_layers=3,
+            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            feed_forward_proj="relu", decoder_start_token_id=0),
+        dict(head_dim=6, norm="rmsnorm", norm_eps=1e-6, activation="relu", gated_mlp=False,
+             positions="none", relative_buckets=8, relative_max_distance=20,
+             scale_attention=False, scale_output=True, tie_embeddings=True),
+    ),
+    "t5-v1.1": (
+        lambda: transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0),
+        dict(norm="rmsnorm", norm_eps=1e-6, activation="gelu_tanh", gated_mlp=True,
+             positions="none", relative_buckets=8, relative_max_distance=20,
+             scale_attention=False, scale_output=False, tie_embeddings=False),
+    ),
 }
 
 
@@ -62,6 +106,9 @@ def _hf_model(name: str):  # noqa: ANN202
                 module.weight.copy_(module.create_weight())
         if hasattr(model, "final_logits_bias"):
             model.final_logits_bias.normal_(generator=torch.Generator().manual_seed(2))
+    if name == "t5-v1.1":  # transformers 5 builds T5 tied; v1.1 checkpoints are not
+        head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(6))
+        model.lm_head.weight = torch.nn.Parameter(0.15 * head)
     return model.eval()
 
 
@@ -106,6 +153,8 @@ def test_transformers_folder_loads_with_same_logits(name, tmp_path):
     lm = zenlm.load(tmp_path, quantize=None)
     assert isinstance(lm.model, Seq2SeqLM)
     assert lm.config.hf_model_type == hf.config.model_type
+    tied = lm.model.lm_head.weight is lm.model.decoder.embed.weight
+    assert tied == lm.config.tie_embeddings == (name in ("marian", "bart", "t5"))
     diff = _compare(hf, lm.model, _batch(hf.config.pad_token_id))
     assert diff <= TOL, f"{name}: max |logit diff| {diff}"
 
@@ -138,6 +187,22 @@ def test_zenlm_folder_round_trips(name, tmp_path):
     assert (ours[real] - theirs[real]).abs().max().item() <= 1e-6
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == \
         model.config.hf_model_type
+    expected = {**model.config.to_dict(), "extra": again.config.extra}
+    if name == "marian-untied":  # read back: a zero final_logits_bias; transformers 5
+        expected.update(lm_head_bias=True, share_embeddings=False)  # shares only when tied
+    assert again.config == ModelConfig(**expected)
+
+
+@pytest.mark.parametrize("name", ["marian", "bart", "t5"])
+def test_dropout_travels_both_ways(name, tmp_path):
+    hf_config = FAMILIES[name][0]()
+    key = "dropout_rate" if name == "t5" else "dropout"
+    setattr(hf_config, key, 0.25)
+    config = from_hf_config(hf_config.to_dict())
+    assert config.dropout == 0.25
+    model = build_model(config)
+    save_hf_model(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())[key] == 0.25
 
 
 @pytest.mark.parametrize(("family", "field", "value"), [
@@ -147,6 +212,14 @@ def test_zenlm_folder_round_trips(name, tmp_path):
     ("marian", "normalize_embedding", True),
     ("marian", "decoder_vocab_size", VOCAB + 1),
     ("marian", "activation_function", "tanh"),
+    ("bart", "normalize_before", True),
+    ("bart", "add_final_layer_norm", True),
+    ("bart", "encoder_attention_heads", 8),
+    ("bart", "encoder_ffn_dim", 64),
+    ("t5", "feed_forward_proj", "gated-silu"),
+    ("t5", "is_gated_act", True),
+    ("t5-v1.1", "dense_act_fn", "relu"),
+    ("t5", "is_decoder", True),
 ])
 def test_unsupported_field_is_refused_by_name(family, field, value):
     hf = FAMILIES[family][0]().to_dict()
@@ -161,3 +234,40 @@ def test_marian_writer_refuses_a_pre_norm_model(tmp_path):
                          **SIZES, **fields)
     with pytest.raises(UnsupportedModelError, match="pre_norm"):
         save_hf_model(build_model(config), tmp_path)
+
+
+def test_zenlm_folder_carries_its_tokenizer(tmp_path):
+    """A from-scratch Marian saved with its tokenizer: both zenlm and transformers read it."""
+    tokenizer = Tokenizer(byte_level_bpe(SAMPLES * 5, vocab_size=300), bos_token="<s>",
+                          eos_token="</s>")
+    vocab = tokenizer.backend.get_vocab_size()
+    eos = tokenizer.backend.token_to_id("</s>")
+    config = ModelConfig(vocab_size=vocab, arch="encoder-decoder", hf_model_type="marian",
+                         pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+                         **SIZES, **FAMILIES["marian"][1])
+    save_hf_model(build_model(config), tmp_path, tokenizer=tokenizer)
+    lm = zenlm.load(tmp_path, quantize=None)
+    assert lm.tokenizer.encode("hello world") == tokenizer.encode("hello world")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert theirs("hello world")["input_ids"] == tokenizer.encode("hello world")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert hf.config.forced_eos_token_id == eos == hf.config.decoder_start_token_id
+
+
+def test_old_marian_checkpoint_with_copies_and_position_tables_loads(tmp_path):
+    """Older Marian files also store the stacks' and the head's copies of `shared`, and
+    the sinusoidal tables: copies and tables are recomputed or tied, not loaded twice."""
+    from safetensors.torch import load_file, save_file
+
+    hf = _hf_model("marian")
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    tensors = load_file(tmp_path / "model.safetensors")
+    for name in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                 "lm_head.weight"):
+        tensors[name] = tensors["model.shared.weight"].clone()
+    for stack in ("encoder", "decoder"):
+        tensors[f"model.{stack}.embed_positions.weight"] = getattr(
+            hf.model, stack).embed_positions.weight.detach().clone()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    diff = _compare(hf, zenlm.load(tmp_path, quantize=None).model, _batch(0))
+    assert diff <= TOL

@@ -23,8 +23,9 @@ def finetune_command(**options: Any) -> int:
     return 0
 
 
-def evaluate_command(task: str, model: str, data: str, as_json: bool = False,
-                     plot: str | None = None) -> int:
+def evaluate_command(task: str, model: str, data: str | None = None, as_json: bool = False,
+                     plot: str | None = None, source: str | None = None,
+                     target: str | None = None, num_beams: int | None = None) -> int:
     """Score a fine-tuned model on a labelled file: Markdown report, or one JSON object."""
     from zenlm.eval.metrics import plot_confusion_matrix
     from zenlm.tasks.checkpoint import backbone_of, load_task_model
@@ -34,6 +35,9 @@ def evaluate_command(task: str, model: str, data: str, as_json: bool = False,
     spec = get_task(task)
     network, tokenizer, info = load_task_model(model)
     _check_task(task, info.task)
+    if num_beams is not None:
+        info.options["num_beams"] = num_beams
+    data, where = _evaluation_data(spec, data, source, target)
     examples = spec.read(data, info.labels or None)
     scores = spec.evaluate(network, tokenizer, info, examples,
                            pad_id(tokenizer, backbone_of(network).config))
@@ -44,8 +48,21 @@ def evaluate_command(task: str, model: str, data: str, as_json: bool = False,
     if as_json:
         print(json.dumps(scores, ensure_ascii=False))
     else:
-        print(_markdown(task, model, data, scores))
+        print(_markdown(task, model, where, scores))
     return 0
+
+
+def _evaluation_data(spec: Any, data: str | None, source: str | None,
+                     target: str | None) -> tuple[str | tuple[str, str], str]:
+    """What `spec.read` takes (a file, or source and target files), and how to name it."""
+    if source is None and target is None:
+        if data is None:
+            raise ValueError("give --data FILE (or --source F --target F for parallel text)")
+        return data, data
+    if data is not None or source is None or target is None or not spec.parallel:
+        raise ValueError("--source and --target go together, instead of --data, and only "
+                         "for translate/summarize")
+    return (source, target), f"{source} + {target}"
 
 
 def predict_command(task: str, model: str, input: str, output: str | None = None,
@@ -125,7 +142,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("evaluate", help="a fine-tuned model's metrics on a labelled file")
     ev.add_argument("--task", choices=tasks, required=True)
     ev.add_argument("--model", required=True)
-    ev.add_argument("--data", required=True)
+    ev.add_argument("--data", default=None, help="labelled file in the task's format")
+    ev.add_argument("--source", default=None, help="translate/summarize: source text file")
+    ev.add_argument("--target", default=None, help="translate/summarize: aligned target file")
+    ev.add_argument("--num-beams", type=int, default=None,
+                    help="translate/summarize: beam width (default: the model's task.json)")
     ev.add_argument("--json", action="store_true", dest="as_json")
     ev.add_argument("--plot", default=None, help="classify: confusion-matrix image path")
     ev.set_defaults(handler=evaluate_command)

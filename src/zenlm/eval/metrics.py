@@ -197,3 +197,23 @@ def squad_scores(
         f1 += max(squad_f1(predictions[qid], a) for a in answers)
     n = len(references)
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF of detokenized, cased text, as sacreBLEU reports them.
+
+    BLEU uses sacreBLEU's default 13a tokenization and exponential smoothing; chrF
+    character 6-grams with beta 2. Both are on a 0-100 scale.
+
+    Args:
+        hypotheses: One system output per segment.
+        references: The one reference of each segment.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    _same_length(references, hypotheses)
+    bleu, chrf = BLEU(), CHRF()
+    hyps, refs = list(hypotheses), [list(references)]
+    return {"bleu": float(bleu.corpus_score(hyps, refs).score),
+            "chrf": float(chrf.corpus_score(hyps, refs).score),
+            "bleu_signature": str(bleu.get_signature())}

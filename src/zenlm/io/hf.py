@@ -7,6 +7,7 @@ of as an error from inside torch. Saving writes a folder transformers loads as i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -123,8 +124,15 @@ def model_from_hf_tensors(
     name_map = NAME_MAPS[config.hf_model_type]
     ours = convert_from_hf(items, name_map, source, config)
     model = build_skeleton(config)
-    expected = model.state_dict()
     aliases = tied_aliases(model)
+    head = "decoder.lm_head.weight"
+    if config.arch == "encoder-decoder" and _differs(ours, head, aliases.get(head)):
+        # the file holds a head of its own (T5 v1.1 saved by transformers 5, whose config
+        # always says tied): transformers unties such a checkpoint, so does zenlm
+        config = dataclasses.replace(config, tie_embeddings=False)
+        model = build_skeleton(config)
+        aliases = tied_aliases(model)
+    expected = model.state_dict()
     for alias, owner in aliases.items():  # a tied tensor loads once, from any of its names
         value = ours.pop(alias, None)
         if owner not in ours and value is not None:
@@ -139,6 +147,12 @@ def model_from_hf_tensors(
         parent, _, attr = alias.rpartition(".")
         setattr(model.get_submodule(parent), attr, model.get_parameter(owner))
     return model.eval()
+
+
+def _differs(ours: dict[str, torch.Tensor], name: str, owner: str | None) -> bool:
+    """Whether `name` and the tensor it is tied to (`owner`) are both given, and differ."""
+    return (owner is not None and name in ours and owner in ours
+            and not torch.equal(ours[name], ours[owner]))
 
 
 def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
@@ -215,6 +229,7 @@ def convert_to_hf(model: Model) -> dict[str, torch.Tensor]:
     if config.hf_model_type not in NAME_MAPS:
         raise UnsupportedModelError(f"cannot save hf_model_type {config.hf_model_type!r}")
     state = model.state_dict()
+    aliases = tied_aliases(model)
     layer_count = max(config.n_layers, config.decoder_layers)
     out: dict[str, torch.Tensor] = {}
     for rule in NAME_MAPS[config.hf_model_type].rules:
@@ -223,6 +238,8 @@ def convert_to_hf(model: Model) -> dict[str, torch.Tensor]:
         layers = [str(i) for i in range(layer_count)] if "{i}" in rule.hf else [""]
         for layer in layers:
             names = [n.replace("{i}", layer) for n in rule.ours]
+            if rule.when is None and any(n in aliases for n in names):
+                continue  # a tied tensor is saved once, under its owner's name
             if all(n in state for n in names):
                 out[rule.hf.replace("{i}", layer)] = rule.join(tuple(state[n] for n in names))
     if config.tie_embeddings and config.arch != "encoder-decoder":

@@ -234,6 +234,63 @@ NAME_MAPS["marian"] = NameMap(
     optional=("decoder.lm_head.bias",),
 )
 
+
+def _bart_rules() -> list[Rule]:
+    rules = _bart_embedding_rules("model.") + _bart_layer_rules("model.")
+    # BART always has `shared`, unused when untied; write one so transformers misses
+    # nothing (loading never reaches this rule: the first rule matching a name decides)
+    rules.append(Rule("model.shared.weight", ("encoder.embed.weight",),
+                      when=lambda c: not _shared(c)))
+    for stack in ("encoder", "decoder"):
+        rules.append(_one(f"model.{stack}.embed_positions.weight", f"{stack}.positions.weight"))
+        rules += [_one(f"model.{stack}.layernorm_embedding.{kind}", f"{stack}.embed_norm.{kind}")
+                  for kind in ("weight", "bias")]
+    return rules
+
+
+def _gated(config: Any) -> bool:
+    return config.gated_mlp
+
+
+def _t5_rules() -> list[Rule]:
+    """T5: `layer.0` self-attention, `layer.1` cross-attention (decoder), last the FFN.
+
+    The relative bias belongs to block 0 of each stack; the head is saved only untied.
+    """
+    rules = [_one("shared.weight", "encoder.embed.weight"),
+             _one("lm_head.weight", "decoder.lm_head.weight")]
+    for stack in ("encoder", "decoder"):
+        layer, block = f"{stack}.block.{{i}}.layer", f"{stack}.blocks.{{i}}"
+        ffn = 2 if stack == "decoder" else 1
+        parts = [("0.layer_norm", "attn_norm"), (f"{ffn}.layer_norm", "mlp_norm"),
+                 (f"{ffn}.DenseReluDense.wo", "mlp.down")]
+        parts += [(f"0.SelfAttention.{p}", f"attn.{p}") for p in "qkvo"]
+        if stack == "decoder":
+            parts += [("1.layer_norm", "cross_norm")]
+            parts += [(f"1.EncDecAttention.{p}", f"cross_attn.{p}") for p in "qkvo"]
+        rules += [_one(f"{layer}.{hf}.weight", f"{block}.{ours}.weight") for hf, ours in parts]
+        rules += [
+            Rule(f"{layer}.{ffn}.DenseReluDense.wi.weight", (f"{block}.mlp.up.weight",),
+                 when=lambda c: not _gated(c)),
+            Rule(f"{layer}.{ffn}.DenseReluDense.wi_0.weight", (f"{block}.mlp.gate.weight",),
+                 when=_gated),
+            Rule(f"{layer}.{ffn}.DenseReluDense.wi_1.weight", (f"{block}.mlp.up.weight",),
+                 when=_gated),
+            _one(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.weight"),
+            _one(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                 f"{stack}.relative_bias.weight"),
+        ]
+    return rules
+
+
+# The stacks' embed_tokens are `shared` (older checkpoints store copies).
+NAME_MAPS["t5"] = NameMap(tuple(_t5_rules()), re.compile(
+    r"(en|de)coder\.embed_tokens\.weight$"
+    r"|decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
+
+NAME_MAPS["bart"] = NameMap(tuple(_bart_rules()), re.compile(r"model\.(en|de)coder\.version$"),
+                            optional=("decoder.lm_head.bias",))
+
 # The decoder's bias is the same tensor as the head's `bias` (HF ties them); its
 # weight is the word embedding, saved only by some checkpoints.
 MLM_HEAD_MAPS: dict[str, NameMap] = {

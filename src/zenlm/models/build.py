@@ -131,7 +131,7 @@ def _decoder_block(config: ModelConfig, *, cross: bool = False) -> Block:
         )
         cross_norm = _norm(config)
     return Block(attn, _norm(config), mlp, _norm(config), pre_norm=config.pre_norm,
-                 cross_attn=cross_attn, cross_norm=cross_norm)
+                 cross_attn=cross_attn, cross_norm=cross_norm, dropout=config.dropout)
 
 
 def _relative_bias(config: ModelConfig, *, bidirectional: bool) -> RelativePositionBias | None:

@@ -25,6 +25,7 @@ class Block(nn.Module):
         cross_attn: Cross-attention to an encoder's output (encoder-decoders), or None.
         cross_norm: Norm paired with `cross_attn`.
         pre_norm: Normalise each sub-layer's input (True) or the residual sum (False).
+        dropout: Dropout on each sub-layer's output while training (0: none).
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class Block(nn.Module):
         cross_attn: Attention | None = None,
         cross_norm: nn.Module | None = None,
         pre_norm: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
         self.cross_attn, self.cross_norm = cross_attn, cross_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm
         self.pre_norm = pre_norm
+        self.dropout = nn.Dropout(dropout) if dropout else None
 
     def forward(
         self,
@@ -77,5 +80,8 @@ class Block(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer) -> torch.Tensor:  # noqa: ANN001
         if self.pre_norm:
-            return x + sublayer(norm(x))
-        return norm(x + sublayer(x))
+            return x + self._drop(sublayer(norm(x)))
+        return norm(x + self._drop(sublayer(x)))
+
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.dropout is None else self.dropout(h)

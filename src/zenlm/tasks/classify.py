@@ -126,7 +126,8 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
         """The label index of every feature."""
         return [f.label for f in features]
 
-    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+    def objective(self, class_weights: torch.Tensor | None = None, *,
+                  info: TaskInfo | None = None) -> Objective:
         """Cross-entropy of the class logits."""
         return functools.partial(classify_loss, class_weights=class_weights)
 

@@ -164,7 +164,8 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
         """The tag index of every labelled token."""
         return [t for f in features for t in f.labels if t != IGNORE]
 
-    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+    def objective(self, class_weights: torch.Tensor | None = None, *,
+                  info: TaskInfo | None = None) -> Objective:
         """Cross-entropy over labelled tokens."""
         return functools.partial(token_loss, class_weights=class_weights)
 

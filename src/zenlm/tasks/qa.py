@@ -212,7 +212,8 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         """See `collate_qa`."""
         return collate_qa(features, pad_id)
 
-    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+    def objective(self, class_weights: torch.Tensor | None = None, *,
+                  info: TaskInfo | None = None) -> Objective:
         """Mean of the start and end cross-entropies."""
         return qa_loss
 

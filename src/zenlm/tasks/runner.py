@@ -38,6 +38,8 @@ class FinetuneOptions:
     model: str
     train: str
     val: str | None = None
+    train_target: str | None = None  # translate/summarize: --train is then the source file
+    val_target: str | None = None  # likewise for --val
     output: str = "runs/finetune"
     val_fraction: float = 0.1  # held out of --train when --val is not given
     epochs: float = 1.0
@@ -63,6 +65,9 @@ class FinetuneOptions:
     pack: bool = True  # sft: pack conversations into max_length rows
     eval_every: int = 0  # steps between validation-metric evaluations (0: at the end only)
     patience: int = 0  # stop after this many evaluations without improvement (0: never)
+    label_smoothing: float = 0.1  # translate/summarize: of the target-token loss
+    num_beams: int = 1  # translate/summarize: beams when validating (and in task.json)
+    long_inputs: str = "truncate"  # translate/summarize: or "error" past --max-length
     seed: int = 0
     dtype: str = "float32"  # the loaded weights' dtype
     # Training arithmetic: auto (bfloat16 autocast only where the CPU has native bfloat16,
@@ -102,14 +107,15 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
     lm = zenlm.load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
-    train_examples = spec.read(opts.train)
+    train_examples = spec.read(_data_path(spec, opts.train, opts.train_target))
     if opts.val:
-        val_examples = spec.read(opts.val)
+        val_examples = spec.read(_data_path(spec, opts.val, opts.val_target))
     else:
         train_examples, val_examples = spec.split(train_examples, opts.val_fraction, opts.seed)
     info = TaskInfo(task=opts.task, labels=spec.label_set(train_examples),
                     max_length=opts.max_length, stride=opts.stride, pooling=opts.pooling,
-                    arch=lm.config.arch, base_model=str(opts.model))
+                    arch=lm.config.arch, base_model=str(opts.model),
+                    options=spec.options(asdict(opts)))
     spec.check_labels(info.labels, val_examples)
     if opts.extend_vocab:
         texts = [spec.text_of(e) for e in train_examples]
@@ -126,8 +132,8 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     weights = (class_weights_from_counts(spec.class_labels(train_features), len(info.labels))
                if opts.class_weights else None)
     trainer = _trainer(opts, model, train_features, val_features,
-                       functools.partial(spec.collate, pad_id=pad), spec.objective(weights),
-                       metric)
+                       functools.partial(spec.collate, pad_id=pad),
+                       spec.objective(weights, info=info), metric)
     start = time.perf_counter()
     result = trainer.fit(resume="none")
     train_s = time.perf_counter() - start
@@ -141,6 +147,16 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
             "train_minutes": train_s / 60, "train_examples": len(train_examples),
             "val_examples": len(val_examples), "best_step": trainer.best_step,
             "history": trainer.history, "validation": scores, "model_dir": str(out / "model")}
+
+
+def _data_path(spec: TaskSpec, path: str, target: str | None) -> str | tuple[str, str]:
+    """A task file, or (source, target) files for a task of parallel text."""
+    if target is None:
+        return path
+    if not spec.parallel:
+        raise ValueError(f"task {spec.name!r} reads one file; --train-target/--val-target "
+                         "apply to translate and summarize")
+    return (path, target)
 
 
 def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,

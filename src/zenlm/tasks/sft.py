@@ -206,7 +206,8 @@ class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
         """See `collate_sft`."""
         return collate_sft(features, pad_id)
 
-    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
+    def objective(self, class_weights: torch.Tensor | None = None, *,
+                  info: TaskInfo | None = None) -> Objective:
         """Next-token cross-entropy on assistant tokens."""
         return sft_loss
 

@@ -110,12 +110,14 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         headline: The key of `evaluate`'s scores that selects the best model.
         higher_is_better: Whether a larger headline value is better (False for a loss).
         weighted: Whether the loss takes inverse-frequency class weights.
+        parallel: Whether its data may come as two aligned files (source and target).
     """
 
     name: str
     headline: str
     higher_is_better: bool = True
     weighted: bool = False
+    parallel: bool = False
 
     # ------------------------------------------------------------- data
     @abstractmethod
@@ -126,6 +128,10 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         Labels outside `labels` are errors; with `labelled=False` missing labels are
         allowed (files to predict on).
         """
+
+    def options(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The task's own settings (`TaskInfo.options`) from a run's settings `values`."""
+        return {}
 
     def label_set(self, examples: list[Example]) -> list[str]:
         """The label names training examples use (empty for tasks without labels)."""
@@ -172,8 +178,9 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         raise ValueError(f"--class-weights is not available for task {self.name!r}")
 
     @abstractmethod
-    def objective(self, class_weights: torch.Tensor | None = None) -> Objective:
-        """(model, batch) -> scalar loss, the Trainer's objective."""
+    def objective(self, class_weights: torch.Tensor | None = None, *,
+                  info: TaskInfo | None = None) -> Objective:
+        """(model, batch) -> scalar loss, the Trainer's objective (`info`: the run's settings)."""
 
     # ----------------------------------------------------------- model
     @abstractmethod
