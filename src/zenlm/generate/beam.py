@@ -12,7 +12,7 @@ log-probabilities, as transformers' logits processors do.
 Length accounting, as in transformers 5 (`_update_finished_beams`: cur_len + 1 -
 decoder_prompt_len): the length penalty divides by the number of generated tokens,
 the stop token included; neither a decoder-only prompt nor an encoder-decoder's start
-token counts. (transformers before 4.36 divided by the whole decoder length, start
+token counts. (Older transformers versions divided by the whole decoder length, start
 token or prompt included.) test_seq2seq_hf.py checks it against the installed version.
 """
 
