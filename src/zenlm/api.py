@@ -170,12 +170,20 @@ class LM:
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of `messages` rendered with the chat template and a generation prompt.
 
+        An encoder-decoder has no chat template: its source is the last user message
+        (system messages and earlier turns are not read), so `chat`, `zenlm generate
+        --chat` and the server's chat route (the playground) translate or summarize
+        what the user said last.
+
         Raises:
-            ValueError: the model is an encoder-decoder (it reads a source, not a chat).
+            ValueError: an encoder-decoder is given no user message.
         """
         if isinstance(self.model, Seq2SeqLM):
-            raise ValueError(f"{self.source} is an encoder-decoder: it takes a source text as "
-                             "its prompt, not chat messages (use generate or /v1/completions)")
+            said = [m["content"] for m in messages if m["role"] == "user"]
+            if not said:
+                raise ValueError(f"{self.source} is an encoder-decoder: its source is the last "
+                                 "user message, and the messages hold none")
+            return self.encode_prompt(said[-1])
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         # The template writes BOS itself when the model wants one.
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -56,10 +56,13 @@ def test_stream_pieces_make_the_generated_text(marian_folder):
     assert len(pieces) > 1 and "".join(pieces) == lm.generate(SOURCE, **options)
 
 
-def test_chat_and_logits_are_refused_by_name(marian_folder):
+def test_chat_reads_the_last_user_message_and_logits_are_refused(marian_folder):
     lm = zenlm.load(marian_folder[0], quantize=None)
-    with pytest.raises(ValueError, match="encoder-decoder: it takes a source text"):
-        lm.chat([{"role": "user", "content": "hi"}])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}, {"role": "user", "content": SOURCE}]
+    assert lm.chat(messages, max_new_tokens=8) == lm.generate(SOURCE, max_new_tokens=8)
+    with pytest.raises(ValueError, match="its source is the last user message"):
+        lm.chat([{"role": "system", "content": "Be brief."}])
     with pytest.raises(TypeError, match="encoder-decoder"):
         lm.logits(torch.tensor([[3, 4]]))
 
@@ -80,7 +83,10 @@ def test_cli_generate_with_a_seq2seq_folder(marian_folder, beams):
     assert result["prompt_tokens"] == len(tokenizer(SOURCE).input_ids)
 
 
-def test_cli_chat_with_a_seq2seq_folder_is_one_line_error(marian_folder):
-    out = run("generate", str(marian_folder[0]), "--prompt", "hi", "--chat")
-    assert out.returncode == 2 and "encoder-decoder" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+def test_cli_chat_with_a_seq2seq_folder_reads_the_message(marian_folder):
+    folder, model, tokenizer = marian_folder
+    out = run("generate", str(folder), "--prompt", SOURCE, "--chat", "--system", "Be brief.",
+              "--max-new-tokens", "6", "--temperature", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["token_ids"] == expected_ids(model, tokenizer,
+                                                               max_new_tokens=6)

@@ -93,10 +93,22 @@ def test_stream_equals_the_python_stream(server, seq2seq_lm):
                                                     temperature=0.8, seed=5)
 
 
-def test_chat_is_refused_and_long_sources_named(server):
+def test_chat_route_translates_the_last_user_message(server, seq2seq_lm):
+    """The playground's route: the source is what the user said last."""
     response = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
-    assert response.status_code == 400 and "encoder-decoder" in response.text
+        "model": MODEL, "max_tokens": 10, "temperature": 0, "messages": [
+            {"role": "system", "content": "Translate."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "salut"},
+            {"role": "user", "content": SOURCES[1]}]})
+    assert response.status_code == 200, response.text
+    reply = response.json()["choices"][0]["message"]["content"]
+    assert reply == seq2seq_lm.generate(SOURCES[1], max_new_tokens=10)
+    response = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "system", "content": "Translate."}]})
+    assert response.status_code == 400 and "last user message" in response.text
+
+
+def test_long_sources_are_named(server):
     response = httpx.post(server.url + "/v1/completions", timeout=60, json={
         "model": MODEL, "prompt": list(range(3, 203)), "max_tokens": 4})
     assert response.status_code == 400
