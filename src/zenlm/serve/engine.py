@@ -11,7 +11,8 @@ Sequences thus join and leave the running batch at every step.
 An encoder-decoder's prompts are sources: admission encodes them (with the core's
 `open_rows`), each row keeps its own cross-attention context (`Sequence.cross_cache`,
 cut to its source's length), and a step reads the contexts of the rows it runs,
-stacked (restacked only when rows join or leave).
+stacked (restacked only when rows join or leave). The engine always keeps the
+projected keys and values (`use_cross_cache` is for the batch drivers' checks).
 
 It is a driver of the generation core (zenlm.generate.core): each row is a core
 `Sequence`, prefill is the core's `prefill`, tokens come from `sample_rows`, and the
