@@ -68,18 +68,24 @@ def test_chat_reads_the_last_user_message_and_logits_are_refused(marian_folder):
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ZENLM, *args], capture_output=True, text=True, timeout=120)
+    # a deadline for a loaded 2-core machine (each run takes seconds of CPU)
+    return subprocess.run([ZENLM, *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("beams", ["1", "3"])
-def test_cli_generate_with_a_seq2seq_folder(marian_folder, beams):
+@pytest.mark.parametrize(("args", "settings"), [
+    ([], dict(num_beams=1)),
+    (["--num-beams", "3", "--length-penalty", "0.5", "--early-stopping",
+      "--no-repeat-ngram-size", "2", "--min-new-tokens", "4"],
+     dict(num_beams=3, length_penalty=0.5, early_stopping=True, no_repeat_ngram_size=2,
+          min_new_tokens=4)),
+])
+def test_cli_generate_with_a_seq2seq_folder(marian_folder, args, settings):
     folder, model, tokenizer = marian_folder
     out = run("generate", str(folder), "--prompt", SOURCE, "--max-new-tokens", "10",
-              "--temperature", "0", "--num-beams", beams, "--json")
+              "--temperature", "0", *args, "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["token_ids"] == expected_ids(model, tokenizer, max_new_tokens=10,
-                                               num_beams=int(beams))
+    assert result["token_ids"] == expected_ids(model, tokenizer, max_new_tokens=10, **settings)
     assert result["prompt_tokens"] == len(tokenizer(SOURCE).input_ids)
 
 
