@@ -203,7 +203,9 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
     """Corpus BLEU and chrF of detokenized, cased text, as sacreBLEU reports them.
 
     BLEU uses sacreBLEU's default 13a tokenization and exponential smoothing; chrF
-    character 6-grams with beta 2. Both are on a 0-100 scale.
+    character 6-grams with beta 2. Both are on a 0-100 scale. `bleu_lowercase` is the
+    same BLEU on lower-cased text, closer to the tokenized, lower-cased BLEU of many
+    papers (which also tokenize German compounds and punctuation their own way).
 
     Args:
         hypotheses: One system output per segment.
@@ -212,8 +214,9 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
     from sacrebleu.metrics import BLEU, CHRF
 
     _same_length(references, hypotheses)
-    bleu, chrf = BLEU(), CHRF()
+    bleu, chrf, lower = BLEU(), CHRF(), BLEU(lowercase=True)
     hyps, refs = list(hypotheses), [list(references)]
     return {"bleu": float(bleu.corpus_score(hyps, refs).score),
             "chrf": float(chrf.corpus_score(hyps, refs).score),
+            "bleu_lowercase": float(lower.corpus_score(hyps, refs).score),
             "bleu_signature": str(bleu.get_signature())}
