@@ -20,7 +20,7 @@ from zenlm.generate.compile import compile_decoding
 from zenlm.generate.defaults import sampling_defaults
 from zenlm.io.hf import load_hf_model, refuse_pickle
 from zenlm.io.resolve import resolve_model
-from zenlm.models import DecoderLM
+from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.quant import QUANTIZE_MODES
 from zenlm.quant import quantize as quantize_model
 from zenlm.tokenizer import Message, Tokenizer
@@ -39,6 +39,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class LM:
     """A language model with its tokenizer.
+
+    An encoder-decoder (T5, BART, Marian) generates from a source: its prompt is the
+    source text (encoded as the tokenizer does, no chat template), and `generate`,
+    `complete` and `stream` return the target text.
 
     Args:
         model: The network.
@@ -74,6 +78,11 @@ class LM:
         Raises:
             TypeError: the model is an encoder (no next-token head; see `embed`).
         """
+        if isinstance(self.model, Seq2SeqLM):
+            raise TypeError(
+                f"{self.source} is an encoder-decoder: its logits need a source; call "
+                "lm.model(src_ids, tgt_ids), or generate from the source text"
+            )
         if not isinstance(self.model, DecoderLM):
             raise TypeError(
                 f"{self.source} is an encoder: it has no next-token logits; use "
@@ -109,7 +118,8 @@ class LM:
             if config.stop:
                 raise ValueError("stop strings are not supported with num_beams > 1 "
                                  f"(got stop={list(config.stop)!r}); use stop_token_ids")
-            return [Completion(self.decode_new(r), r) for prompt in ids
+            text = self.decode_new if self._tokenizer is not None else lambda r: ""
+            return [Completion(text(r), r) for prompt in ids
                     for r in beam_search(self.model, prompt, config)]
         return [Completion(r.text, r)
                 for r in generate_batch(self.model, ids, config, self._tokenizer)]
@@ -158,7 +168,22 @@ class LM:
         return self.tokenizer.encode(prompt)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of `messages` rendered with the chat template and a generation prompt."""
+        """Token ids of `messages` rendered with the chat template and a generation prompt.
+
+        An encoder-decoder has no chat template: its source is the last user message
+        (system messages and earlier turns are not read), so `chat`, `zenlm generate
+        --chat` and the server's chat route (the playground) translate or summarize
+        what the user said last.
+
+        Raises:
+            ValueError: an encoder-decoder is given no user message.
+        """
+        if isinstance(self.model, Seq2SeqLM):
+            said = [m["content"] for m in messages if m["role"] == "user"]
+            if not said:
+                raise ValueError(f"{self.source} is an encoder-decoder: its source is the last "
+                                 "user message, and the messages hold none")
+            return self.encode_prompt(said[-1])
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         # The template writes BOS itself when the model wants one.
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -250,7 +275,7 @@ def load(
     if quantize is not None:
         quantize_model(network, quantize)
     if compile:
-        compile_decoding(network)
+        compile_decoding(network.decoder if isinstance(network, Seq2SeqLM) else network)
     release_free_memory()
     return LM(network, tokenizer, str(path), time.perf_counter() - start)
 

@@ -34,6 +34,10 @@ def generate_command(
     frequency_penalty: float = 0.0,
     stop: list[str] | None = None,
     num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool = False,
+    min_new_tokens: int = 0,
+    no_repeat_ngram_size: int = 0,
     logprobs: int | None = None,
     sampling_defaults: str = "model",
     as_json: bool = False,
@@ -42,7 +46,8 @@ def generate_command(
 
     Sampling parameters left out (None) take `sampling_defaults` ("model": the model's
     generation_config.json, else zenlm.generate.defaults.DEFAULT_CHAIN; "openai":
-    temperature 1).
+    temperature 1). For an encoder-decoder the prompt is the source text (with --chat:
+    the prompt alone, as the last user message).
     """
     import zenlm
     from zenlm.generate.defaults import fill_sampling
@@ -61,7 +66,9 @@ def generate_command(
     completion = lm.complete(
         [prompt_ids], max_new_tokens=max_new_tokens, **sampling,
         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-        seed=seed, stop=stop or (), num_beams=num_beams, logprobs=logprobs is not None,
+        seed=seed, stop=stop or (), num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, min_new_tokens=min_new_tokens,
+        no_repeat_ngram_size=no_repeat_ngram_size, logprobs=logprobs is not None,
         top_logprobs=logprobs or 0,
     )[0]
     result, text = completion.result, completion.text
@@ -123,6 +130,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                      "at temperature 0.2; or openai (temperature 1, nothing else)")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam score = sum of logprobs / generated tokens ** this")
+    gen.add_argument("--early-stopping", action="store_true",
+                     help="beam search ends once num_beams hypotheses are finished")
+    gen.add_argument("--min-new-tokens", type=int, default=0,
+                     help="no stop token before this many tokens")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                     help="no n-gram of this size twice (0: off)")
     gen.add_argument("--logprobs", type=int, default=None, metavar="N",
                      help="with --json: each token's log-probability and N alternatives")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)

@@ -5,7 +5,15 @@ Each step scores every continuation of every running beam, keeps the best
 into the finished set with a length-penalised score, and continues with the best
 num_beams that did not end. The KV cache rows are reordered to follow the beams.
 It drives the generation core's prefill and the model's (compiled) decode step; its
-choice of tokens is the beam rule itself, not sampling.
+choice of tokens is the beam rule itself, not sampling. The token rules of the config
+(min_new_tokens, no_repeat_ngram_size, forced BOS/EOS) act on each beam's
+log-probabilities, as transformers' logits processors do.
+
+Length accounting, as in transformers 5 (`_update_finished_beams`: cur_len + 1 -
+decoder_prompt_len): the length penalty divides by the number of generated tokens,
+the stop token included; neither a decoder-only prompt nor an encoder-decoder's start
+token counts. (Older transformers versions divided by the whole decoder length, start
+token or prompt included.) test_seq2seq_hf.py checks it against the installed version.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 
 from zenlm.generate.core import decode_step, open_rows, prefill
 from zenlm.generate.decode import GenerationConfig, GenerationResult, check_prompts
+from zenlm.generate.rules import TokenRules
 from zenlm.models import DecoderLM
 
 NEG = -1.0e9  # transformers' "impossible" score
@@ -62,8 +71,9 @@ class _BeamSearch:
         self.model, self.config, self.prompt = model, config, prompt
         self.n = config.num_beams
         self.stop_ids = set(config.stop_token_ids)
-        decoder_prompts, self.cache = open_rows(
-            model, [prompt], min(len(prompt) + config.max_new_tokens, model.config.max_seq_len))
+        self.rules = TokenRules.of(config, self.stop_ids, model.config.vocab_size)
+        decoder_prompts, self.cache = open_rows(model, [prompt], config.max_new_tokens,
+                                                cross_cache=config.use_cross_cache)
         self.prompt = decoder_prompts[0]  # an encoder-decoder's start token
         self.max_new = min(config.max_new_tokens, self.cache.max_len - len(self.prompt))
         self.running: list[list[int]] = [[] for _ in range(self.n)]
@@ -87,7 +97,12 @@ class _BeamSearch:
 
     def _step(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         V = logits.shape[-1]
-        total = torch.log_softmax(logits, dim=-1) + self.scores[:, None]  # (n, V)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (n, V)
+        if self.rules is not None:  # as transformers: on log-probabilities, not renormalised
+            logprobs = torch.stack([
+                self.rules.apply(logprobs[b], self.prompt + self.running[b], step,
+                                 self.max_new - step) for b in range(self.n)])
+        total = logprobs + self.scores[:, None]  # (n, V)
         keep = max(2, 1 + len(self.stop_ids)) * self.n
         top_scores, top_index = total.view(-1).topk(keep)
         beam, token = top_index // V, top_index % V

@@ -32,6 +32,15 @@ class GenerationConfig:
         num_beams: Beam search width (1: no beam search).
         length_penalty: Beam score = sum of logprobs / length ** length_penalty.
         early_stopping: Beam search ends once num_beams hypotheses are finished.
+        min_new_tokens: Stop tokens are forbidden until this many tokens were generated.
+        no_repeat_ngram_size: No n-gram of this size occurs twice in the decoder's tokens
+            (its prompt included, an encoder-decoder's start token too); 0 is off.
+        forced_bos_token_id: The first generated token (None: not forced).
+        forced_eos_token_id: The token generated at the last allowed step, when the
+            length limit is reached (None: not forced).
+        use_cross_cache: An encoder-decoder projects its encoder output into every
+            layer's cross-attention keys and values once per source (True) or again at
+            every step (False: slower, the same tokens; a check on the cache).
     """
 
     max_new_tokens: int = 128
@@ -51,6 +60,11 @@ class GenerationConfig:
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: bool = False
+    min_new_tokens: int = 0
+    no_repeat_ngram_size: int = 0
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    use_cross_cache: bool = True
 
     def validate(self) -> None:
         """Raise InvalidParameter (a ValueError) for the first parameter out of its range."""
@@ -68,6 +82,11 @@ class GenerationConfig:
         _check_int(self.top_logprobs, "top_logprobs", 0, 20)
         _check_int(self.num_beams, "num_beams", 1)
         _check_float(self.length_penalty, "length_penalty", -math.inf, math.inf, "finite")
+        _check_int(self.min_new_tokens, "min_new_tokens", 0)
+        _check_int(self.no_repeat_ngram_size, "no_repeat_ngram_size", 0, note=" (0 disables it)")
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 0, note=" or None")
         if self.seed is not None and not isinstance(self.seed, int):
             raise InvalidParameter("seed", f"seed must be an integer or None, got {self.seed!r}")
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from zenlm.generate.config import GenerationConfig
+from zenlm.generate.rules import TokenRules
 from zenlm.generate.sampling import SamplingParams, choose_tokens, token_logprobs
 from zenlm.generate.text import TextStream
 from zenlm.models import DecoderLM, Seq2SeqLM
@@ -82,6 +83,7 @@ class Sequence:
         if context is not None:
             self.limit = min(self.limit, context)
         self.text = TextStream(tokenizer, config.stop) if tokenizer is not None else None
+        self.rules = TokenRules.of(config, self.stop_ids, vocab_size)
         self.cross_cache = cross_cache
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
@@ -104,6 +106,13 @@ class Sequence:
     def wants_logprobs(self) -> bool:
         """Whether its tokens carry log-probabilities."""
         return bool(self.config.logprobs or self.config.top_logprobs)
+
+    def constrain(self, scores: torch.Tensor) -> torch.Tensor:
+        """Its next token's scores (V,) under its token rules (min_new_tokens, n-grams, forced)."""
+        if self.rules is None:
+            return scores
+        return self.rules.apply(scores, self.prompt + self.tokens, len(self.tokens),
+                                self.limit - len(self.prompt) - len(self.tokens))
 
     def uniform(self) -> float:
         """One draw in [0, 1) from its own generator (its seed)."""
@@ -155,7 +164,8 @@ class Sequence:
 
 
 def open_rows(
-    model: DecoderLM | Seq2SeqLM, prompts: Seq[Seq[int]], max_len: int
+    model: DecoderLM | Seq2SeqLM, prompts: Seq[Seq[int]], max_new_tokens: int, *,
+    cross_cache: bool = True,
 ) -> tuple[list[list[int]], KVCache]:
     """The decoder prompts of a batch of rows, and their empty KV cache.
 
@@ -167,9 +177,14 @@ def open_rows(
     Args:
         model: The model.
         prompts: Token ids per row (sources for an encoder-decoder).
-        max_len: Decoder slots per row.
+        max_new_tokens: Decoder slots per row past the longest decoder prompt (the
+            cache holds at most the model's context).
+        cross_cache: Project the encoder output into cross-attention keys and values
+            once (True), or at every step (config.use_cross_cache=False).
     """
+    context = model.config.max_seq_len
     if not isinstance(model, Seq2SeqLM):
+        max_len = min(context, max(len(p) for p in prompts) + max_new_tokens)
         return [list(p) for p in prompts], model.new_cache(len(prompts), max_len)
     longest = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), longest, dtype=torch.long)
@@ -178,7 +193,8 @@ def open_rows(
         ids[row, : len(prompt)] = torch.tensor(prompt)
         mask[row, : len(prompt)] = 1
     padded = bool((mask == 0).any())
-    cache = model.start_cache(ids, mask if padded else None, max_len)
+    max_len = min(context, 1 + max_new_tokens)
+    cache = model.start_cache(ids, mask if padded else None, max_len, cached=cross_cache)
     return [[model.start_id] for _ in prompts], cache
 
 
@@ -217,8 +233,9 @@ def decode_step(model: DecoderLM, tokens: torch.Tensor, cache: KVCache) -> torch
 def sample_rows(logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int]:
     """Each row's token, chosen with that row's own parameters, penalties and draw.
 
-    Rows with the same parameters are warped together (one softmax and cumsum);
-    each then inverts its CDF at a uniform draw from its own generator.
+    Each row's token rules apply first (`Sequence.constrain`). Rows with the same
+    parameters are warped together (one softmax and cumsum); each then inverts its
+    CDF at a uniform draw from its own generator.
 
     Args:
         logits: (B, V) next-token logits; row b belongs to seqs[b].
@@ -227,6 +244,11 @@ def sample_rows(logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int]:
     Returns:
         B token ids.
     """
+    ruled = [row for row, seq in enumerate(seqs) if seq.rules is not None]
+    if ruled:
+        logits = logits.clone()
+        for row in ruled:
+            logits[row] = seqs[row].constrain(logits[row])
     groups: dict[SamplingParams, list[int]] = collections.defaultdict(list)
     for row, seq in enumerate(seqs):
         groups[seq.params].append(row)

@@ -18,7 +18,7 @@ import torch
 
 from zenlm.generate.config import GenerationConfig
 from zenlm.generate.core import Sequence, TokenEvent, advance, decode_step, open_rows, prefill
-from zenlm.models import DecoderLM
+from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.tokenizer import Tokenizer
 
 __all__ = ["GenerationConfig", "GenerationResult", "TokenEvent", "check_prompts", "generate",
@@ -46,15 +46,22 @@ class GenerationResult:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
 
-def check_prompts(model: DecoderLM, prompts: Seq[Seq[int]]) -> None:
-    """ValueError for an empty prompt or one that leaves no room in the context."""
+def check_prompts(model: DecoderLM | Seq2SeqLM, prompts: Seq[Seq[int]]) -> None:
+    """ValueError for an empty prompt or one that leaves no room in the context.
+
+    An encoder-decoder's prompts are sources: at most the encoder's context each.
+    """
     if not prompts:
         raise ValueError("no prompts given")
     context = model.config.max_seq_len
     for index, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {index} is empty: give at least one token")
-        if len(prompt) >= context:
+        if isinstance(model, Seq2SeqLM):  # a source: the decoder has its own slots
+            if len(prompt) > context:
+                raise ValueError(f"source {index} has {len(prompt)} tokens; the encoder reads "
+                                 f"at most {context}")
+        elif len(prompt) >= context:
             raise ValueError(
                 f"prompt {index} has {len(prompt)} tokens; the model's context is {context}, "
                 f"so at most {context - 1} leave room to generate"
@@ -92,8 +99,8 @@ def stream_batch(
     check_prompts(model, prompts)
     n, context = config.num_return_sequences, model.config.max_seq_len
     rows = [prompt for prompt in prompts for _ in range(n)]
-    max_len = min(context, max(len(p) for p in rows) + config.max_new_tokens)
-    decoder_prompts, cache = open_rows(model, rows, max_len)
+    decoder_prompts, cache = open_rows(model, rows, config.max_new_tokens,
+                                       cross_cache=config.use_cross_cache)
     seqs = [Sequence(prompt, config, vocab_size=model.config.vocab_size, index=i,
                      tokenizer=tokenizer, context=context)
             for i, prompt in enumerate(decoder_prompts)]

@@ -143,7 +143,7 @@ class DecoderLM(nn.Module):
         if self.relative_bias is not None:
             mask, is_causal = self._with_relative_bias(position_ids, mask, cache, T, x.dtype), False
         for index, block in enumerate(self.blocks):
-            cross_kv = None if cross is None else (cross.keys[index], cross.values[index])
+            cross_kv = None if cross is None else cross.layer(index, block.cross_attn)
             x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index,
                       cross_kv=cross_kv, cross_mask=None if cross is None else cross.mask)
         if cache is not None:
@@ -155,16 +155,19 @@ class DecoderLM(nn.Module):
         return x
 
     def cross_context(
-        self, memory: torch.Tensor, padding: torch.Tensor | None = None
+        self, memory: torch.Tensor, padding: torch.Tensor | None = None, *, cached: bool = True,
     ) -> CrossContext:
         """Every block's cross-attention keys and values of an encoder output.
 
         Args:
             memory: Encoder hidden states (B, S, d_model).
             padding: (B, S), 1 at real source tokens and 0 at padding; None if unpadded.
+            cached: Project the keys and values now (True) or at every step (False).
         """
-        pairs = [block.cross_attn.project_kv(memory) for block in self.blocks]
         mask = None if padding is None else padding.bool()[:, None, None, :]
+        if not cached:
+            return CrossContext([], [], mask, memory)
+        pairs = [block.cross_attn.project_kv(memory) for block in self.blocks]
         return CrossContext([k for k, _ in pairs], [v for _, v in pairs], mask)
 
     def _with_relative_bias(

@@ -68,13 +68,17 @@ class Seq2SeqLM(nn.Module):
         return self.encoder(src_ids, attention_mask=src_mask)
 
     def cross_context(
-        self, memory: torch.Tensor, src_mask: torch.Tensor | None = None
+        self, memory: torch.Tensor, src_mask: torch.Tensor | None = None, *, cached: bool = True,
     ) -> CrossContext:
-        """Every decoder layer's cross-attention keys and values of `memory` (B, S, d)."""
-        return self.decoder.cross_context(memory, src_mask)
+        """Every decoder layer's cross-attention keys and values of `memory` (B, S, d).
+
+        With `cached=False` they are projected again at every step (see CrossContext).
+        """
+        return self.decoder.cross_context(memory, src_mask, cached=cached)
 
     def start_cache(
-        self, src_ids: torch.Tensor, src_mask: torch.Tensor | None, max_len: int
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor | None, max_len: int,
+        *, cached: bool = True,
     ) -> KVCache:
         """A decoder KV cache for `max_len` target tokens, carrying the sources' context.
 
@@ -82,9 +86,10 @@ class Seq2SeqLM(nn.Module):
             src_ids: Source token ids (B, S).
             src_mask: (B, S) 1 at real tokens, or None.
             max_len: Target slots per row (the start token included).
+            cached: Project the cross-attention keys and values once (True) or per step.
         """
         cache = self.new_cache(src_ids.shape[0], max_len)
-        cache.cross = self.cross_context(self.encode(src_ids, src_mask), src_mask)
+        cache.cross = self.cross_context(self.encode(src_ids, src_mask), src_mask, cached=cached)
         return cache
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:

@@ -16,17 +16,37 @@ class CrossContext:
     """What every decoder layer's cross-attention reads: the encoder output, projected.
 
     Computed once per source (`Seq2SeqLM.cross_context`) and read by every decode step,
-    so a step costs its query projection and one attention per layer.
+    so a step costs its query projection and one attention per layer. Without the
+    cache (`memory` set, no keys or values) every step projects the encoder output
+    again: the same numbers, at a cost per step (a check on the cache).
 
     Attributes:
-        keys: One tensor (B, Hkv, S, D) per decoder layer.
+        keys: One tensor (B, Hkv, S, D) per decoder layer ([] when not cached).
         values: Likewise.
         mask: (B, 1, 1, S) boolean, True at real source tokens; None if none is padding.
+        memory: The encoder output (B, S, d_model) when keys and values are not cached.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     mask: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """B, the number of sources."""
+        return (self.keys[0] if self.keys else self.memory).shape[0]
+
+    @property
+    def length(self) -> int:
+        """S, the (padded) source length."""
+        return self.keys[0].shape[2] if self.keys else self.memory.shape[1]
+
+    def layer(self, index: int, attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s keys and values (B, Hkv, S, D); `attn` projects them if not cached."""
+        if self.keys:
+            return self.keys[index], self.values[index]
+        return attn.project_kv(self.memory)
 
     def select(self, rows: torch.Tensor) -> CrossContext:
         """The rows `rows` (LongTensor), in that order (beams, or a batch's survivors)."""
@@ -34,26 +54,38 @@ class CrossContext:
             [k.index_select(0, rows) for k in self.keys],
             [v.index_select(0, rows) for v in self.values],
             None if self.mask is None else self.mask.index_select(0, rows),
+            None if self.memory is None else self.memory.index_select(0, rows),
+        )
+
+    def trim(self, length: int) -> CrossContext:
+        """The first `length` source positions (a lone source without its padding)."""
+        return CrossContext(
+            [k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values],
+            None if self.mask is None else self.mask[..., :length],
+            None if self.memory is None else self.memory[:, :length],
         )
 
     @classmethod
     def stack(cls, rows: list[CrossContext]) -> CrossContext:
-        """One batch of single-source contexts (sources of any lengths, right-padded)."""
-        S = max(r.keys[0].shape[2] for r in rows)
+        """One batch of contexts (sources of any lengths, right-padded; all cached or none)."""
+        S = max(r.length for r in rows)
 
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (0, 0, 0, S - t.shape[2]))
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, 0) * (t.ndim - 1 - dim) + (0, S - t.shape[dim]))
 
         masks = []
         for r in rows:
             real = (r.mask.reshape(r.mask.shape[0], -1) if r.mask is not None
-                    else torch.ones(r.keys[0].shape[0], r.keys[0].shape[2], dtype=torch.bool))
+                    else torch.ones(r.rows, r.length, dtype=torch.bool))
             masks.append(torch.nn.functional.pad(real, (0, S - real.shape[1])))
         n_layers = len(rows[0].keys)
+        if any(len(r.keys) != n_layers for r in rows):
+            raise ValueError("CrossContext.stack: mix of cached and uncached contexts")
         return cls(
-            [torch.cat([pad(r.keys[i]) for r in rows]) for i in range(n_layers)],
-            [torch.cat([pad(r.values[i]) for r in rows]) for i in range(n_layers)],
+            [torch.cat([pad(r.keys[i], 2) for r in rows]) for i in range(n_layers)],
+            [torch.cat([pad(r.values[i], 2) for r in rows]) for i in range(n_layers)],
             torch.cat(masks)[:, None, None, :],
+            None if rows[0].memory is None else torch.cat([pad(r.memory, 1) for r in rows]),
         )
 
 

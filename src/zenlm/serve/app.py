@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from zenlm.errors import InvalidParameter
 from zenlm.generate import GenerationConfig
 from zenlm.generate.defaults import SAMPLING_KEYS, fill_sampling
-from zenlm.models import DecoderLM
+from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.serve import sse
 from zenlm.serve.engine import Delta, Done, Engine, Event, Failed, QueueFullError
 from zenlm.serve.engine import Request as EngineRequest
@@ -111,7 +111,8 @@ class ServerState:
         try:
             lm = self.loader()
             self.sampling = lm.sampling_defaults(self.options.sampling_defaults)
-            if isinstance(lm.model, DecoderLM):  # decoders generate; encoders only embed
+            # decoders and encoder-decoders generate; encoders only embed
+            if isinstance(lm.model, (DecoderLM, Seq2SeqLM)):
                 self.engine = Engine(lm, self.metrics, max_batch=self.options.max_batch,
                                      max_queue=self.options.max_queue,
                                      kv_budget_mb=self.options.kv_budget_mb)
@@ -328,10 +329,11 @@ def _config(state: ServerState, body: _Sampling, prompts: list[list[int]], chat:
     max_tokens = body.max_tokens
     if chat and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
-    room = engine.row_len - max(len(p) for p in prompts)
+    used = max(engine.decoder_prompt_len(p) for p in prompts)
+    room = engine.row_len - used
     param = "messages" if chat else "prompt"
     if room < 1:
-        raise APIError(400, f"{param}: {max(len(p) for p in prompts)} tokens leave no room in "
+        raise APIError(400, f"{param}: {used} tokens leave no room in "
                        f"this server's context of {engine.row_len}", param=param,
                        code="context_length_exceeded")
     logprobs, top = (body.logprobs, body.top_logprobs or 0) if chat else (

@@ -8,6 +8,12 @@ chooses each row's token with that row's own sampling parameters, penalties and
 random generator, and frees rows whose sequence finished or whose client went away.
 Sequences thus join and leave the running batch at every step.
 
+An encoder-decoder's prompts are sources: admission encodes them (with the core's
+`open_rows`), each row keeps its own cross-attention context (`Sequence.cross_cache`,
+cut to its source's length), and a step reads the contexts of the rows it runs,
+stacked (restacked only when rows join or leave). The engine always keeps the
+projected keys and values (`use_cross_cache` is for the batch drivers' checks).
+
 It is a driver of the generation core (zenlm.generate.core): each row is a core
 `Sequence`, prefill is the core's `prefill`, tokens come from `sample_rows`, and the
 sequence's own `accept` says when it ends, exactly as for `zenlm generate` and the
@@ -32,8 +38,9 @@ import torch
 
 from zenlm.errors import InvalidParameter
 from zenlm.generate import GenerationConfig, Sequence, TokenEvent, prefill, sample_rows
-from zenlm.generate.core import decode_step, logprob_rows
-from zenlm.nn.kv_cache import KVCache
+from zenlm.generate.core import decode_step, logprob_rows, open_rows
+from zenlm.models import Seq2SeqLM
+from zenlm.nn.kv_cache import CrossContext, KVCache
 from zenlm.serve.metrics import Metrics
 
 log = logging.getLogger("zenlm.serve")
@@ -147,6 +154,8 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got "
                              f"{max_batch} and {max_queue}")
         self.lm, self.model, self.metrics = lm, lm.model, metrics
+        self.seq2seq = isinstance(self.model, Seq2SeqLM)
+        self.cross: CrossContext | None = None  # the stacked contexts of rows [0, hi)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.row_len = self._row_len(kv_budget_mb)
         self.cache = self.model.new_cache(max_batch, self.row_len)
@@ -162,8 +171,10 @@ class Engine:
 
     def _row_len(self, kv_budget_mb: float) -> int:
         config = self.model.config
-        itemsize = self.model.final_norm.weight.element_size()
-        per_token = 2 * config.n_layers * config.kv_heads * config.dim_per_head * itemsize
+        decoder = self.model.decoder if self.seq2seq else self.model
+        # a norm is in the activation dtype, whatever the weights' format
+        itemsize = (decoder.final_norm or decoder.blocks[0].attn_norm).weight.element_size()
+        per_token = 2 * config.decoder_layers * config.kv_heads * config.dim_per_head * itemsize
         per_row = int(kv_budget_mb * 2**20 // (self.max_batch * per_token))
         if per_row < 16:
             raise ValueError(
@@ -203,12 +214,21 @@ class Engine:
         for prompt in prompts:
             if not prompt:
                 return InvalidParameter("prompt", "the prompt is empty")
-            if len(prompt) + config.max_new_tokens > self.row_len:
+            if self.seq2seq and len(prompt) > self.model.config.max_seq_len:
+                return InvalidParameter("prompt", (
+                    f"the source has {len(prompt)} tokens; the encoder reads at most "
+                    f"{self.model.config.max_seq_len}"))
+            used = self.decoder_prompt_len(prompt)
+            if used + config.max_new_tokens > self.row_len:
                 return InvalidParameter("max_tokens", (
-                    f"the prompt has {len(prompt)} tokens and max_tokens is "
-                    f"{config.max_new_tokens}: together {len(prompt) + config.max_new_tokens}"
+                    f"the prompt has {used} tokens and max_tokens is "
+                    f"{config.max_new_tokens}: together {used + config.max_new_tokens}"
                     f", beyond this server's context of {self.row_len} tokens"))
         return None
+
+    def decoder_prompt_len(self, prompt: Seq[int]) -> int:
+        """Cache slots a prompt takes (an encoder-decoder's source takes its start token's)."""
+        return 1 if self.seq2seq else len(prompt)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel what is left and stop the thread."""
@@ -285,29 +305,37 @@ class Engine:
 
     def _prefill(self, requests: list[Request]) -> None:
         prompts = [(r, i, p) for r in requests for i, p in enumerate(r.prompts)]
-        cache = self.model.new_cache(len(prompts), max(len(p) for _, _, p in prompts))
-        logits = prefill(self.model, [p for _, _, p in prompts], cache)  # (P, V)
+        decoder_prompts, cache = open_rows(self.model, [p for _, _, p in prompts], 0)
+        logits = prefill(self.model, decoder_prompts, cache)  # (P, V)
         rows, sources = [], []
         for index, (request, prompt_index, prompt) in enumerate(prompts):
             self.metrics.tokens_in.inc(len(prompt))
+            cross = None
+            if cache.cross is not None:  # this source's context, without the batch's padding
+                cross = cache.cross.select(torch.tensor([index])).trim(len(prompt))
             n = request.config.num_return_sequences
             for j in range(n):
-                rows.append(self._start_sequence(request, prompt_index * n + j, prompt,
-                                                 cache, index))
+                rows.append(self._start_sequence(request, prompt_index * n + j,
+                                                 decoder_prompts[index], cache, index, cross))
                 sources.append(index)
         self._choose(rows, logits[torch.tensor(sources)])
 
     def _start_sequence(
         self, request: Request, index: int, prompt: list[int], cache: KVCache, cache_row: int,
+        cross: CrossContext | None = None,
     ) -> int:
-        """Put choice `index` of `request` in a free row; its prompt is `cache`'s row."""
+        """Put choice `index` of `request` in a free row; its prompt is `cache`'s row.
+
+        `cross` is its source's context (encoder-decoders).
+        """
         config = request.config
         stop_ids = () if request.ignore_eos else (config.stop_token_ids or self.stop_ids)
         seq = Sequence(prompt, config, vocab_size=self.model.config.vocab_size, index=index,
-                       stop_ids=stop_ids, tokenizer=self.lm.tokenizer)
+                       stop_ids=stop_ids, tokenizer=self.lm.tokenizer, cross_cache=cross)
         row = self.rows.index(None)
         self.cache.write_row(row, cache, cache_row)
         self.rows[row] = _Row(seq, request)
+        self.cross = None  # rows changed: restack the contexts at the next step
         self.lengths[row] = len(prompt)
         request.live += 1
         self.metrics.running.set(self.running_sequences())
@@ -319,6 +347,8 @@ class Engine:
         hi = max(i for i, slot in enumerate(self.rows) if slot is not None) + 1
         view = self.cache.narrow_rows(hi)
         view.set_lengths(self.lengths[:hi])  # free rows read length 0: harmless
+        if self.seq2seq:
+            view.cross = self._cross_rows(hi)
         logits = decode_step(self.model, self.last[:hi], view)  # (hi, V)
         running = [row for row in range(hi) if self.rows[row] is not None]
         for row in running:
@@ -326,6 +356,15 @@ class Engine:
         self._choose(running, logits[torch.tensor(running)])
         elapsed = time.perf_counter() - start
         self.step_s = 0.9 * self.step_s + 0.1 * elapsed if self.step_s else elapsed
+
+    def _cross_rows(self, hi: int) -> CrossContext:
+        """The contexts of rows [0, hi), stacked; a free row borrows a running row's."""
+        if self.cross is None or self.cross.rows != hi:
+            running = [slot.seq.cross_cache for slot in self.rows[:hi] if slot is not None]
+            self.cross = CrossContext.stack([
+                slot.seq.cross_cache if slot is not None else running[0]
+                for slot in self.rows[:hi]])
+        return self.cross
 
     def _choose(self, rows: list[int], logits: torch.Tensor) -> None:
         """Choose the next token of each of `rows` (logits (len(rows), V)) and deliver it."""
@@ -374,6 +413,7 @@ class Engine:
     def _free(self, row: int) -> None:
         slot = self.rows[row]
         self.rows[row] = None
+        self.cross = None
         self.lengths[row] = 0
         self.last[row] = 0
         slot.request.live -= 1
