@@ -35,7 +35,7 @@ from zenlm.tasks.ner import IGNORE, TokenFeature, collate_tokens
 log = logging.getLogger(__name__)
 
 #: Length budgets (fraction of the article's words) tried on validation data.
-RATIOS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+RATIOS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 .. 0.8
 DEFAULT_RATIO = 0.4  # BBC News Summary's average summary length; used until one is chosen
 
 # Sentence-final punctuation, with the closing quotes and brackets that follow it.
@@ -238,8 +238,9 @@ def sentence_scores(model: torch.nn.Module, features: Sequence[TokenFeature],
     """P(in summary) of every sentence of every document (`counts[i]` sentences in doc i)."""
     model.eval()
     scores = [[0.0] * n for n in counts]
-    for begin in range(0, len(features), batch_size):
-        chunk = list(features[begin:begin + batch_size])
+    order = sorted(features, key=lambda f: len(f.ids))  # similar lengths: little padding
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin:begin + batch_size]
         batch = collate_tokens(chunk, pad_id)
         probs = model(batch.ids, batch.attention_mask).float().softmax(-1)[..., 1]  # (B, T)
         for row, feature in enumerate(chunk):
