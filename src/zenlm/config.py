@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zenlm.config_seq2seq import SEQ2SEQ_READERS, SEQ2SEQ_TRAITS, SEQ2SEQ_WRITERS, check_heads
 from zenlm.errors import UnsupportedModelError
 
 Norm = Literal["layernorm", "rmsnorm"]
@@ -191,6 +192,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
             f"supported: {', '.join(sorted(_WRITERS))}"
         )
     _require_family_traits(config)
+    if config.hf_model_type in SEQ2SEQ_WRITERS:
+        check_heads(config)
     return {**config.extra, **writer(config)}
 
 
@@ -206,6 +209,7 @@ _FAMILY_TRAITS: dict[str, dict[str, Any]] = {
 }
 for _alias, _family in (("mistral", "llama"), ("qwen2", "llama"), ("roberta", "bert")):
     _FAMILY_TRAITS[_alias] = _FAMILY_TRAITS[_family]
+_FAMILY_TRAITS.update(SEQ2SEQ_TRAITS)
 
 
 def _require_family_traits(config: ModelConfig) -> None:
@@ -482,7 +486,10 @@ _WRITERS: dict[str, Callable[[ModelConfig], dict[str, Any]]] = {
     "gpt2": _write_gpt2,
     "bert": _write_bert,
     "roberta": _write_bert,
+    **SEQ2SEQ_WRITERS,
 }
+for _name, _read in SEQ2SEQ_READERS.items():
+    _READERS[_name] = lambda hf, _read=_read: ModelConfig(**_read(hf))
 
 
 def rope_attention_factor(config: ModelConfig) -> float:

@@ -19,8 +19,10 @@ from safetensors.torch import save_file
 from zenlm.config import ModelConfig, from_hf_config, to_hf_config
 from zenlm.errors import CheckpointError, UnsafeFormatError, UnsupportedModelError
 from zenlm.io.names import MLM_HEAD_MAPS, NAME_MAPS, NameMap
-from zenlm.models import DecoderLM, EncoderModel, build_skeleton
+from zenlm.models import DecoderLM, EncoderModel, Seq2SeqLM, build_skeleton
 from zenlm.models.heads import MaskedLMHead
+
+Model = DecoderLM | EncoderModel | Seq2SeqLM
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UNSAFE_HINT = (
@@ -88,7 +90,7 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 def load_hf_model(
     folder: str | Path, dtype: torch.dtype | None = None
-) -> DecoderLM | EncoderModel:
+) -> Model:
     """Build the model a Hugging Face folder describes and load its weights.
 
     Args:
@@ -110,7 +112,7 @@ def model_from_hf_tensors(
     tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
     source: str | Path,
     dtype: torch.dtype | None = None,
-) -> DecoderLM | EncoderModel:
+) -> Model:
     """Build `config`'s model and fill it from tensors with Hugging Face names.
 
     This is the one path every format goes through (GGUF files are first read into
@@ -118,23 +120,51 @@ def model_from_hf_tensors(
     """
     dtype = dtype or torch.float32
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    ours = convert_from_hf(items, NAME_MAPS[config.hf_model_type], source)
+    name_map = NAME_MAPS[config.hf_model_type]
+    ours = convert_from_hf(items, name_map, source, config)
     model = build_skeleton(config)
     expected = model.state_dict()
-    if config.tie_embeddings:
-        ours.pop("lm_head.weight", None)
-        expected.pop("lm_head.weight")
+    aliases = tied_aliases(model)
+    for alias, owner in aliases.items():  # a tied tensor loads once, from any of its names
+        value = ours.pop(alias, None)
+        if owner not in ours and value is not None:
+            ours[owner] = value
+        expected.pop(alias)
+    for name in name_map.optional:
+        if name in expected and name not in ours:
+            ours[name] = torch.zeros(expected[name].shape)
     _check_names_and_shapes(ours, expected, source)
     model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
+    for alias, owner in aliases.items():
+        parent, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(parent), attr, model.get_parameter(owner))
     return model.eval()
 
 
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{name: first name of the same parameter} for every parameter reached twice.
+
+    A tied head's weight is the embedding's; an encoder-decoder's shared embedding is
+    one module in both stacks.
+    """
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def convert_from_hf(
-    items: Iterator[tuple[str, torch.Tensor]] | Any, name_map: NameMap, source: str | Path
+    items: Iterator[tuple[str, torch.Tensor]] | Any, name_map: NameMap, source: str | Path,
+    config: ModelConfig | None = None,
 ) -> dict[str, torch.Tensor]:
-    """HF-named tensors -> zenlm-named tensors; unknown names raise CheckpointError."""
+    """HF-named tensors -> zenlm-named tensors; unknown names raise CheckpointError.
+
+    A rule that does not hold for `config` (see `Rule.when`) ignores its tensors.
+    """
     ours: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for hf_name, tensor in items:
@@ -144,6 +174,8 @@ def convert_from_hf(
                 unknown.append(hf_name)
             continue
         rule, layer = found
+        if rule.when is not None and config is not None and not rule.when(config):
+            continue
         names = [n.replace("{i}", layer or "") for n in rule.ours]
         ours.update(zip(names, rule.split(tensor), strict=True))
     if unknown:
@@ -177,26 +209,40 @@ def _check_names_and_shapes(
             )
 
 
-def convert_to_hf(model: DecoderLM | EncoderModel) -> dict[str, torch.Tensor]:
+def convert_to_hf(model: Model) -> dict[str, torch.Tensor]:
     """Zenlm state dict -> HF-named tensors (the inverse walk of the same rules)."""
     config = model.config
     if config.hf_model_type not in NAME_MAPS:
         raise UnsupportedModelError(f"cannot save hf_model_type {config.hf_model_type!r}")
     state = model.state_dict()
+    layer_count = max(config.n_layers, config.decoder_layers)
     out: dict[str, torch.Tensor] = {}
     for rule in NAME_MAPS[config.hf_model_type].rules:
-        layers = [str(i) for i in range(config.n_layers)] if "{i}" in rule.hf else [""]
+        if rule.when is not None and not rule.when(config):
+            continue
+        layers = [str(i) for i in range(layer_count)] if "{i}" in rule.hf else [""]
         for layer in layers:
             names = [n.replace("{i}", layer) for n in rule.ours]
             if all(n in state for n in names):
                 out[rule.hf.replace("{i}", layer)] = rule.join(tuple(state[n] for n in names))
-    if config.tie_embeddings:
+    if config.tie_embeddings and config.arch != "encoder-decoder":
         out.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous() for k, v in out.items()}
+    return _unshared({k: v.detach().contiguous() for k, v in out.items()})
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies where two names hold one tensor (safetensors refuses shared memory)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen and tensor.device.type != "meta" else tensor
+        seen.add(key)
+    return out
 
 
 def save_hf_model(
-    model: DecoderLM | EncoderModel, folder: str | Path, tokenizer: Any = None
+    model: Model, folder: str | Path, tokenizer: Any = None
 ) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) that transformers loads."""
     folder = Path(folder)

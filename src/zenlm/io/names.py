@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,9 @@ class Rule:
     ours: tuple[str, ...]
     split: Split = _same  # HF tensor -> our tensors
     join: Join = _unwrap  # our tensors -> HF tensor
+    # the rule holds only if when(config): loading ignores the name otherwise, saving skips it
+    # (a tied tensor has several names; transformers keeps one)
+    when: Callable[[Any], bool] | None = None
     regex: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +140,55 @@ def _mlm_head_rules(dense: str, norm: str, decoder: str, bias: str) -> list[Rule
     return rules + [_one(f"{decoder}.weight", "decoder.weight")]
 
 
+def _shared(config: Any) -> bool:
+    return config.share_embeddings
+
+
+def _per_stack(config: Any) -> bool:
+    # transformers 5 ties the stacks' embeddings to `shared` only along with the head
+    return not (config.share_embeddings and config.tie_embeddings)
+
+
+def _untied(config: Any) -> bool:
+    return not config.tie_embeddings
+
+
+def _bart_embedding_rules(prefix: str) -> list[Rule]:
+    """Token embeddings and head of BART and Marian (`prefix`: "model.").
+
+    transformers saves a shared, tied embedding once, as `shared`; older checkpoints
+    also hold the stacks' and the head's copies of it, ignored then.
+    """
+    return [
+        Rule(f"{prefix}shared.weight", ("encoder.embed.weight",), when=_shared),
+        Rule(f"{prefix}encoder.embed_tokens.weight", ("encoder.embed.weight",), when=_per_stack),
+        Rule(f"{prefix}decoder.embed_tokens.weight", ("decoder.embed.weight",), when=_per_stack),
+        Rule("lm_head.weight", ("decoder.lm_head.weight",), when=_untied),
+        # final_logits_bias is a (1, V) buffer added to the logits
+        Rule("final_logits_bias", ("decoder.lm_head.bias",), split=lambda t: (t.reshape(-1),),
+             join=lambda ts: ts[0][None]),
+    ]
+
+
+def _bart_layer_rules(prefix: str) -> list[Rule]:
+    """Post-norm blocks of BART and Marian: each LayerNorm follows its residual sum."""
+    rules = []
+    for stack in ("encoder", "decoder"):
+        layer, block = f"{prefix}{stack}.layers.{{i}}", f"{stack}.blocks.{{i}}"
+        parts = [("self_attn_layer_norm", "attn_norm"), ("fc1", "mlp.up"), ("fc2", "mlp.down"),
+                 ("final_layer_norm", "mlp_norm")]
+        parts += [(f"self_attn.{p}_proj", f"attn.{o}") for p, o in _ATTN_PROJECTIONS]
+        if stack == "decoder":
+            parts.append(("encoder_attn_layer_norm", "cross_norm"))
+            parts += [(f"encoder_attn.{p}_proj", f"cross_attn.{o}") for p, o in _ATTN_PROJECTIONS]
+        rules += [_one(f"{layer}.{hf}.{kind}", f"{block}.{ours}.{kind}")
+                  for hf, ours in parts for kind in ("weight", "bias")]
+    return rules
+
+
+_ATTN_PROJECTIONS = (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))
+
+
 @dataclass(frozen=True)
 class NameMap:
     """The rules of one family, and HF names that are safe to ignore (stale buffers).
@@ -147,6 +200,7 @@ class NameMap:
     rules: tuple[Rule, ...]
     ignored: re.Pattern
     prefixes: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()  # our tensors a checkpoint may leave out: zeros then
 
     def find(self, hf_name: str) -> tuple[Rule, str | None] | None:
         """The rule matching `hf_name` and its layer index, or None."""
@@ -172,6 +226,30 @@ _BERT = NameMap(
 
 NAME_MAPS: dict[str, NameMap] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
 NAME_MAPS.update({"bert": _BERT, "roberta": _BERT})
+
+# Marian's sinusoidal tables are recomputed, not weights (older checkpoints store them).
+NAME_MAPS["marian"] = NameMap(
+    tuple(_bart_embedding_rules("model.") + _bart_layer_rules("model.")),
+    re.compile(r"model\.(en|de)coder\.embed_positions\.weight$"),
+    optional=("decoder.lm_head.bias",),
+)
+
+
+def _bart_rules() -> list[Rule]:
+    rules = _bart_embedding_rules("model.") + _bart_layer_rules("model.")
+    # BART always has `shared`, unused when untied; write one so transformers misses
+    # nothing (loading never reaches this rule: the first rule matching a name decides)
+    rules.append(Rule("model.shared.weight", ("encoder.embed.weight",),
+                      when=lambda c: not _shared(c)))
+    for stack in ("encoder", "decoder"):
+        rules.append(_one(f"model.{stack}.embed_positions.weight", f"{stack}.positions.weight"))
+        rules += [_one(f"model.{stack}.layernorm_embedding.{kind}", f"{stack}.embed_norm.{kind}")
+                  for kind in ("weight", "bias")]
+    return rules
+
+
+NAME_MAPS["bart"] = NameMap(tuple(_bart_rules()), re.compile(r"model\.(en|de)coder\.version$"),
+                            optional=("decoder.lm_head.bias",))
 
 # The decoder's bias is the same tensor as the head's `bias` (HF ties them); its
 # weight is the word embedding, saved only by some checkpoints.
