@@ -179,3 +179,53 @@ def test_finetune_evaluate_predict_extractive(tiny_bert, tmp_path, capsys):
     lead_l = sum(scorer.score(r, h)["rougeL"].fmeasure
                  for h, r in zip(lead, references, strict=True))
     assert scores["rougeL"] >= 90 > 100 * lead_l / len(lead)
+
+
+@pytest.fixture(scope="module")
+def tiny_bart(tmp_path_factory):
+    """A random 1+1-layer BART (d=32) with a byte-level BPE trained on the test corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("tiny_bart")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        [r["article"] for r in _corpus(20, 2)],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>"}))
+    config = transformers.BartConfig(
+        vocab_size=backend.get_vocab_size(), d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48,
+        decoder_ffn_dim=48, max_position_embeddings=128, bos_token_id=0, pad_token_id=1,
+        eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+    transformers.BartForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def test_finetune_evaluate_predict_abstractive(tiny_bart, tmp_path, capsys):
+    """An encoder-decoder trains seq2seq; its ROUGE is rouge-score's on its own outputs."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _corpus(12, 3)))
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "summarize", "--model", str(tiny_bart), "--train",
+                 str(data), "--output", str(out), "--max-steps", "3", "--batch-size", "4",
+                 "--max-length", "64", "--val-fraction", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out)["validation"]["method"] == "abstractive"
+    assert main(["evaluate", "--task", "summarize", "--model", str(out / "model"), "--data",
+                 str(data), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    predictions = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--task", "summarize", "--model", str(out / "model"), "--input",
+                 str(data), "--output", str(predictions)]) == 0
+    outputs = [json.loads(line)["summary"] for line in predictions.read_text().splitlines()]
+    references = [json.loads(line)["summary"] for line in data.read_text().splitlines()]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        expected = [scorer.score(r, h)[key].fmeasure
+                    for h, r in zip(outputs, references, strict=True)]
+        assert scores[key] == pytest.approx(100 * sum(expected) / len(expected))
+    assert scores["n"] == 12 and scores["method"] == "abstractive"
