@@ -229,3 +229,19 @@ def test_finetune_evaluate_predict_abstractive(tiny_bart, tmp_path, capsys):
                     for h, r in zip(outputs, references, strict=True)]
         assert scores[key] == pytest.approx(100 * sum(expected) / len(expected))
     assert scores["n"] == 12 and scores["method"] == "abstractive"
+
+
+def test_summaries_are_cut_to_the_decoders_position_table(tiny_bart):
+    """With no stop token a summary runs to its limit: the limit fits BART's positions."""
+    import zenlm
+    from zenlm.tasks.summarize import _new_token_limit
+    from zenlm.tasks.translate import generate_texts
+
+    lm = zenlm.load(tiny_bart, quantize=None)
+    lm.tokenizer.eos_token, lm.model.config.eos_token_id = None, None  # never stop early
+    info = TaskInfo(task="summarize", arch="encoder-decoder", max_length=64)
+    limit = _new_token_limit(lm.model, 10_000)
+    assert limit < 10_000
+    generate_texts(lm.model, lm.tokenizer, info, ["Story 1"], max_new_tokens=limit)
+    with pytest.raises(ValueError, match="learned positions"):
+        generate_texts(lm.model, lm.tokenizer, info, ["Story 1"], max_new_tokens=limit + 2)

@@ -106,7 +106,9 @@ class SummarizeTask(TranslateTask):
         references = [e.target or "" for e in examples]
         extra: dict[str, Any] = {"method": method(info)}
         if extra["method"] == "abstractive":
-            hypotheses = generate_texts(model, tokenizer, info, [e.source for e in examples])
+            limit = _new_token_limit(model, int(info.options.get("max_new_tokens", 256)))
+            hypotheses = generate_texts(model, tokenizer, info, [e.source for e in examples],
+                                        max_new_tokens=limit)
             extra["num_beams"] = int(info.options.get("num_beams", 1))
         else:
             docs, scores = self._score(model, tokenizer, info, examples, pad_id)
@@ -123,7 +125,7 @@ class SummarizeTask(TranslateTask):
         examples = self.read(path, labelled=False)
         if method(info) == "abstractive":
             outputs = generate_texts(model, tokenizer, info, [e.source for e in examples],
-                                     max_new_tokens=max_new_tokens)
+                                     max_new_tokens=_new_token_limit(model, max_new_tokens))
         else:
             docs, scores = self._score(model, tokenizer, info, examples, pad_id)
             outputs = extractive.summaries(
@@ -139,6 +141,18 @@ class SummarizeTask(TranslateTask):
         features = extractive.encode_documents(tokenizer, docs, info.max_length)
         counts = [len(d.sentences) for d in docs]
         return docs, extractive.sentence_scores(model, features, counts, pad_id)
+
+
+def _new_token_limit(model: nn.Module, requested: int) -> int:
+    """`requested`, cut to the decoder's position table (BART's 1024, Marian's 512).
+
+    A summary may be asked for longer than a model with learned or sinusoidal positions
+    can write; relative positions (T5) have no table and no limit.
+    """
+    config = model.config
+    if config.positions in ("learned", "sinusoidal"):
+        return max(1, min(requested, config.max_seq_len - config.position_offset - 1))
+    return requested
 
 
 SPEC = SummarizeTask()
