@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from zenlm.train.objectives import IGNORE, mask_tokens, span_corruption
@@ -72,3 +73,37 @@ def test_span_corruption_reconstructs_the_text():
     rebuilt = [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
     assert rebuilt == ids
     assert 3 <= len(spans) <= 6  # mean span length 3
+
+
+def test_span_corruption_objective_batches_sources_and_targets_that_rebuild_the_blocks():
+    from zenlm.train.objectives import SpanCorruptionObjective
+
+    sentinels = list(range(100, 120))
+    objective = SpanCorruptionObjective(sentinel_ids=sentinels, eos_id=1, pad_id=0)
+    ids = torch.randint(2, 50, (4, 40), generator=torch.Generator().manual_seed(0))
+    src, mask, labels = objective.corrupt(ids, torch.Generator().manual_seed(1))
+    for row in range(4):
+        source = src[row][mask[row].bool()].tolist()
+        target = [t for t in labels[row].tolist() if t != IGNORE]
+        assert source[-1] == target[-1] == 1  # both end with EOS
+        spans, current = {}, None  # sentinel -> the tokens it hid
+        for token in target[:-1]:
+            if token in sentinels:
+                current = spans.setdefault(token, [])
+            else:
+                current.append(token)
+        rebuilt = [t for s in source[:-1] for t in (spans[s] if s in sentinels else [s])]
+        assert rebuilt == ids[row].tolist()
+        assert 3 <= sum(len(v) for v in spans.values()) <= 9  # ~15% of 40 tokens
+        assert (src[row][~mask[row].bool()] == 0).all()  # padding after the source
+
+
+def test_resolve_objective_picks_span_corruption_for_encoder_decoders():
+    from zenlm.config import ModelConfig
+    from zenlm.train.objectives import resolve_objective
+
+    config = ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                         arch="encoder-decoder")
+    assert resolve_objective("auto", config) == "span"
+    with pytest.raises(ValueError, match="train.objective=causal needs model.arch=decoder"):
+        resolve_objective("causal", config)

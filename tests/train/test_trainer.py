@@ -135,3 +135,33 @@ def test_schedule():
     assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_at(20, schedule="step", **kw)
+
+
+def _fake_clock(monkeypatch, seconds_per_call: float) -> None:
+    """Every `time.perf_counter()` the Trainer reads advances by `seconds_per_call`."""
+    import zenlm.train.trainer as trainer_module
+
+    ticks = iter(range(10**9))
+    fake = type("FakeTime", (), {"perf_counter": staticmethod(
+        lambda: next(ticks) * seconds_per_call)})
+    monkeypatch.setattr(trainer_module, "time", fake)
+
+
+@pytest.mark.parametrize("by_time", [True, False])
+def test_schedule_by_time_fits_warmup_and_decay_to_the_budget(tmp_path, monkeypatch, by_time):
+    _fake_clock(monkeypatch, 1.0)
+    trainer = make_trainer(tmp_path, max_steps=1000, max_minutes=1.0, eval_every=0,
+                           save_every=0, schedule_by_time=by_time)
+    result = trainer.fit(resume="none")
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert result.steps == len(lrs) < 100  # the clock (60 fake seconds) ended the run
+    if by_time:  # warm-up (3 of 1000 steps' worth) then cosine decay ending with the budget
+        peak = lrs.index(max(lrs))
+        assert max(lrs) == pytest.approx(1e-2, rel=0.05) and peak <= 2
+        assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
+        assert lrs[-1] < 1.2e-3  # min_lr is 1e-3
+    else:  # the step schedule has barely begun when time runs out
+        assert lrs[-1] > 0.9e-2
+    with pytest.raises(ValueError, match="schedule_by_time needs train.max_minutes > 0"):
+        LoopConfig(schedule_by_time=True)

@@ -74,18 +74,24 @@ def read_parallel(
     return data
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, *, trim: bool = True) -> list[str]:
+    """The file's lines; with `trim`, without the blank lines that end it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
-    while lines and not lines[-1].strip():  # trailing blank lines end the file, not pairs
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    while trim and lines and not lines[-1].strip():
         lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return lines
 
 
 def _read_two_files(source: Path, target: Path | None) -> ParallelData:
     sources = _lines(source)
     targets = _lines(target) if target is not None else [None] * len(sources)
+    if len(sources) != len(targets) and target is not None:
+        # Blank lines at the end may be pairs with an empty side: aligned if untrimmed.
+        untrimmed = _lines(source, trim=False), _lines(target, trim=False)
+        if len(untrimmed[0]) == len(untrimmed[1]):
+            sources, targets = untrimmed
     if len(sources) != len(targets):
         shorter = source if len(sources) < len(targets) else target
         raise TaskDataError(
@@ -100,7 +106,7 @@ def _read_two_files(source: Path, target: Path | None) -> ParallelData:
 def _read_tsv(path: Path, labelled: bool) -> ParallelData:
     data = ParallelData(where=str(path))
     for number, line in enumerate(_lines(path), 1):
-        cells = line.split("\t")
+        cells = line.rstrip("\r").split("\t")
         if number == 1 and [c.strip().lower() for c in cells] in (["source", "target"],
                                                                     ["source"]):
             continue  # a header row

@@ -203,19 +203,23 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
     """Corpus BLEU and chrF of detokenized, cased text, as sacreBLEU reports them.
 
     BLEU uses sacreBLEU's default 13a tokenization and exponential smoothing; chrF
-    character 6-grams with beta 2. Both are on a 0-100 scale.
+    character 6-grams with beta 2. Both are on a 0-100 scale. `bleu_lowercase` is the
+    same BLEU on lower-cased text, closer to the tokenized, lower-cased BLEU of many
+    papers (which also tokenize German compounds and punctuation their own way).
 
     Args:
         hypotheses: One system output per segment.
         references: The one reference of each segment.
     """
-    import sacrebleu
+    from sacrebleu.metrics import BLEU, CHRF
 
     _same_length(references, hypotheses)
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
-    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-    return {"bleu": float(bleu.score), "chrf": float(chrf.score),
-            "bleu_signature": str(sacrebleu.BLEU().get_signature())}
+    bleu, chrf, lower = BLEU(), CHRF(), BLEU(lowercase=True)
+    hyps, refs = list(hypotheses), [list(references)]
+    return {"bleu": float(bleu.corpus_score(hyps, refs).score),
+            "chrf": float(chrf.corpus_score(hyps, refs).score),
+            "bleu_lowercase": float(lower.corpus_score(hyps, refs).score),
+            "bleu_signature": str(bleu.get_signature())}
 
 
 #: The ROUGE variants `rouge_scores` reports (rouge-score's names).

@@ -44,7 +44,8 @@ class FinetuneOptions:
     val_fraction: float = 0.1  # held out of --train when --val is not given
     epochs: float = 1.0
     max_steps: int = 0  # overrides epochs when > 0
-    max_minutes: float = 0.0
+    max_minutes: float = 0.0  # stop after this wall-clock (the schedule still runs by steps)
+    minutes: float = 0.0  # a budget: the schedule (warm-up, decay) fits it; only it ends the run
     batch_size: int = 32
     lr: float = 5e-5
     warmup_fraction: float = 0.06
@@ -177,7 +178,9 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999),
         loop=LoopConfig(out_dir=str(Path(opts.output) / "run"), max_steps=steps,
                         batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
-                        eval_batches=0, save_every=0, keep_last=1, max_minutes=opts.max_minutes,
+                        eval_batches=0, save_every=0, keep_last=1,
+                        max_minutes=opts.minutes or opts.max_minutes,
+                        schedule_by_time=opts.minutes > 0,
                         export_hf=False, dtype=opts.autocast),
         run_config={"finetune": asdict(opts)},
         metric=metric, patience=opts.patience,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zenlm.data.parallel import ParallelData, TextPair, read_parallel
@@ -28,8 +27,8 @@ from zenlm.models import Seq2SeqLM
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids
 from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.train.objectives import IGNORE, seq2seq_cross_entropy
 
-IGNORE = -100
 log = logging.getLogger(__name__)
 
 #: Settings of a text-to-text task kept in `TaskInfo.options` (defaults here).
@@ -72,11 +71,12 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[TextPair], info: TaskInfo, *,
             (named by its line).
     """
     limit, policy = info.max_length, info.options.get("long_inputs", "truncate")
-    features, cut = [], 0
+    features, cut, texts = [], 0, 0
     for pair in pairs:
         sides = [encode_text(tokenizer, pair.source)]
         if labelled and pair.target is not None:
             sides.append(encode_text(tokenizer, pair.target))
+        texts += len(sides)
         for ids in sides:
             if len(ids) > limit:
                 if policy == "error":
@@ -86,8 +86,8 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[TextPair], info: TaskInfo, *,
                 ids[limit - 1:] = ids[-1:]  # keep the final EOS
         features.append(PairFeature(sides[0], sides[1] if len(sides) > 1 else []))
     if cut:
-        log.warning("%d of %d texts were longer than max_length=%d tokens and were truncated",
-                    cut, len(pairs), limit)
+        log.warning("%d of %d texts (sources and targets) were longer than max_length=%d "
+                    "tokens and were truncated", cut, texts, limit)
     return features
 
 
@@ -99,28 +99,11 @@ def collate_pairs(features: list[PairFeature], pad_id: int) -> TensorBatch:
                        labels=labels.masked_fill(real == 0, IGNORE))
 
 
-def decoder_inputs(labels: torch.Tensor, start_id: int) -> torch.Tensor:
-    """Teacher forcing's decoder inputs (B, T): the start token, then labels (B, T) shifted.
-
-    Inputs after a row's end (its padding) are never seen by its real tokens under the
-    causal mask; they are filled with the start id.
-    """
-    shifted = torch.full_like(labels, start_id)
-    shifted[:, 1:] = labels[:, :-1]
-    return shifted.masked_fill(shifted == IGNORE, start_id)
-
-
 def seq2seq_loss(model: Seq2SeqLM, batch: TensorBatch, label_smoothing: float = 0.0
                  ) -> torch.Tensor:
-    """Mean label-smoothed cross-entropy over real target tokens.
-
-    The decoder's right padding needs no mask: under the causal mask no real token
-    sees a later (padding) one, and padded positions carry no label.
-    """
-    decoder_ids = decoder_inputs(batch.labels, model.start_id)
-    logits = model(batch.src_ids, decoder_ids, src_mask=batch.src_mask)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten(),
-                           ignore_index=IGNORE, label_smoothing=label_smoothing)
+    """Mean label-smoothed cross-entropy over real target tokens (teacher forcing)."""
+    return seq2seq_cross_entropy(model, batch.src_ids, batch.src_mask, batch.labels,
+                                 start_id=model.start_id, label_smoothing=label_smoothing)
 
 
 def generation_config(tokenizer: Any, info: TaskInfo, model: Seq2SeqLM,

@@ -79,12 +79,21 @@ class LoopConfig:
     save_every: int = 100
     keep_last: int = 3  # checkpoints kept; the newest valid one is never deleted
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock; 0 = no limit
+    # The learning-rate schedule runs over max_minutes of wall-clock instead of max_steps
+    # (which then only sets its resolution): warm-up and decay end with the budget.
+    schedule_by_time: bool = False
     progress: bool = True
     tensorboard: bool = False
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (parameters sharded over ranks)
-    objective: str = "auto"  # auto (causal for decoders, mlm for encoders) | causal | mlm
+    # auto (causal for decoders, mlm for encoders, span for encoder-decoders) | causal | mlm | span
+    objective: str = "auto"
     mask_prob: float = 0.15  # mlm: fraction of tokens masked (80% [MASK], 10% random, 10% kept)
     export_hf: bool = True  # write <out_dir>/model as a Hugging Face folder at the end
+
+    def __post_init__(self) -> None:
+        if self.schedule_by_time and self.max_minutes <= 0:
+            raise ValueError(f"train.schedule_by_time needs train.max_minutes > 0, "
+                             f"got {self.max_minutes}")
 
 
 SECTIONS: dict[str, type] = {

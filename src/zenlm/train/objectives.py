@@ -22,11 +22,15 @@ from zenlm.models.heads import MaskedLM
 IGNORE = -100  # label of positions that do not count in the loss (F.cross_entropy default)
 
 
-OBJECTIVES = ("auto", "causal", "mlm")
+OBJECTIVES = ("auto", "causal", "mlm", "span")
+#: The architecture each objective trains (and the objective "auto" picks for it).
+ARCH_OF = {"causal": "decoder", "mlm": "encoder", "span": "encoder-decoder"}
 
 
 def resolve_objective(name: str, model_config: ModelConfig) -> str:
-    """`train.objective` made concrete: "auto" is mlm for encoders, causal for decoders.
+    """`train.objective` made concrete: "auto" picks the objective of the model's arch.
+
+    mlm for encoders, causal for decoders, span corruption for encoder-decoders.
 
     Raises:
         ValueError: an unknown objective, or one the architecture cannot train with.
@@ -34,8 +38,8 @@ def resolve_objective(name: str, model_config: ModelConfig) -> str:
     if name not in OBJECTIVES:
         raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
     if name == "auto":
-        return "mlm" if model_config.arch == "encoder" else "causal"
-    wanted = "encoder" if name == "mlm" else "decoder"
+        return {arch: objective for objective, arch in ARCH_OF.items()}[model_config.arch]
+    wanted = ARCH_OF[name]
     if model_config.arch != wanted:
         raise ValueError(f"train.objective={name} needs model.arch={wanted}, "
                          f"got {model_config.arch}")
@@ -43,7 +47,7 @@ def resolve_objective(name: str, model_config: ModelConfig) -> str:
 
 
 def build_for_objective(model_config: ModelConfig, objective: str) -> torch.nn.Module:
-    """The trained module: the decoder, or encoder + masked-LM head for "mlm"."""
+    """The trained module: the model itself, or encoder + masked-LM head for "mlm"."""
     model = build_model(model_config)
     return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
 
@@ -61,6 +65,85 @@ def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = model(inputs)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def seq2seq_cross_entropy(
+    model: nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor | None,
+    labels: torch.Tensor, *, start_id: int, label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Teacher-forced, label-smoothed cross-entropy of an encoder-decoder.
+
+    Args:
+        model: A Seq2SeqLM: (src_ids, decoder_ids, src_mask=) -> logits (B, T, V).
+        src_ids: Source ids (B, S).
+        src_mask: (B, S) 1 at real source tokens; None if unpadded.
+        labels: Target ids (B, T), IGNORE at padding; the decoder reads them shifted right
+            after `start_id` (its right padding needs no mask: under the causal mask no
+            real token sees a later one, and padded positions carry no label).
+        start_id: The decoder's start token.
+        label_smoothing: Weight of the uniform distribution in the target.
+    """
+    decoder_ids = decoder_inputs(labels, start_id)
+    logits = model(src_ids, decoder_ids, src_mask=src_mask)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                           ignore_index=IGNORE, label_smoothing=label_smoothing)
+
+
+def decoder_inputs(labels: torch.Tensor, start_id: int) -> torch.Tensor:
+    """Teacher forcing's decoder inputs (B, T): the start token, then labels (B, T) shifted.
+
+    Inputs after a row's end (its padding) are never seen by its real tokens under the
+    causal mask; they are filled with the start id.
+    """
+    shifted = torch.full_like(labels, start_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == IGNORE, start_id)
+
+
+class SpanCorruptionObjective:
+    """Trainer objective for encoder-decoders: T5's span corruption of each block.
+
+    Each block loses ~15% of its tokens in spans of mean length 3, each span replaced
+    by a sentinel in the source; the target lists each sentinel and the span it hid.
+    Like `MaskedLMObjective`, training draws from the Trainer's reseeded global RNG and
+    evaluation from the block's content.
+
+    Args:
+        sentinel_ids: Ids of the sentinel tokens, in order (T5's <extra_id_0>, ...).
+        eos_id: Ends every source and target.
+        pad_id: Pads sources (masked) and is the decoder's start token.
+        noise_density: Fraction of tokens hidden.
+        mean_span_length: Mean length of a hidden span.
+    """
+
+    def __init__(self, *, sentinel_ids: Sequence[int], eos_id: int, pad_id: int,
+                 noise_density: float = 0.15, mean_span_length: float = 3.0) -> None:
+        self.sentinel_ids, self.eos_id, self.pad_id = list(sentinel_ids), eos_id, pad_id
+        self.noise_density, self.mean_span_length = noise_density, mean_span_length
+
+    def corrupt(self, ids: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(src_ids, src_mask, labels) of blocks `ids` (B, T), padded per batch."""
+        pairs = [span_corruption(row, sentinel_ids=self.sentinel_ids, eos_id=self.eos_id,
+                                 noise_density=self.noise_density,
+                                 mean_span_length=self.mean_span_length, generator=generator)
+                 for row in ids.tolist()]
+        S, T = max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
+        src = torch.full((len(pairs), S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(pairs), S), dtype=torch.long)
+        labels = torch.full((len(pairs), T), IGNORE, dtype=torch.long)
+        for row, (source, target) in enumerate(pairs):
+            src[row, : len(source)] = torch.tensor(source)
+            mask[row, : len(source)] = 1
+            labels[row, : len(target)] = torch.tensor(target)
+        return src, mask, labels
+
+    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """Span-corruption loss of blocks (B, T + 1) (the first T tokens of each)."""
+        ids = batch[:, :-1].cpu()
+        generator = None if model.training else content_generator(ids)
+        src, mask, labels = (t.to(batch.device) for t in self.corrupt(ids, generator))
+        return seq2seq_cross_entropy(model, src, mask, labels, start_id=self.pad_id)
 
 
 def masked_lm_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from zenlm.train.export import load_trained, save_trained
 from zenlm.train.objectives import (
     OBJECTIVES,
     MaskedLMObjective,
+    SpanCorruptionObjective,
     build_for_objective,
     causal_lm_loss,
     resolve_objective,
@@ -28,6 +29,8 @@ __all__ = ["OBJECTIVES", "build_for_objective", "make_objective", "pretrain", "r
 
 PYDOC_CORPUS = "pydoc:topics"
 MASK_TOKEN = "[MASK]"  # added to trained tokenizers of masked-LM runs
+#: Sentinels added to trained tokenizers of span-corruption runs (T5's names and count).
+SENTINELS = tuple(f"<extra_id_{i}>" for i in range(100))
 
 
 def resolve_paths(paths: list[str], cache_dir: Path) -> list[Path]:
@@ -59,6 +62,8 @@ def prepare_tokenizer(config: PretrainConfig, paths: list[Path], dist: DistConte
         docs = read_documents(paths, field=config.data.field, txt_unit=config.data.txt_unit,
                               skip_bad_lines=config.data.skip_bad_lines)
         extra = [MASK_TOKEN] if needs_mask_token(config) else []
+        if needs_sentinels(config):
+            extra = list(SENTINELS)
         tokenizer = train_tokenizer(_capped(docs, config.tokenizer.max_train_chars),
                                     kind=config.tokenizer.kind,  # type: ignore[arg-type]
                                     vocab_size=config.tokenizer.vocab_size,
@@ -146,14 +151,24 @@ def needs_mask_token(config: PretrainConfig) -> bool:
                                                 and arch == "encoder")
 
 
+def needs_sentinels(config: PretrainConfig) -> bool:
+    """Whether the run trains span corruption (its tokenizer then needs sentinels)."""
+    arch = config.model.get("arch", "decoder")
+    return config.train.objective == "span" or (config.train.objective == "auto"
+                                                 and arch == "encoder-decoder")
+
+
 def make_objective(name: str, tokenizer: Tokenizer, config: PretrainConfig) -> Objective:
     """The Trainer objective of `name` for this tokenizer.
 
     Raises:
-        ValueError: a masked LM whose tokenizer has no [MASK] token.
+        ValueError: a masked LM whose tokenizer has no [MASK] token, or span corruption
+            whose tokenizer has no sentinels, EOS or padding token.
     """
     if name == "causal":
         return causal_lm_loss
+    if name == "span":
+        return span_objective(tokenizer)
     mask_id = tokenizer.backend.token_to_id(MASK_TOKEN)
     if mask_id is None:
         raise ValueError(f"train.objective=mlm needs a {MASK_TOKEN} token, and tokenizer "
@@ -161,3 +176,16 @@ def make_objective(name: str, tokenizer: Tokenizer, config: PretrainConfig) -> O
     specials = [i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special]
     return MaskedLMObjective(mask_id=mask_id, vocab_size=tokenizer.vocab_size,
                              special_ids=specials, mask_prob=config.train.mask_prob)
+
+
+def span_objective(tokenizer: Tokenizer) -> SpanCorruptionObjective:
+    """T5's span corruption with this tokenizer's sentinels, EOS and padding."""
+    sentinels = [tokenizer.backend.token_to_id(t) for t in SENTINELS]
+    missing = [name for name, value in (("sentinel <extra_id_0>", sentinels[0]),
+                                        ("EOS", tokenizer.eos_token_id),
+                                        ("padding", tokenizer.pad_token_id)) if value is None]
+    if missing:
+        raise ValueError(f"train.objective=span needs a tokenizer with {', '.join(missing)} "
+                         "tokens (a tokenizer trained by the run has them)")
+    return SpanCorruptionObjective(sentinel_ids=[i for i in sentinels if i is not None],
+                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)

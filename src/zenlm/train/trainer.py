@@ -203,7 +203,10 @@ class Trainer:
 
     # ------------------------------------------------------------------- loop
     def fit(self, resume: str = "auto") -> TrainResult:
-        """Train until `loop.max_steps` (or `loop.max_minutes`); returns a summary."""
+        """Train until `loop.max_steps` (or `loop.max_minutes`); returns a summary.
+
+        With `loop.schedule_by_time`, only the clock ends the run.
+        """
         resumed = self.resume(resume)
         if resumed is not None and self.dist.is_main:
             print(f"resumed from {resumed} at step {self.step}")
@@ -213,7 +216,7 @@ class Trainer:
         start, last_ckpt, loss, val = time.perf_counter() - self.elapsed_s, resumed, math.nan, None
         tokens_per_step = self.sequences_per_step * self.train_data.block_size
         try:
-            while self.step < self.loop.max_steps:
+            while self.step < self.loop.max_steps or self.loop.schedule_by_time:
                 tick = time.perf_counter()
                 loss, grad_norm, lr = self._train_step()
                 self.step += 1
@@ -243,6 +246,13 @@ class Trainer:
         return TrainResult(self.step, loss, val, total_tokens / max(self.elapsed_s, 1e-9),
                            self.elapsed_s, last_ckpt)
 
+    def _schedule_step(self) -> int:
+        """Where the schedule is: the step, or the budget's elapsed fraction of max_steps."""
+        if not self.loop.schedule_by_time:
+            return self.step
+        fraction = self.elapsed_s / (self.loop.max_minutes * 60)
+        return min(self.loop.max_steps, int(fraction * self.loop.max_steps))
+
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
@@ -253,7 +263,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns (loss, grad norm, lr)."""
         # Dropout and any other torch randomness depend on (seed, step, rank) only.
         torch.manual_seed(hash((self.loop.seed, self.step, self.dist.rank)) % (2**63))
-        lr = lr_at(self.step, lr=self.optim.lr, min_lr=self.optim.min_lr,
+        lr = lr_at(self._schedule_step(), lr=self.optim.lr, min_lr=self.optim.min_lr,
                    warmup_steps=self.optim.warmup_steps, max_steps=self.loop.max_steps,
                    schedule=self.optim.schedule)
         for group in self.optimizer.param_groups:
