@@ -1,4 +1,4 @@
-"""Task metrics: accuracy, precision/recall/F1, confusion matrix, entity F1, SQuAD EM/F1.
+"""Task metrics: accuracy, P/R/F1, confusion matrix, entity F1, SQuAD EM/F1, BLEU, ROUGE.
 
 Pure Python over lists, so they are easy to check against slow references:
 scikit-learn for P/R/F1, seqeval for entity F1, the official SQuAD v1.1 script's
@@ -220,3 +220,32 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
             "chrf": float(chrf.corpus_score(hyps, refs).score),
             "bleu_lowercase": float(lower.corpus_score(hyps, refs).score),
             "bleu_signature": str(bleu.get_signature())}
+
+
+#: The ROUGE variants `rouge_scores` reports (rouge-score's names).
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure (0-100) of summaries, as Google's `rouge-score` computes it.
+
+    Porter stemming is on (`use_stemmer=True`, as papers report ROUGE); the tokenizer
+    lower-cases and keeps only letters and digits. ROUGE-L is the longest common
+    subsequence over the whole text ("rougeL", not the newline-split "rougeLsum"), so
+    sentence order matters.
+
+    Args:
+        hypotheses: One system summary per document.
+        references: The one reference summary of each document.
+    """
+    from rouge_score import rouge_scorer
+
+    _same_length(references, hypotheses)
+    if not references:
+        raise ValueError("no summaries to score")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        for key, score in scorer.score(reference, hypothesis).items():
+            totals[key] += score.fmeasure
+    return {key: 100.0 * total / len(references) for key, total in totals.items()}

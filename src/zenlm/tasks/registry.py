@@ -22,10 +22,10 @@ then serve the new task with no other change.
 
 from __future__ import annotations
 
-from zenlm.tasks import classify, ner, qa, sft, translate
+from zenlm.tasks import classify, ner, qa, sft, summarize, translate
 from zenlm.tasks.spec import TaskSpec
 
-_MODULES = (classify, ner, qa, sft, translate)
+_MODULES = (classify, ner, qa, sft, translate, summarize)
 _SPECS: dict[str, TaskSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
 if len(_SPECS) != len(_MODULES):  # two modules registered the same name
     raise RuntimeError(f"task names are not unique: {[m.SPEC.name for m in _MODULES]}")
