@@ -24,13 +24,14 @@ def test_pretrain_t5_config_with_span_corruption(tmp_path):
     corpus = write_corpus(tmp_path)
     out = tmp_path / "run"
     overrides = [
-        f"data.paths=[{corpus}]", "data.block_size=48", f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.paths={corpus}", "data.block_size=48", f"data.cache_dir={tmp_path / 'cache'}",
         "model.d_model=48", "model.n_layers=2", "model.n_decoder_layers=1", "model.d_ff=96",
         "tokenizer.vocab_size=300", "train.max_steps=60", "train.batch_size=8",
         "train.eval_every=0", "train.save_every=0", "train.progress=false",
         f"train.out_dir={out}", "optim.warmup_steps=5", "optim.lr=3e-3",
     ]
-    assert main(["pretrain", str(REPO / "configs" / "t5-span-pydoc.yaml"), *overrides]) == 0
+    config = str(REPO / "configs" / "t5-span-pydoc.yaml")
+    assert main(["pretrain", "--config", config, *(f"--{o}" for o in overrides)]) == 0
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
               if '"loss"' in line]
     assert len(losses) == 60 and sum(losses[-10:]) < 0.8 * sum(losses[:10])
