@@ -161,8 +161,16 @@ class TranslateTask(TaskSpec[TextPair, PairFeature]):
         return f"{example.source} {example.target or ''}"
 
     def options(self, values: dict[str, Any]) -> dict[str, Any]:
-        """This task's `TaskInfo.options` from the run's settings (defaults filled in)."""
-        return {k: values.get(k, v) for k, v in DEFAULT_OPTIONS.items()}
+        """This task's `TaskInfo.options` from the run's settings (defaults filled in).
+
+        Raises:
+            ValueError: long_inputs is not "truncate" or "error".
+        """
+        options = {k: values.get(k, v) for k, v in DEFAULT_OPTIONS.items()}
+        if options["long_inputs"] not in ("truncate", "error"):
+            raise ValueError(f"long_inputs must be 'truncate' or 'error', "
+                             f"got {options['long_inputs']!r}")
+        return options
 
     def encode(self, tokenizer: Any, examples: list[TextPair], info: TaskInfo, *,
                labelled: bool = True) -> list[PairFeature]:
