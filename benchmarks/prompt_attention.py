@@ -25,7 +25,7 @@ from int4_quality import perplexity, zenlm_logits
 import zenlm
 from zenlm.bench import prefill_seconds
 from zenlm.cpu import cpu_info
-from zenlm.nn import attention
+from zenlm.nn import cpu_attention
 
 
 def milliseconds(run: Callable[[], object], repeats: int = 20) -> float:
@@ -52,17 +52,17 @@ def layer_times(dtype: torch.dtype) -> list[float]:
     k, v = (torch.randn(1, 3, 512, 64, dtype=dtype) for _ in range(2))
     times = [milliseconds(lambda: F.scaled_dot_product_attention(
         q, k, v, is_causal=True, enable_gqa=True))]
-    return times + [milliseconds(lambda b=b: attention.blocked_causal_attention(q, k, v, b))
+    return times + [milliseconds(lambda b=b: cpu_attention.blocked_causal_attention(q, k, v, b))
                     for b in (64, 128, 256)]
 
 
 def whole_model(rounds: int, data: Path) -> None:
     """Print prefill tok/s per round and perplexity, blocked path on and off."""
     lm = zenlm.load("smollm2-135m-instruct", quantize="bf16")
-    blocked = attention.use_blocked_attention
+    blocked = cpu_attention.use_blocked_attention
 
     def use(on: bool) -> None:
-        attention.use_blocked_attention = blocked if on else (lambda q, k: False)
+        cpu_attention.use_blocked_attention = blocked if on else (lambda q, k: False)
 
     speeds: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):

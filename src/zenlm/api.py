@@ -21,6 +21,7 @@ from zenlm.generate.defaults import sampling_defaults
 from zenlm.io.hf import load_hf_model, refuse_pickle
 from zenlm.io.resolve import resolve_model
 from zenlm.models import DecoderLM, Seq2SeqLM
+from zenlm.nn.cpu_attention import use_cpu_attention
 from zenlm.quant import QUANTIZE_MODES
 from zenlm.quant import quantize as quantize_model
 from zenlm.tokenizer import Message, Tokenizer
@@ -237,16 +238,18 @@ def load(
 
     By default a decoder is prepared for fast inference on this CPU (`quantize="auto"`:
     int4 with zenlm's kernel on AVX2 / AVX-512, else bf16 where bfloat16 is native, else
-    float32; see zenlm.quant.auto). Pass `quantize=None` for the weights exactly as
-    stored, in float32: for training, or to compare logits with another library.
+    float32; see zenlm.quant.auto), and every model gets the CPU attention kernels
+    (zenlm.nn.cpu_attention). Pass `quantize=None` for the model exactly as stored and
+    built, in float32 with PyTorch's SDPA: for training, or to compare logits with
+    another library.
 
     Args:
         model: See `zenlm.io.resolve.resolve_model`.
         dtype: Parameter dtype: torch.float32, torch.bfloat16, or their names. Giving
             one means "these weights as they are": `auto` then leaves them alone.
         quantize: "auto", "none" (fused float32), "bf16", "int8" or "int4" (see
-            zenlm.quant.quantize); None leaves the model as loaded. Encoders are
-            never quantized.
+            zenlm.quant.quantize); None leaves the model as loaded (no inference
+            transform at all). Encoders are never quantized.
         compile: torch.compile the decode step (faster decoding after a one-off
             compilation; falls back to eager if compiling fails).
 
@@ -270,6 +273,8 @@ def load(
             f"{path}: not a model folder or a .gguf file (for a .safetensors file, "
             "give the folder holding it and its config.json)"
         )
+    if quantize is not None:  # for inference (None: as stored, e.g. to train)
+        use_cpu_attention(network)
     if quantize == "auto" and (dtype is not None or not isinstance(network, DecoderLM)):
         quantize = None
     if quantize is not None:

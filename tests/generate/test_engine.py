@@ -13,7 +13,7 @@ from zenlm.generate.beam import beam_search
 from zenlm.generate.sampling import SamplingParams, apply_penalties, mask_min_p
 from zenlm.generate.speculative import lookup_guesses, speculative_generate
 from zenlm.models.decoder import DecoderLM
-from zenlm.nn.attention import Attention
+from zenlm.nn.cpu_attention import cpu_attention, use_cpu_attention
 
 from ..models.tiny_hf import VOCAB, tiny_hf_model
 
@@ -87,13 +87,12 @@ def test_bfloat16_decoding_sees_few_distinct_key_lengths(pair, monkeypatch):
     _, lm = pair
     model = copy.deepcopy(lm.model).to(torch.bfloat16)
     seen = set()
-    small_query = Attention._small_query_attention
 
-    def spy(self, q, k, v, mask):
+    def spy(q, k, v, mask, is_causal, scale):
         seen.add(k.shape[2])
-        return small_query(self, q, k, v, mask)
+        return cpu_attention(q, k, v, mask, is_causal, scale)
 
-    monkeypatch.setattr(Attention, "_small_query_attention", spy)
+    use_cpu_attention(model, kernel=spy)
     generate(model, _prompts([5])[0], GenerationConfig(max_new_tokens=100, stop_token_ids=()))
     assert 2 <= len(seen) <= 3  # 105 slots in multiples of 64 (and the short prompt)
 

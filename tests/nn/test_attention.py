@@ -1,4 +1,7 @@
-"""The attention module against attention written out slowly in float64."""
+"""The attention module (default kernel: SDPA) against attention written out slowly in float64.
+
+The CPU inference kernels are tested in test_cpu_attention.py, the masks in test_masks.py.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,8 @@ import math
 import pytest
 import torch
 
-from zenlm.nn import Attention, attention_mask
-from zenlm.nn import attention as attention_module
-from zenlm.nn.attention import blocked_causal_attention
+from zenlm.nn import Attention, build_mask
+from zenlm.nn.attention import sdpa
 
 
 def slow_attention(attn: Attention, x, context=None, allowed=None):
@@ -49,58 +51,13 @@ def test_causal_self_attention_matches_float64(n_heads, n_kv_heads):
     assert torch.allclose(ours.double(), slow_attention(attn, x, allowed=causal), atol=1e-5)
 
 
-def slow_causal(q, k, v):
-    """Causal attention over (B, H, T, D) queries and (B, Hkv, T, D) keys, in float64."""
-    B, H, T, D = q.shape
-    group = H // k.shape[1]
-    out = torch.zeros(B, H, T, D, dtype=torch.float64)
-    for b in range(B):
-        for h in range(H):
-            for t in range(T):
-                keys, values = k[b, h // group, : t + 1].double(), v[b, h // group, : t + 1].double()
-                weights = torch.softmax(keys @ q[b, h, t].double() / math.sqrt(D), dim=0)
-                out[b, h, t] = weights @ values
-    return out
-
-
-@pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 4), (6, 2), (4, 1)])
-@pytest.mark.parametrize("T,block", [(11, 4), (8, 4), (3, 4), (7, 1)])
-def test_blocked_causal_attention_matches_float64(n_heads, n_kv_heads, T, block):
-    q = torch.randn(2, n_heads, T, 8, dtype=torch.float64)
-    k, v = (torch.randn(2, n_kv_heads, T, 8, dtype=torch.float64) for _ in range(2))
-    ours = blocked_causal_attention(q, k, v, block=block)
-    assert ours.shape == (2, n_heads, T, 8)
-    assert torch.allclose(ours, slow_causal(q, k, v), atol=1e-12)
-
-
-def test_bfloat16_prompt_takes_the_blocked_path_and_keeps_its_accuracy(monkeypatch):
-    attn = Attention(64, 6, 2, 16).to(torch.bfloat16)
-    x = torch.randn(1, attention_module.QUERY_BLOCK + 37, 64, dtype=torch.bfloat16)
-    causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()[None]
-    reference = slow_attention(attn, x, allowed=causal)
-
-    def no_sdpa(*args, **kwargs):
-        raise AssertionError("a long bfloat16 causal prompt should not reach SDPA")
-
-    with torch.no_grad():
-        with monkeypatch.context() as patch:
-            patch.setattr(attention_module, "use_blocked_attention", lambda q, k: False)
-            through_sdpa = attn(x, is_causal=True)
-        monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", no_sdpa)
-        blocked = attn(x, is_causal=True)
-    scale = reference.abs().max()
-    sdpa_error = (through_sdpa.double() - reference).abs().max() / scale
-    blocked_error = (blocked.double() - reference).abs().max() / scale
-    print(f"relative error: blocked {blocked_error:.2e}, SDPA {sdpa_error:.2e}")
-    assert blocked_error < 2e-2 and blocked_error < 3 * sdpa_error
-
-
 def test_bidirectional_padding_does_not_change_real_tokens():
     attn = Attention(32, 4, 4, 8)
     x = torch.randn(1, 6, 32)
     padded = torch.cat([x, torch.randn(1, 4, 32)], dim=1)
-    mask = attention_mask(torch.tensor([[1] * 6 + [0] * 4]), query_len=10, key_len=10,
-                          causal=False)
+    mask, is_causal = build_mask(padding=torch.tensor([[1] * 6 + [0] * 4]), query_len=10,
+                                 key_len=10, causal=False)
+    assert not is_causal
     assert torch.allclose(attn(padded, mask=mask)[:, :6], attn(x), atol=1e-6)
 
 
@@ -112,17 +69,24 @@ def test_cross_attention_matches_float64():
 
 
 def test_mask_of_a_padding_query_is_finite():
-    mask = attention_mask(torch.tensor([[0, 0, 1, 1]]), query_len=4, key_len=4, causal=True)
+    mask, _ = build_mask(padding=torch.tensor([[0, 0, 1, 1]]), query_len=4, key_len=4,
+                         causal=True)
     assert mask[0, 0].any(dim=-1).all()
     attn = Attention(16, 2, 2, 8)
     assert torch.isfinite(attn(torch.randn(1, 4, 16), mask=mask)).all()
 
 
 def test_sliding_window_mask():
-    mask = attention_mask(None, query_len=5, key_len=5, causal=True, sliding_window=2)[0, 0]
+    mask = build_mask(query_len=5, key_len=5, causal=True, sliding_window=2)[0][0, 0]
     expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0],
                              [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
+
+
+def test_the_default_kernel_is_sdpa_and_shown():
+    attn = Attention(32, 4, 2, 8)
+    assert attn.kernel is sdpa
+    assert "kernel=sdpa" in repr(attn)
 
 
 def test_kv_heads_must_divide_heads():

@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zenlm.config import ModelConfig
-from zenlm.nn import Block, KVCache, RotaryEmbedding, attention_mask
-from zenlm.nn.attention import slot_mask, with_bias
+from zenlm.nn import Block, KVCache, RotaryEmbedding
 from zenlm.nn.kv_cache import CrossContext
+from zenlm.nn.masks import build_mask, source_mask
 from zenlm.nn.positions import RelativePositionBias
 
 
@@ -139,9 +138,7 @@ class DecoderLM(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
-        mask, is_causal = self._mask(T, cache, attention_mask)
-        if self.relative_bias is not None:
-            mask, is_causal = self._with_relative_bias(position_ids, mask, cache, T, x.dtype), False
+        mask, is_causal = self._mask(position_ids, cache, attention_mask, x.dtype)
         for index, block in enumerate(self.blocks):
             cross_kv = None if cross is None else cross.layer(index, block.cross_attn)
             x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=index,
@@ -164,41 +161,33 @@ class DecoderLM(nn.Module):
             padding: (B, S), 1 at real source tokens and 0 at padding; None if unpadded.
             cached: Project the keys and values now (True) or at every step (False).
         """
-        mask = None if padding is None else padding.bool()[:, None, None, :]
+        mask = source_mask(padding)
         if not cached:
             return CrossContext([], [], mask, memory)
         pairs = [block.cross_attn.project_kv(memory) for block in self.blocks]
         return CrossContext([k for k, _ in pairs], [v for _, v in pairs], mask)
 
-    def _with_relative_bias(
-        self, position_ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
-        T: int, dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """The step's causal mask as T5's additive bias (B|1, H, T, S)."""
-        S = T if cache is None else cache.key_length(T)
-        if mask is None:  # SDPA's is_causal was to apply it: spell it out
-            first = torch.zeros(1, dtype=torch.long, device=position_ids.device)
-            if cache is not None:
-                first = cache.lengths
-            mask = slot_mask(first, None, query_len=T, key_len=S, causal=True)
-        keys = torch.arange(S, device=position_ids.device)[None]  # (1, S)
-        return with_bias(self.relative_bias(position_ids, keys), mask, dtype)
-
     def _mask(
-        self, T: int, cache: KVCache | None, padding: torch.Tensor | None
+        self, position_ids: torch.Tensor, cache: KVCache | None, padding: torch.Tensor | None,
+        dtype: torch.dtype,
     ) -> tuple[torch.Tensor | None, bool]:
-        """The attention mask of this step, and whether SDPA may apply causality itself."""
-        if cache is None:
-            return attention_mask_for(self.config, padding, T, T), True
-        key_len = cache.key_length(T)  # slots read past the rows' ends are masked as future
-        if cache.uniform is not None and key_len == cache.uniform + T:
-            # SDPA's is_causal aligns the mask top-left: right only when nothing is cached.
-            return attention_mask_for(self.config, padding, T, key_len), cache.uniform == 0
-        if padding is not None and padding.shape[1] < key_len:
-            padding = F.pad(padding, (0, key_len - padding.shape[1]))
-        mask = slot_mask(cache.lengths, padding, query_len=T, key_len=key_len,
-                         causal=True, sliding_window=self.config.sliding_window)
-        return mask, False
+        """This step's attention mask and whether the kernel applies causality (`build_mask`).
+
+        Queries start at each row's cache length; the keys are the cache's slots read
+        (`key_length`: slots past a row's own end are hidden as future ones). T5's
+        relative position bias, when the model has one, is the mask.
+        """
+        T = position_ids.shape[1]
+        key_len = T if cache is None else cache.key_length(T)
+        first = 0 if cache is None else cache.uniform
+        if first is None:  # rows of different lengths
+            first = cache.lengths
+        bias = None
+        if self.relative_bias is not None:
+            keys = torch.arange(key_len, device=position_ids.device)[None]  # (1, S)
+            bias = self.relative_bias(position_ids, keys).to(dtype)  # (B, H, T, S)
+        return build_mask(query_len=T, key_len=key_len, causal=True, first_query=first,
+                          padding=padding, sliding_window=self.config.sliding_window, bias=bias)
 
     def _check_inputs(
         self, ids: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None
@@ -214,24 +203,6 @@ class DecoderLM(nn.Module):
                 f"attention_mask must be (batch, cached + new) = {expected}, "
                 f"got {tuple(attention_mask.shape)}"
             )
-
-
-def attention_mask_for(
-    config: ModelConfig, padding: torch.Tensor | None, query_len: int, key_len: int
-) -> torch.Tensor | None:
-    """The causal (and sliding-window, and padding) mask of a decoder step.
-
-    Returns None when SDPA's own `is_causal` suffices: no padding, no window, and
-    either a fresh prompt (T == S) or a single new token that may see every slot.
-    """
-    window = config.sliding_window
-    if window is not None and key_len <= window:
-        window = None  # every key is inside the window
-    if padding is None and window is None and (query_len == key_len or query_len == 1):
-        return None
-    return attention_mask(
-        padding, query_len=query_len, key_len=key_len, causal=True, sliding_window=window
-    )
 
 
 def default_positions(

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from zenlm.config import ModelConfig
-from zenlm.nn import Block, attention_mask
-from zenlm.nn.attention import with_bias
+from zenlm.nn import Block
+from zenlm.nn.masks import build_mask
 from zenlm.nn.positions import RelativePositionBias
 
 
@@ -88,12 +88,11 @@ class EncoderModel(nn.Module):
             x = x + self.token_types(token_type_ids)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        mask = None
-        if attention_mask is not None:
-            T = ids.shape[1]
-            mask = attention_mask_bidirectional(attention_mask, T)
+        bias = None
         if self.relative_bias is not None:
-            mask = with_bias(self.relative_bias(positions, positions), mask, x.dtype)
+            bias = self.relative_bias(positions, positions).to(x.dtype)  # (B, H, T, T)
+        mask, _ = build_mask(query_len=ids.shape[1], key_len=ids.shape[1], causal=False,
+                             padding=attention_mask, bias=bias)
         for block in self.blocks:
             x = block(x, mask=mask)
         return self.final_norm(x) if self.final_norm is not None else x
@@ -111,7 +110,3 @@ class EncoderModel(nn.Module):
             counts = (padding.long().cumsum(-1) - 1).clamp(min=0)
         return counts + self.config.position_offset
 
-
-def attention_mask_bidirectional(padding: torch.Tensor, length: int) -> torch.Tensor:
-    """Boolean (B, 1, T, T): every real token sees every real token of its row."""
-    return attention_mask(padding, query_len=length, key_len=length, causal=False)

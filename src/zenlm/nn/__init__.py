@@ -1,8 +1,9 @@
 """Building blocks shared by encoders, decoders and encoder-decoders."""
 
-from zenlm.nn.attention import Attention, attention_mask
+from zenlm.nn.attention import Attention
 from zenlm.nn.block import Block
 from zenlm.nn.kv_cache import KVCache
+from zenlm.nn.masks import build_mask
 from zenlm.nn.mlp import MLP
 from zenlm.nn.norm import RMSNorm, make_norm
 from zenlm.nn.positions import LearnedPositions, SinusoidalPositions
@@ -18,6 +19,6 @@ __all__ = [
     "RotaryEmbedding",
     "SinusoidalPositions",
     "apply_rope",
-    "attention_mask",
+    "build_mask",
     "make_norm",
 ]

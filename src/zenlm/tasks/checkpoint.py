@@ -18,6 +18,7 @@ from torch import nn
 import zenlm
 from zenlm.errors import CheckpointError
 from zenlm.io.hf import save_hf_model
+from zenlm.nn.cpu_attention import use_cpu_attention
 from zenlm.nn.lora import lora_layers, merge_lora, save_adapters, unmerge_lora
 from zenlm.tasks.registry import get_task
 from zenlm.tasks.spec import TaskInfo
@@ -70,10 +71,14 @@ def read_task_info(folder: str | Path) -> TaskInfo:
 
 
 def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, TaskInfo]:
-    """(task model in eval mode, tokenizer, task info) of a folder `save_task_model` wrote."""
+    """(task model in eval mode, tokenizer, task info) of a folder `save_task_model` wrote.
+
+    For evaluate and predict: the weights as trained, with the CPU attention kernels.
+    """
     folder = Path(folder)
     info = read_task_info(folder)
     lm = zenlm.load(folder, quantize=None)
+    use_cpu_attention(lm.model)  # inference only; quantize=None leaves the weights exact
     model = build_task_model(info, lm.model)
     if model is not lm.model:
         state = {k.removeprefix("head."): v for k, v in
