@@ -9,12 +9,13 @@ transformers reads back as the same architecture.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zenlm.errors import UnsupportedModelError
 
-if TYPE_CHECKING:
-    from zenlm.config import ModelConfig
+#: What the writers take: a `zenlm.config.ModelConfig`. Not imported, even for type
+#: checking: `zenlm.config` imports this module, and layers point one way.
+ModelConfig = Any
 
 #: BART-family `activation_function` values (transformers' ACT2FN names) -> ours.
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",

@@ -96,8 +96,10 @@ def test_objective_follows_the_architecture():
     assert resolve_objective("auto", decoder) == "causal"
     with pytest.raises(ValueError, match="needs model.arch=encoder"):
         resolve_objective("mlm", decoder)
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="needs model.arch=encoder-decoder, got encoder"):
         resolve_objective("span", encoder)
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_objective("denoise", encoder)
 
 
 def test_evaluation_masks_are_a_function_of_the_block():
