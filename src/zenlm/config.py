@@ -109,6 +109,15 @@ class ModelConfig:
         return self.n_layers
 
     @property
+    def context_length(self) -> int:
+        """Tokens one sequence may hold: max_seq_len, less the first position id.
+
+        Learned positions that start past an offset (BART's 2, RoBERTa's padding id + 1)
+        leave that many rows of their table unused by real tokens.
+        """
+        return self.max_seq_len - self.position_offset
+
+    @property
     def dim_per_head(self) -> int:
         """Size of one attention head."""
         return self.head_dim or self.d_model // self.n_heads

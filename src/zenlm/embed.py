@@ -30,7 +30,7 @@ def embed_texts(
     if isinstance(texts, str):
         raise ValueError("embed takes a list of texts; wrap a single text in a list")
     config = model.config
-    limit = config.max_seq_len - config.position_offset
+    limit = config.context_length
     keep_last = config.arch == "encoder"  # its final [SEP]/</s>
     pad = tokenizer.pad_token_id
     pad = pad if pad is not None else (config.pad_token_id or 0)

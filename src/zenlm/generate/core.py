@@ -182,7 +182,7 @@ def open_rows(
         cross_cache: Project the encoder output into cross-attention keys and values
             once (True), or at every step (config.use_cross_cache=False).
     """
-    context = model.config.max_seq_len
+    context = model.config.context_length
     if not isinstance(model, Seq2SeqLM):
         max_len = min(context, max(len(p) for p in prompts) + max_new_tokens)
         return [list(p) for p in prompts], model.new_cache(len(prompts), max_len)

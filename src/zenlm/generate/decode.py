@@ -53,7 +53,7 @@ def check_prompts(model: DecoderLM | Seq2SeqLM, prompts: Seq[Seq[int]]) -> None:
     """
     if not prompts:
         raise ValueError("no prompts given")
-    context = model.config.max_seq_len
+    context = model.config.context_length
     for index, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {index} is empty: give at least one token")
@@ -97,7 +97,7 @@ def stream_batch(
     """
     config.validate()
     check_prompts(model, prompts)
-    n, context = config.num_return_sequences, model.config.max_seq_len
+    n, context = config.num_return_sequences, model.config.context_length
     rows = [prompt for prompt in prompts for _ in range(n)]
     decoder_prompts, cache = open_rows(model, rows, config.max_new_tokens,
                                        cross_cache=config.use_cross_cache)

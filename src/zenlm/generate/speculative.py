@@ -85,7 +85,7 @@ def speculative_generate(
         )
     start = time.perf_counter()
     seq = Sequence(prompt_ids, config, vocab_size=model.config.vocab_size,
-                   context=model.config.max_seq_len)
+                   context=model.config.context_length)
     cache = model.new_cache(1, seq.limit + num_guesses + 1)
     helper = _Draft(draft, seq.limit + num_guesses + 1) if draft is not None else None
     events = advance(prefill(model, [seq.prompt], cache), [seq])

@@ -181,7 +181,7 @@ class Engine:
                 f"kv_budget_mb={kv_budget_mb} leaves {per_row} tokens per row for "
                 f"max_batch={self.max_batch}; raise the budget or lower max_batch"
             )
-        return min(config.max_seq_len, per_row)
+        return min(config.context_length, per_row)
 
     # ---- the HTTP side (any thread) -------------------------------------------------
 
@@ -214,10 +214,10 @@ class Engine:
         for prompt in prompts:
             if not prompt:
                 return InvalidParameter("prompt", "the prompt is empty")
-            if self.seq2seq and len(prompt) > self.model.config.max_seq_len:
+            if self.seq2seq and len(prompt) > self.model.config.context_length:
                 return InvalidParameter("prompt", (
                     f"the source has {len(prompt)} tokens; the encoder reads at most "
-                    f"{self.model.config.max_seq_len}"))
+                    f"{self.model.config.context_length}"))
             used = self.decoder_prompt_len(prompt)
             if used + config.max_new_tokens > self.row_len:
                 return InvalidParameter("max_tokens", (

@@ -106,9 +106,9 @@ class SummarizeTask(TranslateTask):
         references = [e.target or "" for e in examples]
         extra: dict[str, Any] = {"method": method(info)}
         if extra["method"] == "abstractive":
-            limit = _new_token_limit(model, int(info.options.get("max_new_tokens", 256)))
             hypotheses = generate_texts(model, tokenizer, info, [e.source for e in examples],
-                                        max_new_tokens=limit)
+                                        max_new_tokens=int(info.options.get("max_new_tokens",
+                                                                            256)))
             extra["num_beams"] = int(info.options.get("num_beams", 1))
         else:
             docs, scores = self._score(model, tokenizer, info, examples, pad_id)
@@ -125,7 +125,7 @@ class SummarizeTask(TranslateTask):
         examples = self.read(path, labelled=False)
         if method(info) == "abstractive":
             outputs = generate_texts(model, tokenizer, info, [e.source for e in examples],
-                                     max_new_tokens=_new_token_limit(model, max_new_tokens))
+                                     max_new_tokens=max_new_tokens)
         else:
             docs, scores = self._score(model, tokenizer, info, examples, pad_id)
             outputs = extractive.summaries(
@@ -141,18 +141,6 @@ class SummarizeTask(TranslateTask):
         features = extractive.encode_documents(tokenizer, docs, info.max_length)
         counts = [len(d.sentences) for d in docs]
         return docs, extractive.sentence_scores(model, features, counts, pad_id)
-
-
-def _new_token_limit(model: nn.Module, requested: int) -> int:
-    """`requested`, cut to the decoder's position table (BART's 1024, Marian's 512).
-
-    A summary may be asked for longer than a model with learned or sinusoidal positions
-    can write; relative positions (T5) have no table and no limit.
-    """
-    config = model.config
-    if config.positions in ("learned", "sinusoidal"):
-        return max(1, min(requested, config.max_seq_len - config.position_offset - 1))
-    return requested
 
 
 SPEC = SummarizeTask()
