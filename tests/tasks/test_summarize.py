@@ -144,6 +144,19 @@ def tiny_bert(tmp_path_factory):
     return folder
 
 
+def _evaluate_and_predict(model_dir, data, tmp_path, capsys):
+    """`zenlm evaluate --json` scores, `zenlm predict` summaries, and the references."""
+    assert main(["evaluate", "--task", "summarize", "--model", str(model_dir), "--data",
+                 str(data), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    predictions = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--task", "summarize", "--model", str(model_dir), "--input",
+                 str(data), "--output", str(predictions)]) == 0
+    outputs = [json.loads(line)["summary"] for line in predictions.read_text().splitlines()]
+    references = [json.loads(line)["summary"] for line in data.read_text().splitlines()]
+    return scores, outputs, references
+
+
 def test_finetune_evaluate_predict_extractive(tiny_bert, tmp_path, capsys):
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     for path, rows in ((train, _corpus(60, 0)), (test, _corpus(20, 1))):
@@ -159,14 +172,7 @@ def test_finetune_evaluate_predict_extractive(tiny_bert, tmp_path, capsys):
     task = json.loads((out / "model" / "task.json").read_text())
     assert task["options"]["ratio"] == summary["validation"]["ratio"]  # chosen on validation
 
-    assert main(["evaluate", "--task", "summarize", "--model", str(out / "model"), "--data",
-                 str(test), "--json"]) == 0
-    scores = json.loads(capsys.readouterr().out)
-    predictions = tmp_path / "predictions.jsonl"
-    assert main(["predict", "--task", "summarize", "--model", str(out / "model"), "--input",
-                 str(test), "--output", str(predictions)]) == 0
-    outputs = [json.loads(line)["summary"] for line in predictions.read_text().splitlines()]
-    references = [json.loads(line)["summary"] for line in test.read_text().splitlines()]
+    scores, outputs, references = _evaluate_and_predict(out / "model", test, tmp_path, capsys)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge_l = [scorer.score(r, h)["rougeL"].fmeasure
                for h, r in zip(outputs, references, strict=True)]
@@ -215,14 +221,7 @@ def test_finetune_evaluate_predict_abstractive(tiny_bart, tmp_path, capsys):
                  str(data), "--output", str(out), "--max-steps", "3", "--batch-size", "4",
                  "--max-length", "64", "--val-fraction", "0.25"]) == 0
     assert json.loads(capsys.readouterr().out)["validation"]["method"] == "abstractive"
-    assert main(["evaluate", "--task", "summarize", "--model", str(out / "model"), "--data",
-                 str(data), "--json"]) == 0
-    scores = json.loads(capsys.readouterr().out)
-    predictions = tmp_path / "predictions.jsonl"
-    assert main(["predict", "--task", "summarize", "--model", str(out / "model"), "--input",
-                 str(data), "--output", str(predictions)]) == 0
-    outputs = [json.loads(line)["summary"] for line in predictions.read_text().splitlines()]
-    references = [json.loads(line)["summary"] for line in data.read_text().splitlines()]
+    scores, outputs, references = _evaluate_and_predict(out / "model", data, tmp_path, capsys)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     for key in ("rouge1", "rouge2", "rougeL"):
         expected = [scorer.score(r, h)[key].fmeasure
@@ -232,16 +231,19 @@ def test_finetune_evaluate_predict_abstractive(tiny_bart, tmp_path, capsys):
 
 
 def test_summaries_are_cut_to_the_decoders_position_table(tiny_bart):
-    """With no stop token a summary runs to its limit: the limit fits BART's positions."""
+    """With no stop token a summary runs to its limit: the generation core keeps it inside
+    BART's learned positions (its table, less the offset of 2), whatever is asked."""
     import zenlm
-    from zenlm.tasks.summarize import _new_token_limit
-    from zenlm.tasks.translate import generate_texts
+    from zenlm.generate.beam import beam_search
+    from zenlm.generate.decode import GenerationConfig, generate_batch
 
     lm = zenlm.load(tiny_bart, quantize=None)
-    lm.tokenizer.eos_token, lm.model.config.eos_token_id = None, None  # never stop early
-    info = TaskInfo(task="summarize", arch="encoder-decoder", max_length=64)
-    limit = _new_token_limit(lm.model, 10_000)
-    assert limit < 10_000
-    generate_texts(lm.model, lm.tokenizer, info, ["Story 1"], max_new_tokens=limit)
-    with pytest.raises(ValueError, match="learned positions"):
-        generate_texts(lm.model, lm.tokenizer, info, ["Story 1"], max_new_tokens=limit + 2)
+    config = lm.model.config
+    positions = lm.model.decoder.positions.weight.shape[0] - config.position_offset
+    assert config.position_offset == 2 and positions < 10_000
+    source = lm.tokenizer.encode("Story 1")
+    asked = GenerationConfig(max_new_tokens=10_000)  # no stop token: runs to the limit
+    greedy = generate_batch(lm.model, [source], asked)[0]
+    beams = beam_search(lm.model, source, GenerationConfig(max_new_tokens=10_000, num_beams=2))
+    # the start token holds position 0; the last token is never fed back
+    assert len(greedy.token_ids) == len(beams[0].token_ids) == positions - 1
