@@ -98,3 +98,4 @@ def test_bench_json_reports_speed_and_memory(tiny_chat_model):
         assert result[key] > 0, key
     # the generating peak is reset after loading, so it is at most the process's peak
     assert 0 < result["generate_peak_rss_mb"] <= result["peak_rss_mb"]
+

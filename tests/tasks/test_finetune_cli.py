@@ -87,5 +87,7 @@ def test_model_folder_with_a_first_layout_task_json_still_evaluates(run, tmp_pat
     for folder in (model_dir, old):
         assert main(["evaluate", "--task", "classify", "--model", str(folder), "--data",
                      str(data), "--json"]) == 0
-        runs.append(json.loads(capsys.readouterr().out))
+        scores = json.loads(capsys.readouterr().out)
+        assert scores.pop("settings")["model"] == str(folder)
+        runs.append(scores)
     assert runs[0] == runs[1]

@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "zenlm.commands.generate",
     "zenlm.commands.bench",
     "zenlm.commands.finetune",
+    "zenlm.commands.evaluate",
     "zenlm.commands.pretrain",
     "zenlm.commands.export",
     "zenlm.commands.data",
