@@ -86,7 +86,10 @@ def test_bad_request_is_a_4xx_in_openai_shape(tiny_server, case):
 def test_health_stays_ok_and_nothing_was_a_5xx(tiny_server):
     assert httpx.get(tiny_server.url + "/health").status_code == 200
     text = httpx.get(tiny_server.url + "/metrics").text
-    assert 'status="5' not in text
+    # /health answers 503 while the model loads (the fixture polls it): that is its job
+    fives = [line for line in text.splitlines() if 'status="5' in line
+             and 'route="/health",status="503"' not in line]
+    assert not fives
 
 
 def test_unknown_route_and_method_are_openai_errors(tiny_server):
