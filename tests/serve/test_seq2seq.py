@@ -113,3 +113,14 @@ def test_long_sources_are_named(server):
         "model": MODEL, "prompt": list(range(3, 203)), "max_tokens": 4})
     assert response.status_code == 400
     assert "the source has 200 tokens; the encoder reads at most 128" in response.text
+
+
+@pytest.mark.parametrize("max_tokens", [0, 4])
+def test_echo_is_refused_by_name(server, max_tokens):
+    """An encoder-decoder does not predict its source: there are no prompt logprobs."""
+    response = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": SOURCES[0], "echo": True, "logprobs": 1,
+        "max_tokens": max_tokens})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "echo" and "encoder-decoder" in error["message"]

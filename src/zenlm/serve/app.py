@@ -30,7 +30,15 @@ from zenlm.generate import GenerationConfig
 from zenlm.generate.defaults import SAMPLING_KEYS, fill_sampling
 from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.serve import sse
-from zenlm.serve.engine import Delta, Done, Engine, Event, Failed, QueueFullError
+from zenlm.serve.engine import (
+    Delta,
+    Done,
+    Engine,
+    Event,
+    Failed,
+    PromptScores,
+    QueueFullError,
+)
 from zenlm.serve.engine import Request as EngineRequest
 from zenlm.serve.errors import APIError, error_body
 from zenlm.serve.gate import Gate
@@ -271,8 +279,6 @@ def _prompts(state: ServerState, body: _Sampling, chat: bool) -> list[list[int]]
         except Exception as exc:  # the template refused these messages (e.g. role order)
             raise APIError(400, f"messages: the chat template failed: {exc}",
                            param="messages") from None
-    if body.echo:
-        raise APIError(400, "echo: returning the prompt is not supported", param="echo")
     prompt = body.prompt
     if isinstance(prompt, str):
         prompt = [prompt]
@@ -300,6 +306,8 @@ def _config(state: ServerState, body: _Sampling, prompts: list[list[int]], chat:
     used = max(engine.decoder_prompt_len(p) for p in prompts)
     room = engine.row_len - used
     param = "messages" if chat else "prompt"
+    if _scoring_only(body, chat):  # no cache row: the prompt may fill the model's context
+        max_tokens, room = 1, 1  # a valid config; nothing is generated
     if room < 1:
         raise APIError(400, f"{param}: {used} tokens leave no room in "
                        f"this server's context of {engine.row_len}", param=param,
@@ -328,11 +336,28 @@ def _config(state: ServerState, body: _Sampling, prompts: list[list[int]], chat:
     except InvalidParameter as exc:  # its message starts with our name for the parameter
         name = API_NAMES.get(exc.param, exc.param)
         raise APIError(400, name + exc.message.removeprefix(exc.param), param=name) from None
-    problem = engine.check(prompts, config)
+    problem = engine.check(prompts, config, generate=not _scoring_only(body, chat))
     if problem is not None:
         raise APIError(400, problem.message, param=problem.param,
                        code="context_length_exceeded" if problem.param == "max_tokens" else None)
     return config
+
+
+def _scoring_only(body: _Sampling, chat: bool) -> bool:
+    """`max_tokens: 0` (completions, with echo): score the prompt, generate nothing."""
+    return not chat and body.max_tokens == 0
+
+
+def _check_echo(state: ServerState, body: CompletionRequest) -> None:
+    """400 for `echo` or `max_tokens: 0` where they cannot be served."""
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens: 0 generates nothing; it is allowed only with "
+                       "echo: true (to return the prompt and its logprobs)", param="max_tokens")
+    if body.echo and isinstance(state.lm.model, Seq2SeqLM):
+        raise APIError(400, f"echo: model {state.options.model_name} is an encoder-decoder: "
+                       "its prompt is the source, which it does not predict, so the prompt "
+                       "has no logprobs to echo; use a decoder-only model", param="echo",
+                       code="model_not_supported")
 
 
 class _Bridge:
@@ -353,16 +378,21 @@ async def _generate(request: Request, state: ServerState, body: _Sampling, chat:
                     ) -> Response:
     state.check_model(body.model)
     engine = state.require_engine()
+    if not chat:
+        _check_echo(state, body)
     prompts = _prompts(state, body, chat)
     config = _config(state, body, prompts, chat)
     bridge = _Bridge()
-    job = EngineRequest(prompts, config, bridge.emit, ignore_eos=body.ignore_eos)
+    # echo with logprobs: the engine scores the prompts (top `logprobs` alternatives)
+    score = body.logprobs if not chat and body.echo else None
+    job = EngineRequest(prompts, config, bridge.emit, ignore_eos=body.ignore_eos,
+                        score_prompts=score, generate=not _scoring_only(body, chat))
     try:
         engine.submit(job)
     except QueueFullError as exc:
         raise APIError(429, str(exc), code="rate_limit_exceeded",
                        headers={"Retry-After": str(exc.retry_after)}) from None
-    formatter = sse.Formatter(state.lm.tokenizer, body, chat, len(prompts))
+    formatter = sse.Formatter(state.lm.tokenizer, body, chat, prompts)
     if body.stream:
         return StreamingResponse(_stream(job, bridge, formatter), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -405,7 +435,7 @@ async def _collect(request: Request, job: EngineRequest, bridge: _Bridge,
                     raise APIError(499, "client disconnected")
             if isinstance(event, Failed):
                 raise APIError(500, event.message, kind="server_error")
-            if isinstance(event, Delta):
+            if isinstance(event, (PromptScores, Delta)):
                 formatter.add(event)
             elif isinstance(event, Done):
                 return formatter.response(event)

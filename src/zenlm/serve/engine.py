@@ -42,6 +42,7 @@ from zenlm.generate.core import decode_step, logprob_rows, open_rows
 from zenlm.models import Seq2SeqLM
 from zenlm.nn.kv_cache import CrossContext, KVCache
 from zenlm.serve.metrics import Metrics
+from zenlm.serve.scoring import score_prompts
 
 log = logging.getLogger("zenlm.serve")
 
@@ -76,6 +77,18 @@ class Delta:
 
 
 @dataclass
+class PromptScores:
+    """The log-probabilities of one prompt's tokens (`echo` with `logprobs`).
+
+    `tokens[0]` has no logprob (nothing precedes it); every other token has its own
+    log-probability given the tokens before it, and its top alternatives.
+    """
+
+    prompt: int
+    tokens: list[TokenInfo]
+
+
+@dataclass
 class Done:
     """A request finished: every choice has ended."""
 
@@ -90,7 +103,7 @@ class Failed:
     message: str
 
 
-Event = Delta | Done | Failed
+Event = PromptScores | Delta | Done | Failed
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -102,12 +115,17 @@ class Request:
         config: Validated generation parameters (stop strings included).
         emit: Called on the engine thread with each Event of this request.
         ignore_eos: Generate through stop tokens (benchmarks, tests).
+        score_prompts: Send each prompt's token log-probabilities (PromptScores) with
+            this many top alternatives per token (None: do not score the prompts).
+        generate: False to score the prompts only (the API's `max_tokens: 0`).
     """
 
     prompts: list[list[int]]
     config: GenerationConfig
     emit: Callable[[Event], None]
     ignore_eos: bool = False
+    score_prompts: int | None = None
+    generate: bool = True
     id: int = field(default_factory=itertools.count().__next__)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -118,6 +136,8 @@ class Request:
     @property
     def rows_needed(self) -> int:
         """Cache rows this request occupies while it runs."""
+        if not self.generate:
+            return 0
         return len(self.prompts) * self.config.num_return_sequences
 
     def cancel(self) -> None:
@@ -205,8 +225,13 @@ class Engine:
             self.metrics.queue_depth.set(len(self.waiting))
             self.lock.notify()
 
-    def check(self, prompts: Seq[Seq[int]], config: GenerationConfig) -> InvalidParameter | None:
-        """Why this request can never run here (None if it can): too long, too many rows."""
+    def check(self, prompts: Seq[Seq[int]], config: GenerationConfig, generate: bool = True,
+              ) -> InvalidParameter | None:
+        """Why this request can never run here (None if it can): too long, too many rows.
+
+        A scoring-only request (`generate=False`) takes no cache rows: its prompts may
+        fill the model's whole context.
+        """
         if len(prompts) * config.num_return_sequences > self.max_batch:
             return InvalidParameter("n", (
                 f"n x prompts = {len(prompts) * config.num_return_sequences} sequences; "
@@ -218,6 +243,12 @@ class Engine:
                 return InvalidParameter("prompt", (
                     f"the source has {len(prompt)} tokens; the encoder reads at most "
                     f"{self.model.config.context_length}"))
+            if not generate:
+                if len(prompt) > self.model.config.context_length:
+                    return InvalidParameter("prompt", (
+                        f"the prompt has {len(prompt)} tokens, beyond the model's context "
+                        f"of {self.model.config.context_length}"))
+                continue
             used = self.decoder_prompt_len(prompt)
             if used + config.max_new_tokens > self.row_len:
                 return InvalidParameter("max_tokens", (
@@ -290,6 +321,8 @@ class Engine:
                 free -= head.rows_needed
                 tokens += size
             self.metrics.queue_depth.set(len(self.waiting))
+        # Prompts to score are scored first; those that only score end there.
+        batch = [request for request in batch if self._score(request)]
         if not batch:
             return
         try:
@@ -302,6 +335,26 @@ class Engine:
                         self._prefill([request])
                     except Exception as exc:
                         self._fail(request, f"prefill failed: {exc}")
+
+    def _score(self, request: Request) -> bool:
+        """Send the prompts' scores if asked. True if the request goes on to generate."""
+        if request.score_prompts is not None:
+            try:
+                scores = score_prompts(self.model, request.prompts, request.score_prompts)
+            except Exception as exc:  # this request fails; the batch goes on
+                log.exception("scoring the prompts of request %d failed", request.id)
+                self._fail(request, f"scoring the prompt failed: {exc}")
+                return False
+            for index, tokens in enumerate(scores):
+                infos = [TokenInfo(t.token, t.logprob, t.top) for t in tokens]
+                _emit(request, PromptScores(index, infos))
+        if request.generate:
+            return True  # its prompt tokens are counted at prefill
+        prompt_tokens = sum(len(p) for p in request.prompts)
+        self.metrics.tokens_in.inc(prompt_tokens)
+        request.finished = True
+        _emit(request, Done(prompt_tokens, 0))
+        return False
 
     def _prefill(self, requests: list[Request]) -> None:
         prompts = [(r, i, p) for r in requests for i, p in enumerate(r.prompts)]

@@ -89,8 +89,10 @@ class CompletionRequest(_Sampling):
     """`POST /v1/completions`."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    # 0 (with echo) scores the prompt without generating, as OpenAI's legacy API allows
+    max_tokens: int | None = Field(None, ge=0)
     logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
+    echo: bool = False  # the text starts with the prompt; logprobs cover its tokens too
 
 
 class EmbeddingRequest(_Strict):
