@@ -156,3 +156,34 @@ def test_scoring_only_may_fill_the_models_context(tiny_server, tiny_lm):
     assert over.status_code == 400
     assert over.json()["error"]["param"] == "prompt"
     assert str(context) in over.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_gguf):
+    """SmolLM2 served unquantized: the GGUF's weights dequantized, as transformers loads them."""
+    import zenlm
+    from zenlm.serve import ServeOptions, create_app
+
+    from .conftest import LiveServer
+
+    lm = zenlm.load(smollm2_gguf, quantize=None)
+    app = create_app(lambda: lm, ServeOptions(model_name="smollm2", max_batch=2,
+                                              kv_budget_mb=16))
+    server = LiveServer(app).start()
+    yield server
+    server.stop()
+
+
+def test_smollm2_echo_logprobs_equal_transformers(smollm2_server, hf_smollm2):
+    model, tokenizer = hf_smollm2
+    prompt = "Question: How do I boil an egg?\nAnswer: Put it in boiling water."
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    reply = client(smollm2_server).completions.create(
+        model="smollm2", prompt=ids, echo=True, logprobs=2, max_tokens=0)
+    lp = reply.choices[0].logprobs
+    chosen, tops = reference(model, ids, 2)
+    assert lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(chosen, abs=1e-3)
+    assert [max(t.values()) for t in lp.top_logprobs[1:]] == pytest.approx(
+        [t[0] for t in tops], abs=1e-3)
+    assert reply.choices[0].text == tokenizer.decode(ids)
