@@ -147,6 +147,21 @@ def test_streamed_scoring_only_ends_every_choice(tiny_server):
     assert chunks[0]["text"] == PROMPT and chunks[-1]["finish_reason"] == "length"
 
 
+def test_a_prompt_scored_in_pieces_equals_one_pass(tiny_server, tiny_lm, hf_tiny, monkeypatch):
+    """Long prompts are scored in pieces, each after all the tokens before it."""
+    from zenlm.serve import scoring
+
+    monkeypatch.setattr(scoring, "PIECE_TOKENS", 5)
+    ids = tiny_lm.tokenizer.encode(PROMPT * 3)
+    assert len(ids) > 15
+    body = post(tiny_server, prompt=ids, echo=True, logprobs=1, max_tokens=0).json()
+    chosen, tops = reference(hf_tiny[0], ids, 1)
+    lp = body["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][1:] == pytest.approx(chosen, abs=1e-4)
+    assert [max(t.values()) for t in lp["top_logprobs"][1:]] == pytest.approx(
+        [t[0] for t in tops], abs=1e-4)
+
+
 def test_scoring_only_may_fill_the_models_context(tiny_server, tiny_lm):
     context = tiny_lm.config.context_length
     full = post(tiny_server, prompt=[5] * context, echo=True, logprobs=0, max_tokens=0)

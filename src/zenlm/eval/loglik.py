@@ -62,12 +62,15 @@ class Score:
         is_greedy: Whether greedy decoding from the context produces exactly these
             tokens (every token is its position's argmax; lm-eval's `is_greedy`).
         token_logprobs: Each token's log-probability, when asked for (else None).
+        top_logprobs: Each token's most likely alternatives (token id, log-probability),
+            most likely first, when asked for (else None; the server's `echo`).
     """
 
     logprob: float
     n_tokens: int
     is_greedy: bool
     token_logprobs: tuple[float, ...] | None = None
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] | None = None
 
 
 def prefix_token_id(tokenizer: Tokenizer) -> int:
@@ -136,7 +139,8 @@ class _Row:
 @torch.inference_mode()
 def loglikelihoods(
     model: DecoderLM, requests: Sequence[Request], *, batch_size: int = 16,
-    token_logprobs: bool = False, progress: Callable[[int], None] | None = None,
+    token_logprobs: bool = False, top_logprobs: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Score]]:
     """Each continuation's summed log-probability given its request's context.
 
@@ -149,6 +153,7 @@ def loglikelihoods(
         requests: Contexts and their continuations, as token ids.
         batch_size: Continuations scored per forward pass (lm-eval's `batch_size`).
         token_logprobs: Also return each token's log-probability.
+        top_logprobs: Also return each token's this many most likely alternatives.
         progress: Called with the number of requests finished after each batch.
 
     Returns:
@@ -164,7 +169,7 @@ def loglikelihoods(
     results: list[list[Score | None]] = [[None] * len(r.continuations) for r in requests]
     left = [len(r.continuations) for r in requests]
     for batch in _batches(groups, batch_size):
-        scores = _score_batch(model, batch, token_logprobs)
+        scores = _score_batch(model, batch, token_logprobs, top_logprobs)
         done = 0
         for (_, rows), row_scores in zip(batch, scores, strict=True):
             for row, score in zip(rows, row_scores, strict=True):
@@ -218,7 +223,8 @@ def _batches(groups: list, batch_size: int) -> list[list]:
 
 
 def _score_batch(
-    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], token_logprobs: bool
+    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], token_logprobs: bool,
+    top_logprobs: int = 0,
 ) -> list[list[Score]]:
     """Prefill the batch's contexts, repeat each context's cache rows per continuation, score.
 
@@ -244,17 +250,23 @@ def _score_batch(
         hidden = model.hidden_states(ids, cache=cache)  # (R, T, d)
         steps.append(model.lm_head(hidden[real]).float())  # (N, V), row-major
         targets.append(torch.tensor([t for r in rows for t in r.tokens[1:]]))
-    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), token_logprobs)
+    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), token_logprobs,
+                         top_logprobs)
 
 
 def _split_scores(
     rows: list[_Row], batch: list, logits: torch.Tensor, targets: torch.Tensor,
-    token_logprobs: bool,
+    token_logprobs: bool, top_logprobs: int = 0,
 ) -> list[list[Score]]:
     """Per-row Scores from logits (R + N, V): R first tokens, then the rest row by row."""
     logp = F.log_softmax(logits, dim=-1)  # (R + N, V)
     chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
     greedy = (logits.argmax(dim=-1) == targets).tolist()
+    tops = None
+    if top_logprobs > 0:
+        values, ids = logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)  # (R + N, k)
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),
+                                                               strict=True)]
     R = len(rows)
     out, cursor, rest = [], 0, R
     for _, group in batch:
@@ -264,7 +276,8 @@ def _split_scores(
             positions = [cursor, *range(rest, rest + n - 1)]
             values = [chosen[p] for p in positions]
             scores.append(Score(sum(values), n, all(greedy[p] for p in positions),
-                                tuple(values) if token_logprobs else None))
+                                tuple(values) if token_logprobs else None,
+                                tuple(tops[p] for p in positions) if tops else None))
             cursor, rest = cursor + 1, rest + n - 1
         out.append(scores)
     return out

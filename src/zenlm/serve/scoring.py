@@ -4,6 +4,10 @@ OpenAI's legacy completions API returns, with `echo: true`, each prompt token's
 log-probability given the tokens before it (the first token has none) and its most
 likely alternatives. lm-evaluation-harness's `local-completions` backend scores
 multiple-choice answers this way.
+
+The scores come from the evaluations' log-likelihood core (`zenlm.eval.loglik`): a
+prompt is its first token as the context and the rest as the continuation, so the
+server and `zenlm evaluate` compute the same numbers the same way.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
-import torch
-
-from zenlm.generate.sampling import token_logprobs
+from zenlm.eval.loglik import Request, loglikelihoods
 from zenlm.models import DecoderLM
+
+# Tokens scored per piece: a long prompt is cut into pieces, each scored after all the
+# tokens before it, so the (tokens, vocabulary) log-probabilities stay bounded.
+PIECE_TOKENS = 1024
 
 
 @dataclass
@@ -26,7 +32,6 @@ class ScoredToken:
     top: list[tuple[int, float]] | None
 
 
-@torch.inference_mode()
 def score_prompts(model: DecoderLM, prompts: Seq[Seq[int]], top: int) -> list[list[ScoredToken]]:
     """Each prompt token's log-probability and its `top` most likely alternatives.
 
@@ -38,17 +43,19 @@ def score_prompts(model: DecoderLM, prompts: Seq[Seq[int]], top: int) -> list[li
     Returns:
         Per prompt, one ScoredToken per token; the first has no logprob and no top.
     """
-    return [_score_one(model, list(prompt), top) for prompt in prompts]
-
-
-def _score_one(model: DecoderLM, prompt: list[int], top: int) -> list[ScoredToken]:
-    ids = torch.tensor([prompt])
-    logits = model(ids)[0, :-1].float()  # (T-1, V): position t predicts token t+1
-    chosen, values, top_ids = token_logprobs(logits, ids[0, 1:], top)
-    out = [ScoredToken(prompt[0], None, None)]
-    for t in range(len(prompt) - 1):
-        alternatives = None
-        if top:
-            alternatives = list(zip(top_ids[t].tolist(), values[t].tolist(), strict=True))
-        out.append(ScoredToken(prompt[t + 1], float(chosen[t]), alternatives))
+    requests, owners = [], []
+    for index, prompt in enumerate(prompts):
+        for start in range(1, len(prompt), PIECE_TOKENS):
+            piece = tuple(prompt[start: start + PIECE_TOKENS])
+            requests.append(Request(tuple(prompt[:start]), (piece,)))
+            owners.append(index)
+    out = [[ScoredToken(prompt[0], None, None)] for prompt in prompts]
+    batch = max(1, PIECE_TOKENS // max((len(r.continuations[0]) for r in requests), default=1))
+    scores = loglikelihoods(model, requests, batch_size=batch, token_logprobs=True,
+                            top_logprobs=top)
+    for owner, request, [score] in zip(owners, requests, scores, strict=True):
+        tops = score.top_logprobs or [None] * score.n_tokens
+        out[owner] += [ScoredToken(token, logprob, list(alternatives) if top else None)
+                       for token, logprob, alternatives in zip(
+                           request.continuations[0], score.token_logprobs, tops, strict=True)]
     return out
