@@ -203,10 +203,10 @@ def test_smollm2_answers_equal_transformers_through_its_chat_template(tmp_path, 
     items = [{"prompt": "What is the capital of France? Answer in one word.",
               "references": ["Paris", "Paris, France"]},
              {"prompt": "What is 2 + 2? Answer with a number.", "reference": "4"}]
-    report, rows = run_cli(tmp_path, smollm2_gguf, items, "--max-new-tokens", "12")
+    report, rows = run_cli(tmp_path, smollm2_gguf, items, "--max-new-tokens", "8")
     model, tokenizer = hf_smollm2
     expected = reference_answers(model, tokenizer, [i["prompt"] for i in items], chat=True,
-                                 new=12)
+                                 new=8)
     assert [r["output"] for r in rows] == expected
     assert report["settings"]["chat"] is True
     assert "Paris" in rows[0]["output"]
