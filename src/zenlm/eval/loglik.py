@@ -107,10 +107,11 @@ def encode_request(tokenizer: Tokenizer, context: str, continuations: Sequence[s
         ValueError: a continuation has no tokens of its own (it is empty, or it is the
             start token alone after an empty context), naming it.
     """
-    if context:
-        pairs = [encode_pair(tokenizer, context, text) for text in continuations]
-        context_ids = pairs[0][0] if pairs else _encode(tokenizer, context.rstrip())
-        conts = [ids for _, ids in pairs]
+    if context:  # encode_pair, with the context encoded once
+        stripped = context.rstrip()
+        context_ids = _encode(tokenizer, stripped)
+        conts = [_encode(tokenizer, stripped + context[len(stripped):] + text)[len(context_ids):]
+                 for text in continuations]
     else:
         start = prefix_token_id(tokenizer)
         context_ids = [start]
