@@ -76,7 +76,7 @@ def start_server(gguf: Path, args: argparse.Namespace) -> tuple[subprocess.Popen
 def run_lm_eval(url: str, tokenizer: Path, args: argparse.Namespace, out: Path) -> dict:
     """`lm_eval --model local-completions` on piqa_local; its acc/acc_norm and seconds."""
     model_args = (f"base_url={url}/v1/completions,model=smollm2,tokenizer_backend=huggingface,"
-                  f"tokenizer={tokenizer},tokenized_requests=True,max_retries=1")
+                  f"tokenizer={tokenizer},tokenized_requests=True,max_retries=1,timeout=3600")
     cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions",
            "--model_args", model_args, "--include_path", str(TASKS), "--tasks", "piqa_local",
            "--batch_size", str(args.batch_size), "--output_path", str(out)]

@@ -78,6 +78,25 @@ def test_echo_then_generate_concatenates_prompt_and_completion(tiny_server):
     assert lp["text_offset"][-4:] == [o + len(PROMPT) for o in gen["text_offset"]]
 
 
+@pytest.mark.parametrize("prompt", [PROMPT, "ok", ["Hello world", "naïve café"]])
+def test_one_greedy_token_from_the_scoring_pass_equals_generating_it(tiny_server, prompt):
+    """lm-eval's request (max_tokens 1, temperature 0) takes its token from the scoring
+    pass: the same token, logprob and alternatives as a plain greedy completion."""
+    options = dict(prompt=prompt, max_tokens=1, temperature=0, logprobs=2, n=2)
+    plain = post(tiny_server, **options).json()
+    echoed = post(tiny_server, echo=True, **options).json()
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    for p, e in zip(plain["choices"], echoed["choices"], strict=True):
+        assert e["text"] == prompts[e["index"] // 2] + p["text"]
+        assert e["finish_reason"] == p["finish_reason"]
+        assert e["logprobs"]["tokens"][-1] == p["logprobs"]["tokens"][0]
+        assert e["logprobs"]["token_logprobs"][-1] == pytest.approx(
+            p["logprobs"]["token_logprobs"][0], abs=1e-5)
+        assert e["logprobs"]["top_logprobs"][-1] == pytest.approx(p["logprobs"]["top_logprobs"][0],
+                                                                  abs=1e-5)
+    assert echoed["usage"] == plain["usage"]
+
+
 def test_lm_eval_payload_of_token_id_prompts(tiny_server, tiny_lm, hf_tiny):
     """What `local-completions` sends for loglikelihood: a batch of token-id prompts,
     max_tokens 1, temperature 0, logprobs 1, echo; it reads token_logprobs[ctxlen:-1]."""

@@ -41,10 +41,13 @@ from zenlm.generate import GenerationConfig, Sequence, TokenEvent, prefill, samp
 from zenlm.generate.core import decode_step, logprob_rows, open_rows
 from zenlm.models import Seq2SeqLM
 from zenlm.nn.kv_cache import CrossContext, KVCache
+from zenlm.serve.events import Delta, Done, Event, Failed, PromptScores, TokenInfo
 from zenlm.serve.metrics import Metrics
 from zenlm.serve.scoring import score_prompts
 
 log = logging.getLogger("zenlm.serve")
+__all__ = ["Delta", "Done", "Engine", "Event", "Failed", "PromptScores", "QueueFullError",
+           "Request", "TokenInfo"]  # the events are re-exported: the HTTP layer reads them here
 
 PREFILL_TOKENS = 2048  # at most this many padded prompt tokens per batched prefill
 
@@ -55,55 +58,6 @@ class QueueFullError(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__("the server is at capacity; retry later")
         self.retry_after = retry_after
-
-
-@dataclass
-class TokenInfo:
-    """One generated token, with its log-probability when the request asked for it."""
-
-    token: int
-    logprob: float | None = None
-    top: list[tuple[int, float]] | None = None
-
-
-@dataclass
-class Delta:
-    """New output of one choice: text that became safe to show, and its tokens."""
-
-    choice: int
-    text: str
-    tokens: list[TokenInfo]
-    finish_reason: str | None = None  # "stop" or "length" on the choice's last delta
-
-
-@dataclass
-class PromptScores:
-    """The log-probabilities of one prompt's tokens (`echo` with `logprobs`).
-
-    `tokens[0]` has no logprob (nothing precedes it); every other token has its own
-    log-probability given the tokens before it, and its top alternatives.
-    """
-
-    prompt: int
-    tokens: list[TokenInfo]
-
-
-@dataclass
-class Done:
-    """A request finished: every choice has ended."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    """A request failed; the others go on."""
-
-    message: str
-
-
-Event = PromptScores | Delta | Done | Failed
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -337,24 +291,68 @@ class Engine:
                         self._fail(request, f"prefill failed: {exc}")
 
     def _score(self, request: Request) -> bool:
-        """Send the prompts' scores if asked. True if the request goes on to generate."""
+        """Send the prompts' scores if asked. True if the request goes on to a cache row.
+
+        A request for one greedy token after its scored prompts (what lm-eval's
+        `local-completions` sends) takes that token from the same scoring pass, the
+        likeliest after each prompt, and ends here without a cache row or a prefill.
+        """
+        one_greedy = request.generate and self._one_greedy_token(request)
         if request.score_prompts is not None:
+            after = max(1, request.config.top_logprobs) if one_greedy else 0
             try:
-                scores = score_prompts(self.model, request.prompts, request.score_prompts)
+                scored = score_prompts(self.model, request.prompts, request.score_prompts,
+                                       after)
             except Exception as exc:  # this request fails; the batch goes on
                 log.exception("scoring the prompts of request %d failed", request.id)
                 self._fail(request, f"scoring the prompt failed: {exc}")
                 return False
-            for index, tokens in enumerate(scores):
-                infos = [TokenInfo(t.token, t.logprob, t.top) for t in tokens]
+            for index, prompt in enumerate(scored):
+                infos = [TokenInfo(t.token, t.logprob, t.top) for t in prompt.tokens]
                 _emit(request, PromptScores(index, infos))
-        if request.generate:
+            if one_greedy:
+                self._answer_greedy(request, [prompt.after for prompt in scored])
+        if request.generate and not one_greedy:
             return True  # its prompt tokens are counted at prefill
-        prompt_tokens = sum(len(p) for p in request.prompts)
-        self.metrics.tokens_in.inc(prompt_tokens)
-        request.finished = True
-        _emit(request, Done(prompt_tokens, 0))
+        if not request.finished:
+            prompt_tokens = sum(len(p) for p in request.prompts)
+            self.metrics.tokens_in.inc(prompt_tokens)
+            request.finished = True
+            _emit(request, Done(prompt_tokens, request.completion_tokens))
         return False
+
+    def _one_greedy_token(self, request: Request) -> bool:
+        """Whether the request's one token is the argmax of the model's own logits."""
+        config = request.config
+        if request.score_prompts is None or config.max_new_tokens != 1:
+            return False
+        params = config.sampling()  # penalties on generated tokens: none before the first
+        rules = self._sequence(request, 0, request.prompts[0]).rules
+        return params.greedy and params.repetition_penalty == 1.0 and rules is None
+
+    def _answer_greedy(self, request: Request, after: list[list[tuple[int, float]]]) -> None:
+        """Each choice's one token: the likeliest after its prompt (see `_score`)."""
+        config, n = request.config, request.config.num_return_sequences
+        for p, (prompt, alternatives) in enumerate(zip(request.prompts, after, strict=True)):
+            token, logprob = alternatives[0]
+            top = alternatives[: config.top_logprobs] if config.top_logprobs else None
+            for j in range(n):
+                seq = self._sequence(request, p * n + j, prompt)
+                if not seq.wants_logprobs:
+                    logprob, top = None, None
+                event = seq.accept(token, logprob, top)
+                request.completion_tokens += 1
+                self.metrics.tokens_out.inc()
+                _emit(request, Delta(event.row, event.text, [TokenInfo(token, logprob, top)],
+                                     event.finish_reason))
+
+    def _sequence(self, request: Request, index: int, prompt: list[int],
+                  cross: CrossContext | None = None) -> Sequence:
+        """Choice `index` of `request` as a core Sequence (its rules, stops and text)."""
+        config = request.config
+        stop_ids = () if request.ignore_eos else (config.stop_token_ids or self.stop_ids)
+        return Sequence(prompt, config, vocab_size=self.model.config.vocab_size, index=index,
+                        stop_ids=stop_ids, tokenizer=self.lm.tokenizer, cross_cache=cross)
 
     def _prefill(self, requests: list[Request]) -> None:
         prompts = [(r, i, p) for r in requests for i, p in enumerate(r.prompts)]
@@ -381,10 +379,7 @@ class Engine:
 
         `cross` is its source's context (encoder-decoders).
         """
-        config = request.config
-        stop_ids = () if request.ignore_eos else (config.stop_token_ids or self.stop_ids)
-        seq = Sequence(prompt, config, vocab_size=self.model.config.vocab_size, index=index,
-                       stop_ids=stop_ids, tokenizer=self.lm.tokenizer, cross_cache=cross)
+        seq = self._sequence(request, index, prompt, cross)
         row = self.rows.index(None)
         self.cache.write_row(row, cache, cache_row)
         self.rows[row] = _Row(seq, request)
