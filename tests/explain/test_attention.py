@@ -6,25 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-import zenlm
 from zenlm.explain.attention import attention_maps, pool_map, pooling_bins, rollout
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="module")
-def minilm(minilm_folder):
-    return zenlm.load(minilm_folder, quantize=None)
+def minilm(minilm_lm):
+    return minilm_lm
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    return zenlm.load(smollm2_gguf, quantize=None)
+def smollm2(smollm2_subject):
+    return smollm2_subject
 
 
 def _ours(lm, ids):
     tokens = [str(i) for i in ids]
     maps, _ = attention_maps(lm.model, lambda: lm.model(torch.tensor([ids])), tokens, limit=64)
+    assert not maps.pooled
     return maps.maps
 
 
