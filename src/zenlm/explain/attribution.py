@@ -45,7 +45,7 @@ class Attribution:
     method: str
 
     def completeness_error(self) -> float | None:
-        """max |delta| / max(|f(text) - f(baseline)|, 1e-12) over rows (IG only)."""
+        """Max |delta| / max(|f(text) - f(baseline)|, 1e-12) over rows (IG only)."""
         if self.delta is None or self.baseline_output is None:
             return None
         gap = (self.output - self.baseline_output).abs().clamp(min=1e-12)

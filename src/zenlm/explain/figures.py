@@ -8,8 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-from matplotlib.colors import PowerNorm  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
 
 #: Thumbnail side in pixels of one attention map in the per-head grid.
 CELL = 48
