@@ -12,7 +12,13 @@ from zenlm.explain.attribution import attribute
 from zenlm.explain.page import Page
 from zenlm.explain.subject import Subject
 from zenlm.explain.surprisal import summary, token_scores
-from zenlm.explain.tokens import input_embedding, special_ids, token_string, token_strings
+from zenlm.explain.tokens import (
+    input_embedding,
+    special_ids,
+    text_pieces,
+    token_string,
+    token_strings,
+)
 from zenlm.tasks.spec import pad_id
 
 
@@ -35,16 +41,17 @@ def explain_text(subject: Subject, text: str, *, target: str | None = None,
     target_index = subject.label_index(target)
     ids = subject.encode(text)
     tokens = token_strings(subject.tokenizer, ids)
+    pieces = text_pieces(subject.tokenizer, text, ids)  # for the coloured text
     page = Page(f"zenlm explain: {subject.source}")
     page.paragraph(f"Model: {subject.source} ({subject.kind}). Text: {len(ids)} tokens.")
     maps, output = attention_maps(subject.model, lambda: subject.run(ids), tokens, max_tokens)
     numbers: dict[str, Any] = {"model": subject.source, "kind": subject.kind,
                                "tokens": len(ids)}
     if subject.kind == "causal":
-        numbers |= _surprisal_section(page, subject, output[0], ids, tokens)
+        numbers |= _surprisal_section(page, subject, output[0], ids, tokens, pieces)
     elif subject.kind == "classify":
-        numbers |= _classify_section(page, subject, output[0], ids, tokens, target_index,
-                                     method, n_steps)
+        numbers |= _classify_section(page, subject, output[0], ids, tokens, pieces,
+                                     target_index, method, n_steps)
     elif subject.kind == "ner":
         numbers |= _ner_section(page, subject, output[0], ids, tokens, target_index,
                                 max_tokens, method, n_steps)
@@ -81,7 +88,7 @@ def _attention_section(page: Page, maps: AttentionMaps) -> None:
 
 
 def _surprisal_section(page: Page, subject: Subject, logits: torch.Tensor, ids: list[int],
-                       tokens: list[str]) -> dict[str, Any]:
+                       tokens: list[str], pieces: list[str]) -> dict[str, Any]:
     scores = token_scores(logits, ids, tokens, lambda i: token_string(subject.tokenizer, i))
     totals = summary(scores)
     page.heading("Surprisal")
@@ -92,7 +99,7 @@ def _surprisal_section(page: Page, subject: Subject, logits: torch.Tensor, ids: 
            f"{totals['perplexity']:.3f} over {totals['scored_tokens']} tokens."
            if totals["scored_tokens"] else ""))
     bits = [s.bits for s in scores]
-    page.coloured_tokens(tokens, bits, [
+    page.coloured_tokens(pieces, bits, [
         "not scored" if s.bits is None else f"{s.bits:.2f} bits, rank {s.rank}, top {s.top!r}"
         for s in scores])
     page.image("surprisal", figures.bars([b or 0.0 for b in bits], tokens,
@@ -105,7 +112,7 @@ def _surprisal_section(page: Page, subject: Subject, logits: torch.Tensor, ids: 
 
 
 def _classify_section(page: Page, subject: Subject, logits: torch.Tensor, ids: list[int],
-                      tokens: list[str], target: int | None, method: str,
+                      tokens: list[str], pieces: list[str], target: int | None, method: str,
                       n_steps: int) -> dict[str, Any]:
     probs = torch.softmax(logits, dim=-1)  # (C,)
     predicted = int(probs.argmax())
@@ -120,7 +127,9 @@ def _classify_section(page: Page, subject: Subject, logits: torch.Tensor, ids: l
     page.paragraph(f"Attributions to the logit of {subject.labels[label]!r} "
                    f"({'the prediction' if target is None else '--target'}); red pushes "
                    "towards it, blue away.")
-    page.coloured_tokens(tokens, row, [f"{v:+.4f}" for v in row], signed=True)
+    page.coloured_tokens(pieces, row, [f"{t!r}: {v:+.4f}" for t, v in zip(tokens, row,
+                                                                          strict=True)],
+                         signed=True)
     page.image("attributions", figures.bars(row, tokens, f"Attributions to {subject.labels[label]}",
                                             "attribution", signed=True),
                "Per-token attribution (summed over the embedding dimension).")

@@ -40,3 +40,30 @@ def input_embedding(model: nn.Module) -> nn.Embedding:
         if isinstance(embed, nn.Embedding):
             return embed
     raise ValueError(f"{type(model).__name__} has no token embedding (.embed) to explain")
+
+
+def text_pieces(tokenizer: Any, text: str, ids: list[int]) -> list[str]:
+    """The text cut at token boundaries, one piece per id, spaces kept with the next token.
+
+    Joined, the ordinary tokens' pieces give back `text`; a special token shows as its
+    own string. Falls back to `token_strings` when the tokenizer's offsets do not line up
+    with `ids` (e.g. a BOS that zenlm adds on top of the backend).
+    """
+    encoding = tokenizer.backend.encode(text)
+    if encoding.ids != ids:
+        return token_strings(tokenizer, ids)
+    special = special_ids(tokenizer)
+    pieces, done = [], 0
+    for token_id, (_, end) in zip(ids, encoding.offsets, strict=True):
+        if token_id in special:  # set apart from the words: "[CLS] a film [SEP]"
+            name = token_string(tokenizer, token_id)
+            pieces.append(f"{name} " if not pieces else f" {name}")
+            continue
+        if end <= done:  # the rest of a character an earlier byte-level token began
+            pieces.append("")
+            continue
+        pieces.append(text[done:end])
+        done = end
+    if pieces and done < len(text):
+        pieces[-1] += text[done:]
+    return pieces
