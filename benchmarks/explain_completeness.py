@@ -49,7 +49,8 @@ def main() -> None:
     for steps in [int(s) for s in args.steps.split(",")]:
         errors, start = [], time.perf_counter()
         for ids in encoded:
-            label = int(subject.model(ids)[0].argmax())
+            with torch.no_grad():
+                label = int(subject.model(ids)[0].argmax())
             _, out, base, delta = attribute(subject.model, embed, ids, [label], pad=pad,
                                             special=special, n_steps=steps)
             errors.append(float(delta.abs()[0] / (out - base).abs()[0]))

@@ -14,6 +14,7 @@ from zenlm.tasks.checkpoint import backbone_of
 
 #: Fine-tuned tasks whose outputs are attributed (others are explained as their backbone).
 ATTRIBUTED_TASKS = ("classify", "ner")
+KIND_NAMES = {"causal": "a causal LM", "encoder": "an encoder"}
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Subject:
         if self.kind not in ATTRIBUTED_TASKS:
             raise ValueError(f"--target {target!r} needs a classifier or token classifier (a "
                              f"`zenlm finetune --task classify|ner` folder); {self.source} is "
-                             f"a {self.kind} model")
+                             f"{KIND_NAMES.get(self.kind, self.kind)}")
         if target not in self.labels:
             raise ValueError(f"--target {target!r} is not a label of {self.source}; its "
                              f"labels: {', '.join(self.labels)}")
