@@ -88,3 +88,22 @@ def test_pooling_keeps_rows_stochastic():
     np.testing.assert_allclose(pooled.sum(-1), 1.0, atol=1e-12)
     a, b = bins[1]
     np.testing.assert_allclose(pooled[:, 1, 0], probs.numpy()[:, a:b, 0:bins[0][1]].sum(-1).mean(-1))
+
+
+def test_recorded_forward_equals_the_fast_kernels(minilm, smollm2):
+    """Recording changes what is kept, not what is computed: outputs equal SDPA's/CPU kernels'."""
+    for lm in (minilm, smollm2):
+        ids = torch.tensor([lm.tokenizer.encode(TEXT)])
+        with torch.no_grad():
+            fast = lm.model(ids)
+            _, recorded = attention_maps(lm.model, lambda m=lm.model, i=ids: m(i), [""] * ids.shape[1], 64)
+        torch.testing.assert_close(recorded, fast, atol=1e-4, rtol=1e-4)
+
+
+def test_long_text_is_pooled_not_refused(smollm2):
+    from zenlm.explain.run import explain_text
+
+    text = " ".join(["word"] * 40)
+    page, numbers = explain_text(smollm2, text, max_tokens=8)
+    assert numbers["tokens"] == 40 and numbers["surprisal_scored_tokens"] == 39
+    assert "pooled into 8 bins" in page.html()
