@@ -51,9 +51,9 @@ def main() -> None:
         for ids in encoded:
             with torch.no_grad():
                 label = int(subject.model(ids)[0].argmax())
-            _, out, base, delta = attribute(subject.model, embed, ids, [label], pad=pad,
-                                            special=special, n_steps=steps)
-            errors.append(float(delta.abs()[0] / (out - base).abs()[0]))
+            found = attribute(subject.model, embed, ids, [label], pad=pad, special=special,
+                              n_steps=steps)
+            errors.append(found.completeness_error())
         seconds = (time.perf_counter() - start) / len(encoded)
         print(f"| integrated gradients | {steps} | {statistics.median(errors):.2e} | "
               f"{max(errors):.2e} | {seconds:.2f} |", flush=True)

@@ -32,8 +32,9 @@ def test_integrated_gradients_complete_on_a_classifier(classifier):
         logits = classifier(IDS)[0].double()
         base_logits = classifier(_baseline(IDS))[0].double()
     for label in range(3):
-        scores, out, base, delta = attribute(classifier, classifier.backbone.embed, IDS, [label],
-                                             pad=PAD, special={CLS, SEP}, n_steps=64)
+        found = attribute(classifier, classifier.backbone.embed, IDS, [label], pad=PAD,
+                          special={CLS, SEP}, n_steps=64)
+        scores, out, base, delta = found.scores, found.output, found.baseline_output, found.delta
         assert scores.shape == (1, IDS.shape[1])
         assert out[0].item() == pytest.approx(logits[label].item(), abs=1e-9)
         assert base[0].item() == pytest.approx(base_logits[label].item(), abs=1e-9)
@@ -42,6 +43,7 @@ def test_integrated_gradients_complete_on_a_classifier(classifier):
         # completeness: the attributions add up to f(text) - f(baseline)
         assert scores.sum().item() == pytest.approx(gap, rel=1e-3, abs=1e-5)
         assert abs(delta[0].item()) < 1e-3 * abs(gap) + 1e-5
+        assert found.completeness_error() == pytest.approx(abs(delta[0].item() / gap))
         assert scores[0, 0] == 0 and scores[0, -1] == 0  # kept special tokens move nothing
 
 
@@ -52,8 +54,8 @@ def test_integrated_gradients_complete_per_token_of_a_tagger(minilm_folder):
     with torch.no_grad():
         gaps = [(tagger(IDS)[0, t, c] - tagger(_baseline(IDS))[0, t, c]).item()
                 for t, c in targets]
-    scores, _, _, _ = attribute(tagger, tagger.backbone.embed, IDS, targets, pad=PAD,
-                                special={CLS, SEP}, n_steps=64)
+    scores = attribute(tagger, tagger.backbone.embed, IDS, targets, pad=PAD,
+                       special={CLS, SEP}, n_steps=64).scores
     assert scores.shape == (3, IDS.shape[1])
     for row, gap in zip(scores, gaps, strict=True):
         assert row.sum().item() == pytest.approx(gap, rel=1e-3, abs=1e-5)
@@ -74,10 +76,10 @@ def test_gradient_x_input_equals_autograd(classifier):
         classifier.zero_grad()
     embedding = stored["embedding"]
     expected = (embedding.grad * embedding).sum(-1).double().detach()  # (1, T)
-    scores, _, base, delta = attribute(classifier, classifier.backbone.embed, IDS, [2],
-                                       pad=PAD, special={CLS, SEP}, method="gxi")
-    assert base is None and delta is None
-    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-5)
+    found = attribute(classifier, classifier.backbone.embed, IDS, [2], pad=PAD,
+                      special={CLS, SEP}, method="gxi")
+    assert found.baseline_output is None and found.completeness_error() is None
+    torch.testing.assert_close(found.scores, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_unknown_method_is_named(classifier):

@@ -21,31 +21,24 @@ METHODS = ("ig", "gxi")
 
 @dataclass
 class Attribution:
-    """Per-token attributions of one or more outputs.
+    """Per-token attributions of P explained outputs (logits) of one text.
 
     Attributes:
         scores: (P, T) float64: row p is output p's attribution to each input token
-            (summed over the embedding dimension). P is 1 for a sequence classifier,
-            one row per explained token for a token classifier.
-        positions: The P explained output positions (None for a sequence classifier).
-        labels: The P explained label names.
-        output: (P,) f(text): the explained logit of each row.
+            (summed over the embedding dimension).
+        output: (P,) f(text): the explained logits.
         baseline_output: (P,) f(baseline) (None for gradient x input).
         delta: (P,) captum's convergence delta, sum(scores) - (f(text) - f(baseline))
             (None for gradient x input).
-        method: "ig" or "gxi".
     """
 
     scores: torch.Tensor
-    positions: list[int] | None
-    labels: list[str]
     output: torch.Tensor
-    baseline_output: torch.Tensor | None
-    delta: torch.Tensor | None
-    method: str
+    baseline_output: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
 
     def completeness_error(self) -> float | None:
-        """Max |delta| / max(|f(text) - f(baseline)|, 1e-12) over rows (IG only)."""
+        """Largest |delta| / |f(text) - f(baseline)| over the rows (None without IG)."""
         if self.delta is None or self.baseline_output is None:
             return None
         gap = (self.output - self.baseline_output).abs().clamp(min=1e-12)
@@ -61,7 +54,7 @@ def baseline_ids(ids: torch.Tensor, pad: int, keep: set[int]) -> torch.Tensor:
 def attribute(model: nn.Module, embedding: nn.Embedding, ids: torch.Tensor,
               targets: list[int | tuple[int, int]], *, pad: int, special: set[int],
               method: str = "ig", n_steps: int = 50,
-              internal_batch_size: int = 16) -> tuple[torch.Tensor, ...]:
+              internal_batch_size: int = 16) -> Attribution:
     """Attributions of `targets` of `model(ids)` to the tokens of `ids` (1, T).
 
     Args:
@@ -77,8 +70,8 @@ def attribute(model: nn.Module, embedding: nn.Embedding, ids: torch.Tensor,
         internal_batch_size: Path points per forward pass of IG (bounds memory).
 
     Returns:
-        (scores (P, T) float64, outputs (P,), baseline outputs (P,) or None, deltas (P,)
-        or None).
+        The Attribution: scores (P, T), outputs (P,), and for IG baseline outputs and
+        convergence deltas (P,).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -87,14 +80,15 @@ def attribute(model: nn.Module, embedding: nn.Embedding, ids: torch.Tensor,
     outputs = _pick(_logits(model, inputs), target)
     if method == "gxi":
         raw = LayerGradientXActivation(model, embedding).attribute(inputs, target=target)
-        return raw.sum(-1).double().detach(), outputs, None, None
+        return Attribution(raw.sum(-1).double().detach(), outputs)
     base = baseline_ids(inputs, pad, special)
     raw, delta = LayerIntegratedGradients(model, embedding).attribute(
         inputs, baselines=base, target=target, n_steps=n_steps,
         internal_batch_size=internal_batch_size, return_convergence_delta=True,
     )  # (P, T, d), (P,)
     base_out = _pick(_logits(model, base), target)
-    return raw.sum(-1).double().detach(), outputs, base_out, delta.double().detach()
+    return Attribution(raw.sum(-1).double().detach(), outputs, base_out,
+                       delta.double().detach())
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

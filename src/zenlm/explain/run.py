@@ -8,7 +8,7 @@ import torch
 
 from zenlm.explain import figures
 from zenlm.explain.attention import AttentionMaps, attention_maps
-from zenlm.explain.attribution import attribute
+from zenlm.explain.attribution import Attribution, attribute
 from zenlm.explain.page import Page
 from zenlm.explain.subject import Subject
 from zenlm.explain.surprisal import summary, token_scores
@@ -120,10 +120,10 @@ def _classify_section(page: Page, subject: Subject, logits: torch.Tensor, ids: l
     page.heading("Prediction")
     page.table(["label", "probability", "logit"],
                [[name, float(probs[i]), float(logits[i])] for i, name in enumerate(subject.labels)])
-    scores, output, base, delta = _attribute(subject, ids, [label], method, n_steps)
+    found = _attribute(subject, ids, [label], method, n_steps)
     numbers = {"predicted": subject.labels[predicted], "explained_label": subject.labels[label]}
-    numbers |= _completeness(page, method, scores, output, base, delta)
-    row = scores[0].tolist()
+    numbers |= _completeness(page, found)
+    row = found.scores[0].tolist()
     page.paragraph(f"Attributions to the logit of {subject.labels[label]!r} "
                    f"({'the prediction' if target is None else '--target'}); red pushes "
                    "towards it, blue away.")
@@ -153,11 +153,11 @@ def _ner_section(page: Page, subject: Subject, logits: torch.Tensor, ids: list[i
                   "(--max-tokens); the tags above cover every token.")
         positions = positions[:limit]
     explained = [tags[t] if target is None else target for t in positions]
-    scores, output, base, delta = _attribute(
-        subject, ids, list(zip(positions, explained, strict=True)), method, n_steps)
-    numbers = _completeness(page, method, scores, output, base, delta)
+    found = _attribute(subject, ids, list(zip(positions, explained, strict=True)), method,
+                       n_steps)
+    numbers = _completeness(page, found)
     page.image("attributions", figures.heatmap(
-        scores.numpy(), tokens, "Attributions per explained token", xlabel="input token",
+        found.scores.numpy(), tokens, "Attributions per explained token", xlabel="input token",
         ylabel="explained token: label",
         ylabels=[f"{tokens[t]}: {subject.labels[c]}" for t, c in zip(positions, explained,
                                                                       strict=True)],
@@ -169,27 +169,26 @@ def _ner_section(page: Page, subject: Subject, logits: torch.Tensor, ids: list[i
 
 
 def _attribute(subject: Subject, ids: list[int], targets: list, method: str,
-               n_steps: int) -> tuple[torch.Tensor, ...]:
+               n_steps: int) -> Attribution:
     return attribute(subject.model, input_embedding(subject.model), torch.tensor([ids]),
                      targets, pad=pad_id(subject.tokenizer, subject.config),
                      special=special_ids(subject.tokenizer), method=method, n_steps=n_steps)
 
 
-def _completeness(page: Page, method: str, scores: torch.Tensor, output: torch.Tensor,
-                  base: torch.Tensor | None, delta: torch.Tensor | None) -> dict[str, Any]:
+def _completeness(page: Page, found: Attribution) -> dict[str, Any]:
     """The completeness check of integrated gradients, on the page and in the numbers."""
     page.heading("Attributions")
-    if delta is None or base is None:
+    error = found.completeness_error()
+    if error is None or found.delta is None or found.baseline_output is None:
         page.paragraph("Gradient x input on the token embeddings (captum "
                        "LayerGradientXActivation): one gradient, no completeness guarantee.")
         return {"method": "gradient x input"}
-    error = float((delta.abs() / (output - base).abs().clamp(min=1e-12)).max())
+    total, gap = float(found.scores.sum(-1)[0]), float(found.output[0] - found.baseline_output[0])
     page.paragraph(
         "Integrated gradients on the token embeddings (captum LayerIntegratedGradients), from "
         "a baseline with every ordinary token replaced by padding (special tokens kept). "
-        f"Completeness: the attributions sum to {float(scores.sum(-1)[0]):.5f}; "
-        f"f(text) - f(baseline) = {float(output[0] - base[0]):.5f}; captum's convergence "
-        f"delta {float(delta[0]):+.2e}. Largest relative error over the {len(delta)} "
-        f"explained output(s): {error:.2e}.")
+        f"Completeness: the attributions sum to {total:.5f}; f(text) - f(baseline) = "
+        f"{gap:.5f}; captum's convergence delta {float(found.delta[0]):+.2e}. Largest "
+        f"relative error over the {len(found.delta)} explained output(s): {error:.2e}.")
     return {"method": "integrated gradients", "completeness_relative_error": error,
-            "max_abs_convergence_delta": float(delta.abs().max())}
+            "max_abs_convergence_delta": float(found.delta.abs().max())}
