@@ -67,7 +67,7 @@ def test_smollm2_page_in_chromium(browser, smollm2_subject, tmp_path):
     assert numbers["surprisal_scored_tokens"] == numbers["tokens"] - 1
     result = _open_and_shoot(browser, folder, tmp_path / "smollm2.png")
     _check_page(result)
-    assert len(result["widths"]) == 4  # surprisal, rollout, last layer, every head
+    assert len(result["widths"]) == 5  # surprisal, rollout, a layer, its heads, every head
     _check_screenshot(tmp_path / "smollm2.png", min_height=2000)
 
 
@@ -79,5 +79,5 @@ def test_classifier_page_in_chromium(browser, tiny_classifier_folder, tmp_path):
     assert numbers["completeness_relative_error"] < 1e-2
     result = _open_and_shoot(browser, folder, tmp_path / "classifier.png")
     _check_page(result)
-    assert len(result["widths"]) == 4  # attributions, rollout, last layer, every head
+    assert len(result["widths"]) == 5  # attributions, rollout, a layer, its heads, every head
     _check_screenshot(tmp_path / "classifier.png", min_height=1000)

@@ -29,7 +29,8 @@ def test_classifier_page_with_attributions(tiny_classifier_folder, tmp_path, cap
     assert printed["completeness_relative_error"] < 1e-2
     page = (out / "index.html").read_text(encoding="utf-8")
     _self_contained(page)
-    for name in ("attributions", "attention_rollout", "attention_last_layer", "attention_heads"):
+    for name in ("attributions", "attention_rollout", "attention_layer", "attention_layer_heads",
+                 "attention_heads"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Completeness" in page and "convergence delta" in page
 
@@ -76,6 +77,7 @@ def test_neighbours_and_analogy_print_with_the_note(minilm_folder, capsys):
     (["--neighbours", "🦄"], "'🦄' is not in the vocabulary"),
     (["--target", "positive", "--neighbours", "king"], "--target 'positive' applies to --text"),
     (["--text", "hello", "--target", "positive"], "needs a classifier"),
+    (["--text", "hello", "--layer", "6"], "--layer 6 is not a layer of"),
     ([], "give --text, --neighbours WORD or --analogy a:b::c"),
 ])
 def test_bad_input_gets_one_clear_error(minilm_folder, tmp_path, capsys, args, message):

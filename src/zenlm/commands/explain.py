@@ -16,7 +16,7 @@ from typing import Any
 
 def explain_command(model: str, text: str | None = None, target: str | None = None,
                     out: str = "explanation", max_tokens: int = 64, method: str = "ig",
-                    steps: int = 50, neighbours: str | None = None,
+                    steps: int = 50, layer: int | None = None, neighbours: str | None = None,
                     analogy: str | None = None, top: int = 10, as_json: bool = False) -> int:
     """Explain `text` (page in `out`) and/or list a word's neighbours or an analogy."""
     from zenlm.explain.subject import load_subject
@@ -35,7 +35,7 @@ def explain_command(model: str, text: str | None = None, target: str | None = No
         from zenlm.explain.run import explain_text
 
         page, numbers = explain_text(subject, text, target=target, max_tokens=max_tokens,
-                                     method=method, n_steps=steps)
+                                     method=method, n_steps=steps, layer=layer)
         written = page.write(out)
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
@@ -103,6 +103,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                     help="attributions: integrated gradients (default) or gradient x input")
     ex.add_argument("--steps", type=int, default=50,
                     help="integration points of integrated gradients (default 50)")
+    ex.add_argument("--layer", type=int, default=None, metavar="L",
+                    help="the layer whose heads the page draws one by one, labelled "
+                    "(default: the last; every layer is in the thumbnail grid)")
     ex.add_argument("--neighbours", default=None, metavar="WORD",
                     help="list the tokens nearest to WORD in the input embeddings")
     ex.add_argument("--analogy", default=None, metavar="A:B::C",

@@ -68,6 +68,33 @@ def bars(values: list[float], labels: list[str], title: str, ylabel: str,
         plt.close(fig)
 
 
+def layer_heads(maps: np.ndarray, labels: list[str], title: str) -> bytes:
+    """One layer's heads (H, n, n), each a labelled panel on a square-root scale, as PNG."""
+    H, n = maps.shape[0], maps.shape[-1]
+    cols = min(H, 4)
+    rows = -(-H // cols)
+    side = min(max(2.6, 0.12 * n + 1.2), 6.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * side, rows * side), squeeze=False)
+    try:
+        font = 5 if n > 24 else 7
+        short = [_short(t, 10) for t in labels]
+        for head, ax in enumerate(axes.flat):
+            if head >= H:
+                ax.axis("off")
+                continue
+            ax.imshow(maps[head], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0,
+                                                                 vmax=float(maps[head].max())))
+            ax.set_title(f"head {head}", fontsize=9)
+            ax.set_xticks(range(n), short if head // cols == rows - 1 else [], rotation=90,
+                          fontsize=font)
+            ax.set_yticks(range(n), short if head % cols == 0 else [], fontsize=font)
+        fig.suptitle(title)
+        fig.tight_layout()
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
 def head_grid(maps: np.ndarray) -> bytes:
     """Every layer's heads and their mean as one tiled PNG, each map scaled to its own max.
 

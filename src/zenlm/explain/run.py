@@ -19,12 +19,13 @@ from zenlm.explain.tokens import (
     token_string,
     token_strings,
 )
+from zenlm.nn.attention_probs import self_attentions
 from zenlm.tasks.spec import pad_id
 
 
 def explain_text(subject: Subject, text: str, *, target: str | None = None,
-                 max_tokens: int = 64, method: str = "ig",
-                 n_steps: int = 50) -> tuple[Page, dict[str, Any]]:
+                 max_tokens: int = 64, method: str = "ig", n_steps: int = 50,
+                 layer: int | None = None) -> tuple[Page, dict[str, Any]]:
     """The page explaining `text`, and its headline numbers.
 
     Args:
@@ -35,11 +36,16 @@ def explain_text(subject: Subject, text: str, *, target: str | None = None,
             pooled into bins); a token classifier explains at most this many tokens.
         method: "ig" (integrated gradients) or "gxi" (gradient x input).
         n_steps: Integration points of integrated gradients.
+        layer: The layer whose heads are drawn one by one (default the last).
     """
     if max_tokens < 2:
         raise ValueError(f"--max-tokens must be at least 2, got {max_tokens}")
     target_index = subject.label_index(target)
     ids = subject.encode(text)
+    n_layers = len(self_attentions(subject.model))
+    if layer is not None and not 0 <= layer < n_layers:
+        raise ValueError(f"--layer {layer} is not a layer of {subject.source}: it has layers "
+                         f"0..{n_layers - 1}")
     tokens = token_strings(subject.tokenizer, ids)
     pieces = text_pieces(subject.tokenizer, text, ids)  # for the coloured text
     page = Page(f"zenlm explain: {subject.source}")
@@ -55,11 +61,11 @@ def explain_text(subject: Subject, text: str, *, target: str | None = None,
     elif subject.kind == "ner":
         numbers |= _ner_section(page, subject, output[0], ids, tokens, target_index,
                                 max_tokens, method, n_steps)
-    _attention_section(page, maps)
+    _attention_section(page, maps, layer)
     return page, numbers
 
 
-def _attention_section(page: Page, maps: AttentionMaps) -> None:
+def _attention_section(page: Page, maps: AttentionMaps, layer: int | None) -> None:
     L, H = maps.maps.shape[:2]
     page.heading("Attention")
     if maps.pooled:
@@ -77,10 +83,15 @@ def _attention_section(page: Page, maps: AttentionMaps) -> None:
         "a square-root scale. In a causal LM row t reaches only tokens 0..t, and much of "
         "the mass tends to pile on the first token (an attention sink), which rollout "
         "compounds layer after layer.")
-    page.image("attention_last_layer", figures.heatmap(
-        maps.head_average()[-1].numpy(), labels, f"Layer {L - 1}, mean of {H} heads",
+    shown = L - 1 if layer is None else layer
+    page.image("attention_layer", figures.heatmap(
+        maps.head_average()[shown].numpy(), labels, f"Layer {shown}, mean of {H} heads",
         gamma=0.5),
-        "The last layer's attention, averaged over its heads (square-root colour scale).")
+        f"Layer {shown}'s attention (--layer; default the last), averaged over its heads "
+        "(square-root colour scale).")
+    page.image("attention_layer_heads", figures.layer_heads(
+        maps.maps[shown].numpy(), labels, f"Layer {shown}, every head"),
+        f"Layer {shown}'s heads one by one, each on its own square-root colour scale.")
     page.image("attention_heads", figures.head_grid(maps.maps.numpy()),
                f"Every layer (rows, layer 0 at the top) and head (columns 0..{H - 1}, then "
                "their mean); each map is shaded to its own maximum. Query heads: a grouped-"
