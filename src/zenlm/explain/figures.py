@@ -85,7 +85,7 @@ def layer_heads(maps: np.ndarray, labels: list[str], title: str) -> bytes:
             ax.imshow(maps[head], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0,
                                                                  vmax=float(maps[head].max())))
             ax.set_title(f"head {head}", fontsize=9)
-            ax.set_xticks(range(n), short if head // cols == rows - 1 else [], rotation=90,
+            ax.set_xticks(range(n), short if head + cols >= H else [], rotation=90,
                           fontsize=font)
             ax.set_yticks(range(n), short if head % cols == 0 else [], fontsize=font)
         fig.suptitle(title)
