@@ -107,3 +107,30 @@ def test_long_text_is_pooled_not_refused(smollm2):
     page, numbers = explain_text(smollm2, text, max_tokens=8)
     assert numbers["tokens"] == 40 and numbers["surprisal_scored_tokens"] == 39
     assert "pooled into 8 bins" in page.html()
+
+
+@pytest.mark.parametrize("kind", ["causal", "padding", "bias"])
+def test_explicit_kernel_equals_sdpa_and_the_float64_softmax(kind):
+    from zenlm.nn.attention import sdpa
+    from zenlm.nn.attention_probs import explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, T, D = 2, 6, 2, 5, 8
+    q, k, v = (torch.randn(B, h, T, D, generator=g) for h in (H, Hkv, Hkv))
+    mask, causal = None, kind == "causal"
+    if kind == "padding":
+        mask = torch.ones(B, 1, T, T, dtype=torch.bool)
+        mask[1, :, :, 3:] = False  # row 1's last two keys are padding
+    if kind == "bias":
+        mask = torch.randn(1, H, T, T, generator=g)
+    probs, out = explicit_attention(q, k, v, mask, causal, 0.3)
+    torch.testing.assert_close(out, sdpa(q, k, v, mask, causal, 0.3), atol=1e-5, rtol=1e-5)
+    kx = k.double().repeat_interleave(H // Hkv, dim=1)  # head h reads KV head h // 3
+    scores = (q.double() @ kx.transpose(-1, -2)) * 0.3
+    if causal:
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    elif kind == "padding":
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.double()
+    torch.testing.assert_close(probs.double(), torch.softmax(scores, -1), atol=1e-6, rtol=0)
