@@ -8,6 +8,11 @@ acc_norm of both, how many items' predictions differ, the largest per-choice
 log-likelihood difference, and items/s (scoring only: model loading is timed apart).
 
     nice -n 10 python benchmarks/piqa.py [--batch-size 16] [--out results.json]
+
+`--speed-rounds K --limit M` measures speed alone: both scorers loaded once, then K
+rounds of (zenlm, lm-eval) on the first M items, alternated, each timed by the wall
+clock and by the process's CPU time (on a shared machine, CPU seconds per item are
+the steadier figure).
 """
 
 from __future__ import annotations
@@ -80,6 +85,45 @@ def run_lm_eval(folder: Path, batch_size: int, limit: int | None) -> dict:
             "version": __import__("lm_eval").__version__}
 
 
+def speed(data: Path, folder: Path, batch_size: int, limit: int, rounds: int) -> dict:
+    """Alternated rounds of both scorers on the first `limit` items (models loaded once)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import zenlm
+    from zenlm.eval.choice_data import PIQA_TEMPLATE, contexts, read_items
+    from zenlm.eval.loglik import encode_request, loglikelihoods
+
+    lm = zenlm.load(str(smollm2_gguf()), quantize="none")
+    hf = HFLM(pretrained=str(folder), backend="causal", dtype="float32", device="cpu",
+              batch_size=batch_size)
+    tasks = TaskManager(include_path=str(HERE / "lm_eval_tasks"))
+    items = read_items(data)[:limit]
+    prompts = contexts(items, PIQA_TEMPLATE)
+
+    def zen() -> None:
+        requests = [encode_request(lm.tokenizer, p, [" " + c for c in i.choices])
+                    for i, p in zip(items, prompts, strict=True)]
+        loglikelihoods(lm.model, requests, batch_size=batch_size)
+
+    def ref() -> None:
+        simple_evaluate(model=hf, tasks=["piqa_local"], num_fewshot=0, task_manager=tasks,
+                        limit=limit, log_samples=False)
+
+    out: dict[str, list] = {"zenlm": [], "lm_eval_hf": []}
+    for _ in range(rounds):
+        for name, fn in (("zenlm", zen), ("lm_eval_hf", ref)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            out[name].append({"items_per_s": round(limit / wall, 3),
+                              "cpu_s_per_item": round(cpu / limit, 3),
+                              "load_average": os.getloadavg()[0]})
+            print(name, out[name][-1], flush=True)
+    return out
+
+
 def compare(zen: dict, ref: dict) -> dict:
     """Items whose acc / acc_norm predictions differ, and the largest log-likelihood gap."""
     gaps = [abs(a - b) for za, ra in zip(zen["loglik"], ref["loglik"], strict=True)
@@ -94,6 +138,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("/tmp/zenlm_piqa"))
     parser.add_argument("--limit", type=int, default=None, help="first N items (a smoke test)")
+    parser.add_argument("--speed-rounds", type=int, default=0,
+                        help="measure speed only: this many alternated rounds of --limit items")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -103,6 +149,11 @@ def main() -> None:
     folder = hf_folder(args.work / "smollm2_hf")
     import torch
 
+    if args.speed_rounds:
+        result = speed(data, folder, args.batch_size, args.limit or 184, args.speed_rounds)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     zen = run_zenlm(data, args.batch_size, args.work / "zenlm_predictions.jsonl",
                     args.limit)

@@ -62,8 +62,9 @@ class Score:
         is_greedy: Whether greedy decoding from the context produces exactly these
             tokens (every token is its position's argmax; lm-eval's `is_greedy`).
         token_logprobs: Each token's log-probability, when asked for (else None).
-        top_logprobs: Each token's most likely alternatives (token id, log-probability),
-            most likely first, when asked for (else None; the server's `echo`).
+        top_logprobs: At each token's position, the `top_logprobs` most likely tokens as
+            (token id, log-probability), most likely first, when asked for (else None):
+            what OpenAI's legacy completions return for an echoed prompt.
     """
 
     logprob: float
@@ -131,6 +132,12 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 @dataclass(frozen=True)
+class _Wanted:
+    token_logprobs: bool  # each token's log-probability
+    top: int  # how many alternatives per position
+
+
+@dataclass(frozen=True)
 class _Row:
     request: int  # index of its Request
     choice: int  # index of its continuation in that Request
@@ -154,7 +161,7 @@ def loglikelihoods(
         requests: Contexts and their continuations, as token ids.
         batch_size: Continuations scored per forward pass (lm-eval's `batch_size`).
         token_logprobs: Also return each token's log-probability.
-        top_logprobs: Also return each token's this many most likely alternatives.
+        top_logprobs: Also return this many most likely tokens at each position.
         progress: Called with the number of requests finished after each batch.
 
     Returns:
@@ -162,15 +169,18 @@ def loglikelihoods(
 
     Raises:
         ValueError: an empty context or continuation, a continuation longer than the
-            model's context, or batch_size < 1.
+            model's context, batch_size < 1 or top_logprobs < 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if top_logprobs < 0:
+        raise ValueError(f"top_logprobs must be >= 0, got {top_logprobs}")
+    wanted = _Wanted(token_logprobs, top_logprobs)
     groups = _group_by_context(requests, model.config.context_length)
     results: list[list[Score | None]] = [[None] * len(r.continuations) for r in requests]
     left = [len(r.continuations) for r in requests]
     for batch in _batches(groups, batch_size):
-        scores = _score_batch(model, batch, token_logprobs, top_logprobs)
+        scores = _score_batch(model, batch, wanted)
         done = 0
         for (_, rows), row_scores in zip(batch, scores, strict=True):
             for row, score in zip(rows, row_scores, strict=True):
@@ -224,8 +234,7 @@ def _batches(groups: list, batch_size: int) -> list[list]:
 
 
 def _score_batch(
-    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], token_logprobs: bool,
-    top_logprobs: int = 0,
+    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], wanted: _Wanted
 ) -> list[list[Score]]:
     """Prefill the batch's contexts, repeat each context's cache rows per continuation, score.
 
@@ -251,23 +260,22 @@ def _score_batch(
         hidden = model.hidden_states(ids, cache=cache)  # (R, T, d)
         steps.append(model.lm_head(hidden[real]).float())  # (N, V), row-major
         targets.append(torch.tensor([t for r in rows for t in r.tokens[1:]]))
-    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), token_logprobs,
-                         top_logprobs)
+    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), wanted)
 
 
 def _split_scores(
     rows: list[_Row], batch: list, logits: torch.Tensor, targets: torch.Tensor,
-    token_logprobs: bool, top_logprobs: int = 0,
+    wanted: _Wanted,
 ) -> list[list[Score]]:
     """Per-row Scores from logits (R + N, V): R first tokens, then the rest row by row."""
     logp = F.log_softmax(logits, dim=-1)  # (R + N, V)
     chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
     greedy = (logits.argmax(dim=-1) == targets).tolist()
-    tops = None
-    if top_logprobs > 0:
-        values, ids = logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)  # (R + N, k)
-        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),
-                                                               strict=True)]
+    top = None
+    if wanted.top:
+        values, ids = logp.topk(min(wanted.top, logp.shape[-1]), dim=-1)  # (R + N, k)
+        top = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),
+                                                             strict=True)]
     R = len(rows)
     out, cursor, rest = [], 0, R
     for _, group in batch:
@@ -277,8 +285,8 @@ def _split_scores(
             positions = [cursor, *range(rest, rest + n - 1)]
             values = [chosen[p] for p in positions]
             scores.append(Score(sum(values), n, all(greedy[p] for p in positions),
-                                tuple(values) if token_logprobs else None,
-                                tuple(tops[p] for p in positions) if tops else None))
+                                tuple(values) if wanted.token_logprobs else None,
+                                None if top is None else tuple(top[p] for p in positions)))
             cursor, rest = cursor + 1, rest + n - 1
         out.append(scores)
     return out
