@@ -212,3 +212,11 @@ def test_smollm2_answers_equal_transformers_through_its_chat_template(tmp_path, 
     assert "Paris" in rows[0]["output"]
     assert rows[0]["f1"] == pytest.approx(100 * max(
         squad_f1_slow(rows[0]["output"], r) for r in items[0]["references"]))
+
+
+def test_cli_stop_strings_as_typed(tmp_path):
+    folder = tiny_folder(tmp_path / "model", None)
+    report, rows = run_cli(tmp_path, folder, ITEMS, "--max-new-tokens", "12", "--stop", "\\n",
+                           "--stop", "é")
+    assert report["settings"]["stop"] == ["\n", "é"]
+    assert all("\n" not in r["output"] and "é" not in r["output"] for r in rows)

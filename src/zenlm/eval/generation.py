@@ -144,12 +144,12 @@ def score(outputs: Sequence[str], items: Sequence[Item]) -> tuple[dict[str, Any]
 
 def use_chat(lm: Any, mode: str) -> bool:
     """Whether prompts go through the chat template: `auto` when the model has one."""
+    if mode not in CHAT_MODES:
+        raise ValueError(f"--chat must be one of {CHAT_MODES}, got {mode!r}")
     has_template = getattr(lm.tokenizer, "chat_template", None) is not None
     if mode == "on" and not has_template:
         raise ValueError(f"--chat on: {lm.source} has no chat template; use --chat off "
                          "(or auto)")
-    if mode not in CHAT_MODES:
-        raise ValueError(f"--chat must be one of {CHAT_MODES}, got {mode!r}")
     return has_template if mode == "auto" else mode == "on"
 
 
@@ -226,7 +226,8 @@ def run(*, model: str, data: str | None, quantize: str = "none", max_new_tokens:
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     items = read_items(data)[:limit]
-    stops = [s.encode().decode("unicode_escape") for s in stop or []]  # '\n' as typed
+    # "\n" and "\t" as typed on a command line are the characters
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or []]
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                "top_k": top_k, "seed": seed, "stop": stops}
     try:  # refuse bad sampling options before loading anything
