@@ -214,6 +214,18 @@ def test_bad_stride_is_named(tiny_llama, tmp_path, capsys, stride):
     assert f"--stride must be in 1..--context (64), got {stride}" in err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--procedure", "llama", "--stride", "32"], "--stride 32 is an option of --procedure sliding"),
+    (["--split", "train"], "--split train applies to token shard folders"),
+])
+def test_options_of_another_mode_are_refused(tiny_llama, tmp_path, capsys, args, message):
+    folder, _, _ = tiny_llama
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE, encoding="utf-8")
+    err = evaluate_error(capsys, "--model", str(folder), "--data", str(text), *args)
+    assert message in err
+
+
 def test_empty_file_is_named(tiny_llama, tmp_path, capsys):
     folder, _, _ = tiny_llama
     empty = tmp_path / "empty.txt"
