@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="training pairs (0: all)")
     parser.add_argument("--val-limit", type=int, default=200, help="validation pairs scored")
     parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--num-beams", type=int, default=5)
     args = parser.parse_args(argv)
 
     data, out = Path(args.data), Path(args.out)
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=96, lr=7e-4, warmup_fraction=0.05, weight_decay=0.0, autocast="float32"))
     report = evaluate_finetuned("translate", summary["model_dir"], None,
                                 source=str(out / "val.en"), target=str(out / "val.de"),
-                                num_beams=5)
+                                num_beams=args.num_beams)
     scores = report.metrics
-    print(f"validation ({scores['n']} pairs, beam 5): BLEU {scores['bleu']:.2f}, "
+    print(f"validation ({scores['n']} pairs, beam {args.num_beams}): "
+          f"BLEU {scores['bleu']:.2f}, "
           f"chrF {scores['chrf']:.2f} after {summary['steps']} steps")
     translator = zenlm.load_task(summary["model_dir"])
     for record in translator.predict(NEW):
