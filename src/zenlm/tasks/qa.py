@@ -11,6 +11,7 @@ tokens) and returns the best-scoring span over all windows (SQuAD v1.1: always a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from torch import nn
 
 from zenlm.data import tasks as readers
 from zenlm.data.tasks import QAExample
-from zenlm.eval import metrics
+from zenlm.eval import metrics, qa_report
+from zenlm.eval.report import Report
 from zenlm.models.heads import SpanQA
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
@@ -152,25 +154,42 @@ def postprocess_qa(
     max_answer_length: int = 30,
 ) -> dict[str, str]:
     """Answer text per question id: the best valid span over all of its windows."""
-    best: dict[int, tuple[float, int, int]] = {}
+    scored = scored_answers(examples, features, logits, n_best=n_best,
+                            max_answer_length=max_answer_length)
+    return {qid: text for qid, (text, _) in scored.items()}
+
+
+def scored_answers(
+    examples: Sequence[QAExample], features: Sequence[QAFeature],
+    logits: Sequence[tuple[torch.Tensor, torch.Tensor]], *, n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, tuple[str, float]]:
+    """(answer, confidence) per question id: the best valid span over all of its windows.
+
+    The span with the highest start + end logit wins (as in `postprocess_qa`); its
+    confidence is the probability the model gives it in its window,
+    softmax(start)[s] * softmax(end)[e], the distributions it was trained on (0 when no
+    window has a valid span).
+    """
+    best: dict[int, tuple[float, int, int, float]] = {}
     for feature, (start, end) in zip(features, logits, strict=True):
         spans = best_spans(start, end, feature.offsets, n_best=n_best,
                            max_answer_length=max_answer_length)
         if spans and (feature.example not in best or spans[0][0] > best[feature.example][0]):
-            best[feature.example] = spans[0]
+            score, first, last = spans[0]
+            log_norm = float(start.logsumexp(-1) + end.logsumexp(-1))
+            best[feature.example] = (score, first, last, math.exp(score - log_norm))
     answers = {}
     for index, example in enumerate(examples):
-        _, first, last = best.get(index, (0.0, 0, 0))
-        answers[example.id] = example.context[first:last]
+        _, first, last, confidence = best.get(index, (0.0, 0, 0, 0.0))
+        answers[example.id] = (example.context[first:last], confidence)
     return answers
 
 
 @torch.inference_mode()
-def predict_qa(
-    model: nn.Module, examples: Sequence[QAExample], features: Sequence[QAFeature], pad_id: int,
-    *, batch_size: int = 32, n_best: int = 20, max_answer_length: int = 30,
-) -> dict[str, str]:
-    """Run `model` (a SpanQA) over every window and post-process into answers."""
+def window_logits(model: nn.Module, features: Sequence[QAFeature], pad_id: int, *,
+                  batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(start (T,), end (T,)) float32 logits of every window, T its own length."""
     model.eval()
     logits = []
     for first in range(0, len(features), batch_size):
@@ -179,6 +198,15 @@ def predict_qa(
         start, end = model(batch.ids, batch.attention_mask, batch.token_type_ids)
         logits += [(start[r, : len(f.ids)].float(), end[r, : len(f.ids)].float())
                    for r, f in enumerate(chunk)]
+    return logits
+
+
+def predict_qa(
+    model: nn.Module, examples: Sequence[QAExample], features: Sequence[QAFeature], pad_id: int,
+    *, batch_size: int = 32, n_best: int = 20, max_answer_length: int = 30,
+) -> dict[str, str]:
+    """Run `model` (a SpanQA) over every window and post-process into answers."""
+    logits = window_logits(model, features, pad_id, batch_size=batch_size)
     return postprocess_qa(examples, features, logits, n_best=n_best,
                           max_answer_length=max_answer_length)
 
@@ -227,6 +255,17 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         answers = predict_qa(model, examples, self.encode(tokenizer, examples, info), pad_id)
         refs = {e.id: [a for a, _ in e.answers] for e in examples}
         return {**metrics.squad_scores(answers, refs), "n": len(examples)}
+
+    def report(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+               examples: list[QAExample], pad_id: int, *, bins: int) -> Report:
+        """EM/F1, calibration of the answer's probability against exact match, F1 spread."""
+        features = self.encode(tokenizer, examples, info)
+        scored = scored_answers(examples, features, window_logits(model, features, pad_id))
+        refs = {e.id: [a for a, _ in e.answers] for e in examples}
+        parts = qa_report.answers_report({q: a for q, (a, _) in scored.items()},
+                                         {q: c for q, (_, c) in scored.items()}, refs, bins)
+        return Report(self.name, {**parts.metrics, "n": len(examples)}, tables=parts.tables,
+                      figures=parts.figures)
 
     def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
                 pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
