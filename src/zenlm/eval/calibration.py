@@ -157,38 +157,39 @@ def table(bins: Reliability, what: str = "confidence") -> Table:
 
 
 def draw_reliability(bins: Reliability, what: str = "confidence") -> Callable[[Any], None]:
-    """A `Figure.draw` for the reliability diagram of `bins`.
+    """A `Figure.draw` for the reliability diagram of `bins`, with a count panel below.
 
-    Bars are each bin's accuracy, red outlines the gap to its mean confidence, the
-    diagonal is perfect calibration, and grey bars on the right axis the counts.
+    Bars are each bin's accuracy, hatched red the gap to its mean confidence, the
+    diagonal is perfect calibration; the panel below shows how many items each bin
+    holds (as Guo et al. draw it), so a large gap in a near-empty bin reads as such.
 
     Args:
         bins: The binned predictions.
         what: What the confidence is, for the x-axis label.
     """
     def draw(axes: Any) -> None:
+        from mpl_toolkits.axes_grid1 import make_axes_locatable
+
         width = bins.edges[1] - bins.edges[0]
-        lefts = bins.edges[:-1]
-        counts_axes = axes.twinx()
-        counts_axes.bar(lefts, bins.counts, width=width, align="edge", color="0.85", zorder=0)
-        counts_axes.set_ylabel("examples")
-        axes.set_zorder(counts_axes.get_zorder() + 1)
-        axes.patch.set_visible(False)  # show the count bars behind
-        full = [(x, a, c) for x, n, a, c in zip(lefts, bins.counts, bins.accuracy,
+        full = [(x, a, c) for x, n, a, c in zip(bins.edges[:-1], bins.counts, bins.accuracy,
                                                  bins.confidence, strict=True) if n]
-        axes.bar([x for x, _, _ in full], [a for _, a, _ in full], width=width, align="edge",
-                 color="tab:blue", edgecolor="black", label="accuracy")
-        axes.bar([x for x, _, _ in full], [c - a for _, a, c in full],
-                 bottom=[a for _, a, _ in full], width=width, align="edge", fill=False,
-                 edgecolor="tab:red", hatch="//", label="gap to confidence")
+        lefts, accuracy = [x for x, _, _ in full], [a for _, a, _ in full]
+        axes.bar(lefts, accuracy, width=width, align="edge", color="tab:blue",
+                 edgecolor="black", label="accuracy")
+        axes.bar(lefts, [c - a for _, a, c in full], bottom=accuracy, width=width,
+                 align="edge", fill=False, edgecolor="tab:red", hatch="//",
+                 label="gap to confidence")
         axes.plot([0, 1], [0, 1], linestyle="--", color="black", label="perfect calibration")
-        axes.set_xlim(0, 1)
-        axes.set_ylim(0, 1)
-        axes.set_xlabel(what)
-        axes.set_ylabel("accuracy")
+        axes.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+        axes.tick_params(labelbottom=False)
         axes.text(0.03, 0.95, f"ECE {bins.ece():.4f}\nMCE {bins.mce():.4f}\n"
                   f"{len(bins.counts)} bins, {bins.total} items", va="top",
                   transform=axes.transAxes, bbox={"facecolor": "white", "alpha": 0.8})
         axes.legend(loc="lower right", fontsize="small")
+        counts = make_axes_locatable(axes).append_axes("bottom", size="28%", pad=0.1,
+                                                       sharex=axes)
+        counts.bar(bins.edges[:-1], bins.counts, width=width, align="edge", color="0.6",
+                   edgecolor="black")
+        counts.set(xlim=(0, 1), xlabel=what, ylabel="items")
 
     return draw
