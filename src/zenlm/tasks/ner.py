@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -118,14 +119,15 @@ def word_logits(
     """Tag logits (words, C), float32, of every sentence: each word's first sub-word's."""
     model.eval()
     words: list[dict[int, torch.Tensor]] = [{} for _ in range(n_sentences)]
+    width = 0  # C, known after the first batch
     for start in range(0, len(features), batch_size):
         chunk = list(features[start:start + batch_size])
         batch = collate_tokens(chunk, pad_id)
         logits = model(batch.ids, batch.attention_mask).float()  # (B, T, C)
+        width = logits.shape[-1]
         for row, feature in enumerate(chunk):
             for k, position in enumerate(feature.word_starts):
                 words[feature.sentence][feature.first_word + k] = logits[row, position]
-    width = logits.shape[-1] if features else 0
     return [torch.stack([tags[i] for i in range(len(tags))]) if tags
             else torch.zeros(0, width) for tags in words]
 
@@ -210,10 +212,9 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
                    "tags": info.labels, "tag_confusion_matrix": words.metrics["confusion_matrix"],
                    "per_tag": words.metrics["per_class"],
                    "calibration": words.metrics["calibration"]}
-        tables = [breakdown.per_label_table(entities["per_type"], "type", "Per entity type"),
-                  *[t for t in words.tables if t.title in ("Confusion matrix", "Calibration")]]
-        for table in tables[1:]:
-            table.title = f"Per word: {table.title.lower()}"
+        tables = [breakdown.per_label_table(entities["per_type"], "type", "Per entity type")]
+        tables += [dataclasses.replace(t, title=f"Per word: {t.title.lower()}")
+                   for t in words.tables if t.title in ("Confusion matrix", "Calibration")]
         return Report(self.name, numbers, tables=tables, figures=words.figures)
 
     def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
