@@ -150,7 +150,7 @@ def table(bins: Reliability, what: str = "confidence") -> Table:
     rows = [[f"({lo:.3f}, {hi:.3f}]", n, c, a, abs(a - c)]
             for lo, hi, n, c, a in zip(bins.edges[:-1], bins.edges[1:], bins.counts,
                                        bins.confidence, bins.accuracy, strict=True) if n]
-    note = (f"{len(bins.counts)} equal-width bins of {what} (empty bins left out); "
+    note = (f"{len(bins.counts)} equal-width bins of {what}; empty bins are left out. "
             f"ECE = {bins.ece():.4f} is the mean gap weighted by count, "
             f"MCE = {bins.mce():.4f} the largest gap.")
     return Table("Calibration", ["bin", "count", "confidence", "accuracy", "gap"], rows, note)

@@ -41,7 +41,7 @@ def answers_report(predictions: dict[str, str], confidence: dict[str, float],
     tables = [Table("Answers by F1", ["answers", "questions", "share"],
                     [[name, count, count / len(ids)] for name, count in bands.items()],
                     "F1 is SQuAD's token overlap of each answer with its best gold answer."),
-              calibration.table(bins, "answer probability, exact match counting as correct,")]
+              calibration.table(bins, "answer probability (exact match counts as correct)")]
     figures = [reliability_figure(bins, "answer probability (softmax start x end)"),
                Figure("f1_histogram", f"Per-question F1 ({len(ids)} questions)",
                       _draw_histogram(f1))]
