@@ -155,3 +155,11 @@ def test_evaluate_refuses_zero_bins(run, capsys):
     assert main(["evaluate", "--task", "classify", "--model", str(model_dir), "--data",
                  str(data), "--bins", "0"]) == 2
     assert "--bins must be a positive integer (e.g. 15), got 0" in capsys.readouterr().err
+
+
+def test_bins_for_a_task_without_calibration_is_refused(tmp_path, capsys):
+    missing = str(tmp_path / "no-model")
+    assert main(["evaluate", "--task", "translate", "--model", missing, "--source", missing,
+                 "--target", missing, "--bins", "5"]) == 2
+    assert ("--bins 5: task 'translate' reports no calibration; --bins is for classify, ner, qa"
+            in capsys.readouterr().err)

@@ -26,11 +26,15 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
         bins: classify/ner/qa: equal-width bins of the calibration (ECE, reliability).
     """
     from zenlm.tasks.checkpoint import backbone_of, load_task_model
-    from zenlm.tasks.registry import get_task
+    from zenlm.tasks.registry import get_task, task_names
     from zenlm.tasks.spec import pad_id
 
     check_bins(bins)
     spec = get_task(task)
+    if bins != DEFAULT_BINS and not _calibrated(spec):
+        valid = [name for name in task_names() if _calibrated(get_task(name))]
+        raise ValueError(f"--bins {bins}: task {task!r} reports no calibration; --bins is "
+                         f"for {', '.join(valid)}")
     network, tokenizer, info = load_task_model(model)
     check_task(task, info.task)
     if num_beams is not None:
@@ -44,6 +48,13 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
     report.settings = {"model": model, "data": where, "examples": report.metrics.get("n"),
                        **report.settings}
     return report
+
+
+def _calibrated(spec: Any) -> bool:
+    """Whether the task's report has calibration (it overrides `TaskSpec.report`)."""
+    from zenlm.tasks.spec import TaskSpec
+
+    return type(spec).report is not TaskSpec.report
 
 
 def _plot_confusion_matrix(report: Report, task: str, path: str) -> None:
