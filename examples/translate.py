@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-import zenlm
 from zenlm.config import ModelConfig
 from zenlm.io.hf import save_hf_model
 from zenlm.models.build import build_model
+from zenlm.tasks import load_task
 from zenlm.tasks.evaluate import evaluate_finetuned
 from zenlm.tasks.runner import FinetuneOptions, finetune
 from zenlm.tokenizer_train import train_tokenizer
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"validation ({scores['n']} pairs, beam {args.num_beams}): "
           f"BLEU {scores['bleu']:.2f}, "
           f"chrF {scores['chrf']:.2f} after {summary['steps']} steps")
-    translator = zenlm.load_task(summary["model_dir"])
+    translator = load_task(summary["model_dir"])
     for record in translator.predict(NEW):
         print(f"{record['source']}\n  -> {record['translation']}")
 

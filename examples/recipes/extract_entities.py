@@ -19,11 +19,11 @@ import argparse
 import json
 import re
 
-import zenlm
 from zenlm.eval.metrics import get_entities
+from zenlm.tasks import TaskModel, load_task
 
 
-def entities(tagger: zenlm.TaskModel, text: str) -> list[dict]:
+def entities(tagger: TaskModel, text: str) -> list[dict]:
     """Entity spans of `text`: its words are tagged, and BIO runs become spans."""
     words = [(m.group(), m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)]
     tags = tagger([w for w, _, _ in words])["tags"]
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="a `zenlm finetune --task ner` output folder")
     parser.add_argument("--text", action="append", required=True, help="repeatable")
     args = parser.parse_args(argv)
-    tagger = zenlm.load_task(args.model)
+    tagger = load_task(args.model)
     for text in args.text:
         for entity in entities(tagger, text):
             print(json.dumps(entity, ensure_ascii=False))

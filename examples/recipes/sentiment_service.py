@@ -20,7 +20,7 @@ import argparse
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-import zenlm
+from zenlm.tasks import load_task
 
 
 class SentimentRequest(BaseModel):
@@ -31,7 +31,7 @@ class SentimentRequest(BaseModel):
 
 def create_app(folder: str) -> FastAPI:
     """The service around one fine-tuned classifier folder."""
-    classifier = zenlm.load_task(folder)
+    classifier = load_task(folder)
     if classifier.task != "classify":
         raise SystemExit(f"{folder} was fine-tuned for {classifier.task!r}, not classify")
     app = FastAPI(title="sentiment")

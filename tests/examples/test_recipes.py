@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from zenlm.cli import main
+from zenlm.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,13 +80,12 @@ def classifier_folder(minilm_folder, tmp_path_factory) -> Path:
 def test_sentiment_service_answers_as_the_model(classifier_folder):
     from fastapi.testclient import TestClient
 
-    import zenlm
 
     client = TestClient(recipe("sentiment_service").create_app(str(classifier_folder)))
     texts = ["a wonderful film", "far too long"]
     response = client.post("/sentiment", json={"texts": texts})
     assert response.status_code == 200
-    assert response.json()["results"] == zenlm.load_task(classifier_folder).predict(texts)
+    assert response.json()["results"] == load_task(classifier_folder).predict(texts)
     assert client.get("/health").json()["labels"] == ["0", "1"]
     assert client.post("/sentiment", json={"texts": []}).status_code == 422
     refused = client.post("/sentiment", json={"texts": ["  "]})
@@ -101,10 +101,9 @@ def test_entities_have_offsets_into_the_text(minilm_folder, tmp_path):
     assert main(["finetune", "--task", "ner", "--model", str(minilm_folder), "--train",
                  str(tmp_path / "train.conll"), "--output", str(tmp_path / "run"),
                  "--max-steps", "12", "--lr", "1e-2", "--lora", "--batch-size", "8"]) == 0
-    import zenlm
 
     text = "Mary lives in Paris now."
-    found = recipe("extract_entities").entities(zenlm.load_task(tmp_path / "run" / "model"),
+    found = recipe("extract_entities").entities(load_task(tmp_path / "run" / "model"),
                                                 text)
     assert found, "no entity found"
     for entity in found:

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-import zenlm
 from zenlm.cli import main
+from zenlm.tasks import load_task
 
 STEPS = "12"
 
@@ -64,7 +64,7 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     assert scores["accuracy"] >= 0.9
     # a program's in-memory predictions are the CLI's, record for record
     texts = [line.rsplit("\t", 1)[0] for line in data.read_text().splitlines()[1:]]
-    classifier = zenlm.load_task(model_dir)
+    classifier = load_task(model_dir)
     assert classifier.task == "classify" and classifier.labels == ["0", "1"]
     assert classifier.predict(texts) == records
     assert classifier(texts[0]) == records[0]

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-import zenlm
 from zenlm.cli import main
+from zenlm.tasks import load_task
 
 PEOPLE = ["John", "Mary", "Ahmed", "Li", "Olga", "Pedro"]
 CITIES = ["Paris", "Berlin", "Lagos", "Lima", "Oslo"]
@@ -60,7 +60,7 @@ def test_ner_scores_are_seqeval_of_the_predictions(minilm_folder, tmp_path, caps
     assert scores["precision"] == pytest.approx(seqeval.precision_score(gold, predicted))
     assert scores["f1"] > 0.5  # it learned which words are names
     # in memory, from words or from a text split at whitespace: the CLI's records
-    tagger = zenlm.load_task(tmp_path / "run" / "model")
+    tagger = load_task(tmp_path / "run" / "model")
     assert tagger.predict([r["tokens"] for r in records[:3]]) == records[:3]
     assert tagger(" ".join(records[0]["tokens"])) == records[0]
     _check_ner_report(scores, gold, predicted, tmp_path / "report")
@@ -142,7 +142,7 @@ def test_qa_scores_are_squad_scores_of_the_predictions(minilm_folder, tmp_path, 
     assert scores["exact_match"] == pytest.approx(exact)
     assert scores["f1"] == pytest.approx(f1)
     # in memory: the same answers, with character offsets into the context and a score
-    reader = zenlm.load_task(tmp_path / "run" / "model")
+    reader = load_task(tmp_path / "run" / "model")
     found = reader.predict([{"id": qid, "question": question, "context": contexts[qid]}
                             for qid, question in questions.items()])
     assert {r["id"]: r["answer"] for r in found} == answers
