@@ -105,7 +105,8 @@ PHONES = {
         "06 {} {} {} {}".format(*(digits(2) for _ in range(4))),
         "+33 7 {} {} {} {}".format(*(digits(2) for _ in range(4)))]),
     "IN": lambda: R.choice([
-        f"+91 {R.randint(7, 9)}{digits(4)} {digits(5)}", f"{R.randint(7, 9)}{digits(4)} {digits(5)}",
+        f"+91 {R.randint(7, 9)}{digits(4)} {digits(5)}",
+        f"{R.randint(7, 9)}{digits(4)} {digits(5)}",
         f"+91-{R.randint(7, 9)}{digits(9)}", f"022 {R.randint(2, 6)}{digits(7)}"]),
     "CN": lambda: R.choice([
         f"1{R.choice('3589')}{R.randint(0, 9)}{digits(8)}",
@@ -136,7 +137,8 @@ def phone_cn() -> str:
 
 def ipv4() -> str:
     return R.choice([
-        f"192.168.{R.randint(0, 255)}.{R.randint(1, 254)}", f"10.{R.randint(0, 255)}.{R.randint(0, 255)}.{R.randint(1, 254)}",
+        f"192.168.{R.randint(0, 255)}.{R.randint(1, 254)}",
+        f"10.{R.randint(0, 255)}.{R.randint(0, 255)}.{R.randint(1, 254)}",
         f"{R.randint(11, 223)}.{R.randint(0, 255)}.{R.randint(0, 255)}.{R.randint(1, 254)}",
         f"172.{R.randint(16, 31)}.{R.randint(0, 255)}.{R.randint(1, 254)}"])
 
@@ -283,9 +285,11 @@ def time_() -> str:
 
 def order() -> str:
     return R.choice([f"#{R.randint(100000, 99999999)}", f"INV-{R.randint(2019, 2026)}-{digits(6)}",
-                     f"{R.randint(2019, 2026)}{R.randint(1, 12):02d}{R.randint(1, 28):02d}{digits(8)}",
+                     f"{R.randint(2019, 2026)}"
+                     f"{R.randint(1, 12):02d}{R.randint(1, 28):02d}{digits(8)}",
                      f"{digits(16)}", f"PO {digits(4)}-{digits(4)}-{digits(4)}",
-                     f"{R.randint(2019, 2026)}{R.randint(1, 12):02d}{R.randint(1, 28):02d}{digits(10)}",
+                     f"{R.randint(2019, 2026)}"
+                     f"{R.randint(1, 12):02d}{R.randint(1, 28):02d}{digits(10)}",
                      f"SO{digits(10)}", f"{digits(3)}-{digits(7)}-{digits(7)}"])
 
 
@@ -298,7 +302,8 @@ def version() -> str:
 
 
 def price() -> str:
-    return R.choice([f"${R.randint(1, 9)},{digits(3)}.{digits(2)}", f"€{R.randint(5, 999)},{digits(2)}",
+    return R.choice([f"${R.randint(1, 9)},{digits(3)}.{digits(2)}",
+                     f"€{R.randint(5, 999)},{digits(2)}",
                      f"¥{R.randint(1, 99)},{digits(3)}.00", f"£{R.randint(1, 999)}.{digits(2)}",
                      f"USD {R.randint(1, 999)},{digits(3)},{digits(3)}.00",
                      f"₹{R.randint(1, 9)},{digits(2)},{digits(3)}", f"{R.randint(100, 99999)}元"])
@@ -320,8 +325,10 @@ def tracking() -> str:
 
 
 def number() -> str:
-    return R.choice([f"{R.randint(1, 999)},{digits(3)},{digits(3)}", f"{R.randint(1, 99)}.{digits(5)}",
-                     f"{R.randint(1, 9)} {digits(3)} {digits(3)}", f"{R.randint(10, 89)}.{digits(4)}, "
+    return R.choice([f"{R.randint(1, 999)},{digits(3)},{digits(3)}",
+                     f"{R.randint(1, 99)}.{digits(5)}",
+                     f"{R.randint(1, 9)} {digits(3)} {digits(3)}",
+                     f"{R.randint(10, 89)}.{digits(4)}, "
                      f"{R.randint(100, 179)}.{digits(4)}", f"{digits(5)}", f"{R.randint(1, 60)}%"])
 
 
@@ -460,7 +467,8 @@ def main() -> None:
     rows = build(args.seed, args.repeats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
     counts: dict[str, int] = {}
     for row in rows:
         for span in row["spans"]:

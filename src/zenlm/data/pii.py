@@ -36,22 +36,34 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def scrub_pii(text: str, counts: Counter[str] | None = None) -> str:
-    """Replace PII in `text`; add what was replaced, by kind, to `counts`."""
-    counts = counts if counts is not None else Counter()
+def find_pii(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, kind) of every PII span in `text`, in order."""
+    masked, spans = text, []
 
-    def replace(kind: str, pattern: re.Pattern, value: str, check=None) -> str:  # noqa: ANN001
+    def mask(kind: str, pattern: re.Pattern, check=None) -> None:  # noqa: ANN001
+        nonlocal masked
         def sub(match: re.Match) -> str:
             if check is not None and not check(match.group(0)):
                 return match.group(0)
-            counts[kind] += 1
-            return f"<{kind}>"
+            spans.append((match.start(), match.end(), kind))
+            return "\x00" * (match.end() - match.start())
+        masked = pattern.sub(sub, masked)
 
-        return pattern.sub(sub, value)
+    mask("EMAIL", _EMAIL)
+    mask("IP", _IPV4)
+    mask("IP", _IPV6)
+    mask("CARD", _CARD, lambda s: luhn_valid(re.sub(r"\D", "", s)))
+    mask("ID", _ID)
+    mask("PHONE", _PHONE)
+    return sorted(spans)
 
-    text = replace("EMAIL", _EMAIL, text)
-    text = replace("IP", _IPV4, text)
-    text = replace("IP", _IPV6, text)
-    text = replace("CARD", _CARD, text, lambda s: luhn_valid(re.sub(r"\D", "", s)))
-    text = replace("ID", _ID, text)
-    return replace("PHONE", _PHONE, text)
+
+def scrub_pii(text: str, counts: Counter[str] | None = None) -> str:
+    """Replace PII in `text`; add what was replaced, by kind, to `counts`."""
+    counts = counts if counts is not None else Counter()
+    out, pos = [], 0
+    for start, end, kind in find_pii(text):
+        out += [text[pos:start], f"<{kind}>"]
+        counts[kind] += 1
+        pos = end
+    return "".join(out) + text[pos:]

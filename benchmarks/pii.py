@@ -1,0 +1,167 @@
+"""Precision and recall per PII type: zenlm's scrubber next to presidio's pattern recognizers.
+
+    python benchmarks/pii.py [--data benchmarks/data/pii_eval.jsonl] [--split dev|heldout|all]
+
+The set is built by benchmarks/pii_set.py (see benchmarks/data/README.md). Presidio runs
+offline: its predefined recognizers in an AnalyzerEngine whose NLP engine is a blank spaCy
+pipeline (tokens only, no model download, so no NER) and whose e-mail validator uses
+tldextract's bundled suffix list instead of fetching one. Its results are all those the
+engine returns at its default score threshold (0). Its entity names map onto the set's types
+(PHONE_NUMBER -> PHONE, *_PASSPORT -> PASSPORT, US_SSN -> ID, ...); entity types outside the
+set (dates, URLs, ...) are not requested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from zenlm.data.pii import find_pii
+from zenlm.data.pii_score import TypeScore, score_spans, total
+
+Detector = Callable[[str], list[tuple[int, int, str]]]
+PRESIDIO_TYPES = {
+    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "IP_ADDRESS": "IP",
+    "CREDIT_CARD": "CARD", "IBAN_CODE": "IBAN", "US_SSN": "ID", "US_PASSPORT": "PASSPORT",
+    "UK_PASSPORT": "PASSPORT", "IN_PASSPORT": "PASSPORT", "DE_PASSPORT": "PASSPORT",
+}
+
+
+def presidio_detector(regions: tuple[str, ...] | None = None) -> Detector:
+    """Presidio's AnalyzerEngine with pattern recognizers only, offline."""
+    import spacy
+    import tldextract
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        DePassportRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        InPassportRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UkPassportRecognizer,
+        UsPassportRecognizer,
+        UsSsnRecognizer,
+    )
+    from presidio_analyzer.predefined_recognizers.generic import email_recognizer
+
+    # The bundled public-suffix snapshot, never a download.
+    email_recognizer.tldextract.extract = tldextract.TLDExtract(suffix_list_urls=())
+
+    class BlankSpacy(SpacyNlpEngine):
+        def load(self) -> None:
+            self.nlp = {"en": spacy.blank("en")}
+
+    nlp = BlankSpacy(models=[{"lang_code": "en", "model_name": "blank"}])
+    nlp.load()
+    phone = PhoneRecognizer(supported_regions=regions) if regions else PhoneRecognizer()
+    registry = RecognizerRegistry(recognizers=[
+        EmailRecognizer(), phone, IpRecognizer(), CreditCardRecognizer(), IbanRecognizer(),
+        UsSsnRecognizer(), UsPassportRecognizer(), UkPassportRecognizer(),
+        InPassportRecognizer(), DePassportRecognizer()])
+    engine = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+    entities = list(PRESIDIO_TYPES)
+
+    def detect(text: str) -> list[tuple[int, int, str]]:
+        results = engine.analyze(text, language="en", entities=entities)
+        return sorted({(r.start, r.end, PRESIDIO_TYPES[r.entity_type]) for r in results})
+
+    return detect
+
+
+def load(path: Path, split: str) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if split == "all" or r["split"] == split]
+
+
+def negatives_hit(rows: list[dict], predictions: list[list[tuple[int, int, str]]]) -> dict:
+    """Per hard-negative kind: (how many some predicted span overlaps, how many in all)."""
+    out: dict[str, list[int]] = {}
+    for row, spans in zip(rows, predictions, strict=True):
+        for neg in row["negatives"]:
+            hit = any(s < neg["end"] and neg["start"] < e for s, e, _ in spans)
+            out.setdefault(neg["kind"], [0, 0])[0] += hit
+            out[neg["kind"]][1] += 1
+    return dict(sorted(out.items()))
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table(results: dict[str, dict[str, dict[str, TypeScore]]]) -> str:
+    """Markdown: one row per type, P/R exact and overlap per detector."""
+    names = list(results)
+    head = "| type | gold | " + " | ".join(
+        f"{n} P | {n} R | {n} P (overlap) | {n} R (overlap)" for n in names) + " |"
+    lines = [head, "|" + " --- |" * (2 + 4 * len(names))]
+    types = sorted({t for r in results.values() for m in r.values() for t in m})
+    for t in [*types, "all"]:
+        cells, gold = [], 0
+        for n in names:
+            pick = {m: (total(s) if t == "all" else s.get(t, TypeScore()))
+                    for m, s in results[n].items()}
+            gold = pick["exact"].gold
+            cells += [_rate(pick["exact"].precision), _rate(pick["exact"].recall),
+                      _rate(pick["overlap"].precision), _rate(pick["overlap"].recall)]
+        lines.append(f"| {t} | {gold} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cpu() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    return model.group(1) if model else platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(Path(__file__).parent / "data" / "pii_eval.jsonl"))
+    parser.add_argument("--split", choices=["dev", "heldout", "all"], default="dev")
+    parser.add_argument("--no-presidio", action="store_true")
+    parser.add_argument("--errors", action="store_true", help="print zenlm's misses and FPs")
+    args = parser.parse_args()
+    rows = load(Path(args.data), args.split)
+    gold = [[(s["start"], s["end"], s["type"]) for s in r["spans"]] for r in rows]
+    detectors: dict[str, Detector] = {"zenlm": find_pii}
+    if not args.no_presidio:
+        detectors["presidio"] = presidio_detector()
+        detectors["presidio+CN"] = presidio_detector(
+            ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR", "CN"))
+    results, negs, seconds = {}, {}, {}
+    predictions: dict[str, list] = {}
+    for name, detect in detectors.items():
+        start = time.perf_counter()
+        predictions[name] = [detect(r["text"]) for r in rows]
+        seconds[name] = time.perf_counter() - start
+        results[name] = {m: score_spans(gold, predictions[name], m) for m in ("exact", "overlap")}
+        negs[name] = negatives_hit(rows, predictions[name])
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False).stdout.strip()
+    print(f"split {args.split}: {len(rows)} texts, {sum(map(len, gold))} PII spans; "
+          f"CPU {cpu()}; zenlm {rev}")
+    print(table(results))
+    print("\nHard negatives overlapped by a prediction (hit / total):\n")
+    kinds = sorted({k for n in negs.values() for k in n})
+    print("| kind | " + " | ".join(negs) + " |\n|" + " --- |" * (1 + len(negs)))
+    for k in kinds:
+        print(f"| {k} | " + " | ".join(f"{n[k][0]} / {n[k][1]}" for n in negs.values()) + " |")
+    print("\nseconds: " + ", ".join(f"{n} {s:.2f}" for n, s in seconds.items()))
+    if args.errors:
+        for row, g, p in zip(rows, gold, predictions["zenlm"], strict=True):
+            if set(g) != set(p):
+                missed = [row["text"][s:e] + f"/{t}" for s, e, t in set(g) - set(p)]
+                extra = [row["text"][s:e] + f"/{t}" for s, e, t in set(p) - set(g)]
+                print(f"{row['id']}: missed {missed} extra {extra}\n   {row['text']}")
+
+
+if __name__ == "__main__":
+    main()
