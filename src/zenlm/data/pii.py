@@ -1,65 +1,183 @@
-"""Scrub personally identifying information: emails, phones, IPs, card and ID numbers.
+"""Find and scrub personally identifying information in English and Chinese text.
 
-Each kind is replaced by a placeholder (`<EMAIL>`, `<PHONE>`, ...) and counted. Card
-numbers are only replaced when their digits pass the Luhn check, so that ordinary
-long numbers (order numbers, timestamps) are kept.
+Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
+
+- EMAIL: local@domain.tld.
+- IP: IPv4 (not after a version word such as "version", "build", "v", 版本) and IPv6 in every
+  notation Python's `ipaddress` accepts (compressed, embedded IPv4).
+- CARD: 13-19 digits (spaces or dashes between) with an issuer prefix and length of a card
+  network (Visa, Mastercard, Amex, Discover, JCB, UnionPay, Diners) and a valid Luhn digit.
+- IBAN: country code, check digits and the country's BBAN format (python-stdnum), mod-97 valid.
+- ID: Chinese resident ID numbers (18 characters, GB 11643-1999 check character, a real
+  birth date) and US social security numbers (SSA's never-issued ranges excluded).
+- PASSPORT: a passport-shaped token (a letter or two and 6-8 digits, or 9 digits) right after
+  "passport" or 护照 (and its German, French, Spanish words): it has no checksum, so the word
+  is required.
+- PHONE: what libphonenumber's matcher calls a valid number of one of `PHONE_REGIONS` (any
+  "+" international number is valid whatever the region), not glued to letters or to a
+  longer run of digits (INV-2024-123456), not after an order or version word, without three
+  dots (a version) and, unless international, of at most 12 digits.
+
+The checks are what keeps ordinary numbers (orders, tracking numbers, timestamps, prices,
+versions, ISBNs) in the text. Spans never overlap; when two kinds claim the same characters
+the one listed earlier in `_DETECTORS` wins. Text outside the spans is kept byte for byte.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+import phonenumbers
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+
+Span = tuple[int, int, str]  # start, end (exclusive), kind
+PHONE_REGIONS = ("CN", "US", "GB", "DE", "FR", "IN")
+
+# ASCII boundaries: a Chinese character next to a number is a boundary, unlike regex's \b.
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9_%+-](?:[A-Za-z0-9._%+-]*[A-Za-z0-9_%+-])?"
+                    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.]|\.\d)")
-_IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![:\w])")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-# US social security numbers and 18-character Chinese resident identity numbers.
-_ID = re.compile(r"(?<!\d)(?:\d{3}-\d{2}-\d{4}|\d{17}[\dXx])(?![\dA-Za-z])")
-_PHONE = re.compile(
-    # Not inside a longer run of digit groups (an order or card number).
-    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
-    r"\d{3,4}[ .-]\d{3,4}(?![ .-]?\d)"
-    r"|(?<![\w+])\+\d{10,14}(?!\d)"
-)
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d|\w)", re.ASCII)
+_VERSION_WORD = re.compile(
+    r"(?<![A-Za-z])(?:version|release|build|firmware|ver\.?|v|版本|固件|构建)\s*[:：]?\s*$",
+    re.IGNORECASE)
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
+                   r"\d{1,3}(?:\.\d{1,3}){3})?(?![\w:]|\.\w)", re.ASCII)
+_DIGIT_RUN = r"(?<![\w+-])(?<!\d[ -])\d(?:[ -]?\d){%d,%d}(?![\w]|[ -]\d)"
+_CARD = re.compile(_DIGIT_RUN % (12, 18), re.ASCII)
+# (first digits, allowed lengths) of card networks.
+_CARD_NETWORKS = [
+    (("4",), (13, 16, 19)),                                                    # Visa
+    (tuple(str(p) for p in range(51, 56)) + tuple(str(p) for p in range(2221, 2721)), (16,)),
+    (("34", "37"), (15,)),                                                     # Amex
+    (("6011", "65") + tuple(str(p) for p in range(644, 650)), (16, 17, 18, 19)),  # Discover
+    (tuple(str(p) for p in range(3528, 3590)), (16, 17, 18, 19)),              # JCB
+    (("62", "81"), (16, 17, 18, 19)),                                          # UnionPay
+    (("36", "38", "39") + tuple(str(p) for p in range(300, 306)), (14, 16)),   # Diners
+]
+_IBAN = re.compile(r"(?<![0-9a-z])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}")
+_CN_ID = re.compile(r"(?<![\w-])[1-9]\d{5}(?:19|20)\d{9}[\dXx](?!\w)", re.ASCII)
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])", re.ASCII)
+_PASSPORT = re.compile(
+    r"(?:passport|reisepass|passeport|pasaporte|护照|護照)(?:\s*(?:no\.?|number|nr\.?|n°|#|号码?|"
+    r"號碼?|编号))?[\s:：,，是为為]*(?P<number>[A-Z]{1,2}\d{6,8}|\d{9}|"
+    r"[CFGHJKLMNPRTVWXYZ][CFGHJKLMNPRTVWXYZ0-9]{8})(?![\w])", re.IGNORECASE)
 
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum of a string of digits (credit cards pass it)."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
+    return luhn.is_valid(digits)
 
 
-def find_pii(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, kind) of every PII span in `text`, in order."""
-    masked, spans = text, []
+def _card_ok(text: str) -> bool:
+    digits = re.sub(r"\D", "", text)
+    network = any(digits.startswith(prefixes) and len(digits) in lengths
+                  for prefixes, lengths in _CARD_NETWORKS)
+    return network and luhn.is_valid(digits)
 
-    def mask(kind: str, pattern: re.Pattern, check=None) -> None:  # noqa: ANN001
-        nonlocal masked
-        def sub(match: re.Match) -> str:
-            if check is not None and not check(match.group(0)):
-                return match.group(0)
-            spans.append((match.start(), match.end(), kind))
-            return "\x00" * (match.end() - match.start())
-        masked = pattern.sub(sub, masked)
 
-    mask("EMAIL", _EMAIL)
-    mask("IP", _IPV4)
-    mask("IP", _IPV6)
-    mask("CARD", _CARD, lambda s: luhn_valid(re.sub(r"\D", "", s)))
-    mask("ID", _ID)
-    mask("PHONE", _PHONE)
-    return sorted(spans)
+def cn_id_valid(number: str) -> bool:
+    """GB 11643-1999: ISO 7064 MOD 11-2 check character and a real birth date (YYYYMMDD)."""
+    weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+    remainder = sum(int(d) * w for d, w in zip(number[:17], weights, strict=True)) % 11
+    if "10X98765432"[remainder] != number[17].upper():
+        return False
+    try:
+        born = datetime.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    except ValueError:
+        return False
+    return born <= datetime.date.today()
+
+
+def _regex(kind: str, pattern: re.Pattern, check: Callable[[str], bool] | None = None,
+           group: int | str = 0) -> Callable[[str], Iterator[Span]]:
+    def detect(text: str) -> Iterator[Span]:
+        for match in pattern.finditer(text):
+            if check is None or check(match.group(group)):
+                yield match.start(group), match.end(group), kind
+    return detect
+
+
+def _ipv4(text: str) -> Iterator[Span]:
+    for match in _IPV4.finditer(text):
+        if not _VERSION_WORD.search(text[max(0, match.start() - 12):match.start()]):
+            yield match.start(), match.end(), "IP"
+
+
+def _ipv6_ok(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _iban(text: str) -> Iterator[Span]:
+    """The longest valid IBAN at each candidate (the pattern may run into the next word)."""
+    for match in _IBAN.finditer(text):
+        candidate = match.group(0)
+        for end in range(len(candidate), 14, -1):
+            if candidate[end - 1] != " " and stdnum_iban.is_valid(candidate[:end]) and (
+                    end == len(candidate) or candidate[end] == " "):
+                yield match.start(), match.start() + end, "IBAN"
+                break
+
+
+_ORDER_WORD = re.compile(r"(?<![A-Za-z])(?:order|invoice|inv|po|ref|reference|ticket|tracking|"
+                         r"订单|单号|发票|工单|运单)"
+                         r"\s*(?:no\.?|number|#)?\s*[:：#]?\s*$", re.IGNORECASE)
+
+
+def _phone_ok(text: str, start: int, end: int) -> bool:
+    """Not glued to letters or digit runs, not a version, order number or 13+ digit run."""
+    raw = text[start:end]
+    before, after = text[max(0, start - 2):start], text[end:end + 2]
+    if re.search(r"[A-Za-z#]$|[A-Za-z0-9][-/.]$", before) or re.match(r"[-/.][0-9A-Za-z]|\w",
+                                                                       after, re.ASCII):
+        return False
+    if raw.count(".") >= 3 or (not raw.startswith("+") and len(re.sub(r"\D", "", raw)) > 12):
+        return False
+    window = text[max(0, start - 16):start]
+    return not (_VERSION_WORD.search(window) or _ORDER_WORD.search(window))
+
+
+def _phones(text: str) -> Iterator[Span]:
+    for region in PHONE_REGIONS:
+        for match in phonenumbers.PhoneNumberMatcher(text, region):
+            if _phone_ok(text, match.start, match.end):
+                yield match.start, match.end, "PHONE"
+
+
+_DETECTORS: list[Callable[[str], Iterator[Span]]] = [
+    _regex("EMAIL", _EMAIL),
+    _regex("IP", _IPV6, _ipv6_ok),
+    _ipv4,
+    _iban,
+    _regex("ID", _CN_ID, cn_id_valid),
+    _regex("CARD", _CARD, _card_ok),
+    _regex("ID", _SSN),
+    _regex("PASSPORT", _PASSPORT, group="number"),
+    _phones,
+]
+
+
+def find_pii(text: str) -> list[Span]:
+    """(start, end, kind) of every PII span in `text`, sorted, never overlapping."""
+    taken: list[Span] = []
+    for detect in _DETECTORS:
+        for span in detect(text):
+            if not any(span[0] < end and start < span[1] for start, end, _ in taken):
+                taken.append(span)
+    return sorted(taken)
 
 
 def scrub_pii(text: str, counts: Counter[str] | None = None) -> str:
-    """Replace PII in `text`; add what was replaced, by kind, to `counts`."""
+    """Replace PII in `text` by `<KIND>`; add what was replaced, by kind, to `counts`."""
     counts = counts if counts is not None else Counter()
     out, pos = [], 0
     for start, end, kind in find_pii(text):
