@@ -15,8 +15,8 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
   is required.
 - PHONE: what libphonenumber's matcher calls a valid number of one of `PHONE_REGIONS` (any
   "+" international number is valid whatever the region), not glued to letters or to a
-  longer run of digits (INV-2024-123456), not after an order or version word, without three
-  dots (a version) and, unless international, of at most 12 digits.
+  longer run of digits (INV-2024-123456), not after an order or version word, not a decimal
+  number, without three dots (a version) and, unless international, of at most 12 digits.
 
 The checks are what keeps ordinary numbers (orders, tracking numbers, timestamps, prices,
 versions, ISBNs) in the text. Spans never overlap; when two kinds claim the same characters
@@ -140,7 +140,8 @@ def _phone_ok(text: str, start: int, end: int) -> bool:
     if re.search(r"[A-Za-z#]$|[A-Za-z0-9][-/.]$", before) or re.match(r"[-/.][0-9A-Za-z]|\w",
                                                                        after, re.ASCII):
         return False
-    if raw.count(".") >= 3 or (not raw.startswith("+") and len(re.sub(r"\D", "", raw)) > 12):
+    national_digits = 0 if raw.startswith("+") else len(re.sub(r"\D", "", raw))
+    if raw.count(".") >= 3 or re.fullmatch(r"\d+\.\d+", raw) or national_digits > 12:
         return False
     window = text[max(0, start - 16):start]
     return not (_VERSION_WORD.search(window) or _ORDER_WORD.search(window))
