@@ -21,6 +21,7 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
 The checks are what keeps ordinary numbers (orders, tracking numbers, timestamps, prices,
 versions, ISBNs) in the text. Spans never overlap; when two kinds claim the same characters
 the one listed earlier in `_DETECTORS` wins. Text outside the spans is kept byte for byte.
+Names need a model: `extra` detectors (zenlm.tasks.ner_pii.NameDetector, `<PERSON>`) run last.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import datetime
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
 Span = tuple[int, int, str]  # start, end (exclusive), kind
+Detector = Callable[[str], Iterable[Span]]
 PHONE_REGIONS = ("CN", "US", "GB", "DE", "FR", "IN")
 
 # ASCII boundaries: a Chinese character next to a number is a boundary, unlike regex's \b.
@@ -154,7 +156,7 @@ def _phones(text: str) -> Iterator[Span]:
                 yield match.start, match.end, "PHONE"
 
 
-_DETECTORS: list[Callable[[str], Iterator[Span]]] = [
+_DETECTORS: list[Detector] = [
     _regex("EMAIL", _EMAIL),
     _regex("IP", _IPV6, _ipv6_ok),
     _ipv4,
@@ -167,21 +169,27 @@ _DETECTORS: list[Callable[[str], Iterator[Span]]] = [
 ]
 
 
-def find_pii(text: str) -> list[Span]:
-    """(start, end, kind) of every PII span in `text`, sorted, never overlapping."""
+def find_pii(text: str, extra: Sequence[Detector] = ()) -> list[Span]:
+    """(start, end, kind) of every PII span in `text`, sorted, never overlapping.
+
+    Args:
+        text: Any text.
+        extra: More detectors (e.g. a NER model's person names), after the built-in ones.
+    """
     taken: list[Span] = []
-    for detect in _DETECTORS:
+    for detect in [*_DETECTORS, *extra]:
         for span in detect(text):
             if not any(span[0] < end and start < span[1] for start, end, _ in taken):
                 taken.append(span)
     return sorted(taken)
 
 
-def scrub_pii(text: str, counts: Counter[str] | None = None) -> str:
+def scrub_pii(text: str, counts: Counter[str] | None = None,
+              extra: Sequence[Detector] = ()) -> str:
     """Replace PII in `text` by `<KIND>`; add what was replaced, by kind, to `counts`."""
     counts = counts if counts is not None else Counter()
     out, pos = [], 0
-    for start, end, kind in find_pii(text):
+    for start, end, kind in find_pii(text, extra):
         out += [text[pos:start], f"<{kind}>"]
         counts[kind] += 1
         pos = end
