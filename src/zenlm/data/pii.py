@@ -66,8 +66,8 @@ _IBAN = re.compile(r"(?<![0-9a-z])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}")
 _CN_ID = re.compile(r"(?<![\w-])[1-9]\d{5}(?:19|20)\d{9}[\dXx](?!\w)", re.ASCII)
 _SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])", re.ASCII)
 _PASSPORT = re.compile(
-    r"(?:passport|reisepass|passeport|pasaporte|护照|護照)(?:\s*(?:no\.?|number|nr\.?|n°|#|号码?|"
-    r"號碼?|编号))?[\s:：,，是为為]*(?P<number>[A-Z]{1,2}\d{6,8}|\d{9}|"
+    r"(?:passport|reisepass|passeport|pasaporte|护照|護照)(?:[\s-]*(?:no\.?|number|nr\.?|n°|#|号码?|"
+    r"號碼?|编号))?[\s:：,，是为為]*(?P<number>(?=[A-Z]*\d)[A-Z]{1,2}\d{6,8}|\d{9}|\d{2}[A-Z]{2}\d{5}|"
     r"[CFGHJKLMNPRTVWXYZ][CFGHJKLMNPRTVWXYZ0-9]{8})(?![\w])", re.IGNORECASE)
 
 
@@ -135,12 +135,16 @@ _ORDER_WORD = re.compile(r"(?<![A-Za-z])(?:order|invoice|inv|po|ref|reference|ti
                          r"\s*(?:no\.?|number|#)?\s*[:：#]?\s*$", re.IGNORECASE)
 
 
+_DATE = re.compile(r"(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}(?!\d)|"
+                   r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d")
+
+
 def _phone_ok(text: str, start: int, end: int) -> bool:
     """Not glued to letters or digit runs, not a version, order number or 13+ digit run."""
     raw = text[start:end]
     before, after = text[max(0, start - 2):start], text[end:end + 2]
-    if re.search(r"[A-Za-z#]$|[A-Za-z0-9][-/.]$", before) or re.match(r"[-/.][0-9A-Za-z]|\w",
-                                                                       after, re.ASCII):
+    if re.search(r"[A-Za-z#]$|[A-Za-z0-9][-/.:]$", before) or re.match(
+            r"[-/.:][0-9A-Za-z]|\w", after, re.ASCII) or _DATE.match(raw):
         return False
     national_digits = 0 if raw.startswith("+") else len(re.sub(r"\D", "", raw))
     if raw.count(".") >= 3 or re.fullmatch(r"\d+\.\d+", raw) or national_digits > 12:
@@ -149,7 +153,12 @@ def _phone_ok(text: str, start: int, end: int) -> bool:
     return not (_VERSION_WORD.search(window) or _ORDER_WORD.search(window))
 
 
+_SEVEN_DIGITS = re.compile(r"\d(?:\D{0,4}\d){6}")
+
+
 def _phones(text: str) -> Iterator[Span]:
+    if not _SEVEN_DIGITS.search(text):  # no number can be a phone; the matcher is slow
+        return
     for region in PHONE_REGIONS:
         for match in phonenumbers.PhoneNumberMatcher(text, region):
             if _phone_ok(text, match.start, match.end):
