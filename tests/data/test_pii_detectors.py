@@ -112,6 +112,7 @@ def test_passports_need_the_word():
     "UPS 1Z999AA10123456784, USPS 9400 1000 0000 0000 0000 00.",
     "Population 1,402,112,000; pi 3.14159; 39.9042, 116.4074.",
     "Card 4111 1111 1111 1112 fails Luhn.",
+    "Order no. 4111 1111 1111 1111 passes Luhn but is labelled an order; 订单号：5555555555554444。",
 ])
 def test_hard_negatives_are_kept(text):
     assert find_pii(text) == [], kinds(text)

@@ -6,7 +6,8 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
 - IP: IPv4 (not after a version word such as "version", "build", "v", 版本) and IPv6 in every
   notation Python's `ipaddress` accepts (compressed, embedded IPv4).
 - CARD: 13-19 digits (spaces or dashes between) with an issuer prefix and length of a card
-  network (Visa, Mastercard, Amex, Discover, JCB, UnionPay, Diners) and a valid Luhn digit.
+  network (Visa, Mastercard, Amex, Discover, JCB, UnionPay, Diners) and a valid Luhn digit,
+  not right after an order word ("order", "invoice", "ref", 订单, ...).
 - IBAN: country code, check digits and the country's BBAN format (python-stdnum), mod-97 valid.
 - ID: Chinese resident ID numbers (18 characters, GB 11643-1999 check character, a real
   birth date) and US social security numbers (SSA's never-issued ranges excluded).
@@ -48,6 +49,9 @@ _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d|\w)", re.ASC
 _VERSION_WORD = re.compile(
     r"(?<![A-Za-z])(?:version|release|build|firmware|ver\.?|v|版本|固件|构建)\s*[:：]?\s*$",
     re.IGNORECASE)
+_ORDER_WORD = re.compile(r"(?<![A-Za-z])(?:order|invoice|inv|po|ref|reference|ticket|tracking|"
+                         r"订单|单号|发票|工单|运单)"
+                         r"\s*(?:no\.?|number|#)?\s*[:：#]?\s*$", re.IGNORECASE)
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
                    r"\d{1,3}(?:\.\d{1,3}){3})?(?![\w:]|\.\w)", re.ASCII)
 _DIGIT_RUN = r"(?<![\w+-])(?<!\d[ -])\d(?:[ -]?\d){%d,%d}(?![\w]|[ -]\d)"
@@ -81,6 +85,14 @@ def _card_ok(text: str) -> bool:
     network = any(digits.startswith(prefixes) and len(digits) in lengths
                   for prefixes, lengths in _CARD_NETWORKS)
     return network and luhn.is_valid(digits)
+
+
+def _cards(text: str) -> Iterator[Span]:
+    """Card-shaped, network-prefixed, Luhn-valid, and not labelled as an order number."""
+    for match in _CARD.finditer(text):
+        if _card_ok(match.group(0)) and not _ORDER_WORD.search(
+                text[max(0, match.start() - 16):match.start()]):
+            yield match.start(), match.end(), "CARD"
 
 
 def cn_id_valid(number: str) -> bool:
@@ -130,10 +142,6 @@ def _iban(text: str) -> Iterator[Span]:
                 break
 
 
-_ORDER_WORD = re.compile(r"(?<![A-Za-z])(?:order|invoice|inv|po|ref|reference|ticket|tracking|"
-                         r"订单|单号|发票|工单|运单)"
-                         r"\s*(?:no\.?|number|#)?\s*[:：#]?\s*$", re.IGNORECASE)
-
 
 _DATE = re.compile(r"(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}(?!\d)|"
                    r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d")
@@ -171,7 +179,7 @@ _DETECTORS: list[Detector] = [
     _ipv4,
     _iban,
     _regex("ID", _CN_ID, cn_id_valid),
-    _regex("CARD", _CARD, _card_ok),
+    _cards,
     _regex("ID", _SSN),
     _regex("PASSPORT", _PASSPORT, group="number"),
     _phones,
