@@ -124,10 +124,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).parent / "data" / "pii_eval.jsonl"))
     parser.add_argument("--split", choices=["dev", "heldout", "all"], default="dev")
+    parser.add_argument("--lang", choices=["en", "zh", "all"], default="all")
     parser.add_argument("--no-presidio", action="store_true")
     parser.add_argument("--errors", action="store_true", help="print zenlm's misses and FPs")
     args = parser.parse_args()
-    rows = load(Path(args.data), args.split)
+    rows = [r for r in load(Path(args.data), args.split)
+            if args.lang == "all" or r["lang"] == args.lang]
     gold = [[(s["start"], s["end"], s["type"]) for s in r["spans"]] for r in rows]
     detectors: dict[str, Detector] = {"zenlm": find_pii}
     if not args.no_presidio:
@@ -144,8 +146,8 @@ def main() -> None:
         negs[name] = negatives_hit(rows, predictions[name])
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True, check=False).stdout.strip()
-    print(f"split {args.split}: {len(rows)} texts, {sum(map(len, gold))} PII spans; "
-          f"CPU {cpu()}; zenlm {rev}")
+    print(f"split {args.split}, language {args.lang}: {len(rows)} texts, "
+          f"{sum(map(len, gold))} PII spans; CPU {cpu()}; zenlm {rev}")
     print("\nExact match (headline): same start, end and type\n")
     print(table(results, "exact"))
     print("\nOverlap match: same type, at least one character in common\n")

@@ -97,6 +97,8 @@ def test_ips_both_families():
 def test_passports_need_the_word():
     assert kinds("Passport number E12345678, issued 2020-05-01.") == [("E12345678", "PASSPORT")]
     assert kinds("护照号码：EA1234567。") == [("EA1234567", "PASSPORT")]
+    assert kinds("My passport is L3677672, his passport no. was 512345678.") == [
+        ("L3677672", "PASSPORT"), ("512345678", "PASSPORT")]
     assert kinds("Reference E12345678 was shipped.") == []
 
 

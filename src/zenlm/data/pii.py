@@ -70,9 +70,11 @@ _IBAN = re.compile(r"(?<![0-9a-z])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}")
 _CN_ID = re.compile(r"(?<![\w-])[1-9]\d{5}(?:19|20)\d{9}[\dXx](?!\w)", re.ASCII)
 _SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])", re.ASCII)
 _PASSPORT = re.compile(
-    r"(?:passport|reisepass|passeport|pasaporte|护照|護照)(?:[\s-]*(?:no\.?|number|nr\.?|n°|#|号码?|"
-    r"號碼?|编号))?[\s:：,，是为為]*(?P<number>(?=[A-Z]*\d)[A-Z]{1,2}\d{6,8}|\d{9}|\d{2}[A-Z]{2}\d{5}|"
-    r"[CFGHJKLMNPRTVWXYZ][CFGHJKLMNPRTVWXYZ0-9]{8})(?![\w])", re.IGNORECASE)
+    r"(?:passport|reisepass|passeport|pasaporte|护照|護照)"
+    r"(?:[\s-]*(?:no\.?|number|nr\.?|n°|#|号码?|號碼?|编号))?"
+    r"(?:[\s:：,，是为為]|\b(?:is|was|reads)\b)*"
+    r"(?P<number>(?=[A-Z]*\d)(?:[A-Z]{1,2}\d{6,8}|\d{9}|\d{2}[A-Z]{2}\d{5}|"
+    r"[CFGHJKLMNPRTVWXYZ][CFGHJKLMNPRTVWXYZ0-9]{8}))(?!\w)", re.IGNORECASE)
 
 
 def luhn_valid(digits: str) -> bool:
