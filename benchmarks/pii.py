@@ -114,6 +114,23 @@ def table(results: dict[str, dict[str, dict[str, TypeScore]]], match: str) -> st
     return "\n".join(lines)
 
 
+def scan(paths: list[str]) -> None:
+    """Every span in real, unlabelled text with its context, to read false positives by eye."""
+    docs = []
+    for path in paths:
+        if path.endswith(".jsonl"):
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                docs.append(" ".join(v for v in json.loads(line).values() if isinstance(v, str)))
+        else:
+            docs.append(Path(path).read_text(encoding="utf-8"))
+    counts: dict[str, int] = {}
+    for doc in docs:
+        for start, end, kind in find_pii(doc):
+            counts[kind] = counts.get(kind, 0) + 1
+            print(f"{kind:8} {doc[start:end]!r:32} ...{doc[max(0, start - 20):end + 10]!r}")
+    print(f"{len(docs)} documents, {sum(map(len, docs)):,} characters: {counts}")
+
+
 def cpu() -> str:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"model name\s*:\s*(.*)", text)
@@ -127,7 +144,13 @@ def main() -> None:
     parser.add_argument("--lang", choices=["en", "zh", "all"], default="all")
     parser.add_argument("--no-presidio", action="store_true")
     parser.add_argument("--errors", action="store_true", help="print zenlm's misses and FPs")
+    parser.add_argument("--scan", nargs="+", metavar="FILE",
+                        help="instead: print every span zenlm finds in unlabelled files "
+                             "(.jsonl: all string fields of a record; .txt: the whole file)")
     args = parser.parse_args()
+    if args.scan:
+        scan(args.scan)
+        return
     rows = [r for r in load(Path(args.data), args.split)
             if args.lang == "all" or r["lang"] == args.lang]
     gold = [[(s["start"], s["end"], s["type"]) for s in r["spans"]] for r in rows]

@@ -4,10 +4,10 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
 
 - EMAIL: local@domain.tld.
 - IP: IPv4 (not after a version word such as "version", "build", "v", 版本) and IPv6 in every
-  notation Python's `ipaddress` accepts (compressed, embedded IPv4).
-- CARD: 13-19 digits (spaces or dashes between) with an issuer prefix and length of a card
-  network (Visa, Mastercard, Amex, Discover, JCB, UnionPay, Diners) and a valid Luhn digit,
-  not right after an order word ("order", "invoice", "ref", 订单, ...).
+  notation Python's `ipaddress` accepts (compressed, embedded IPv4) with 2+ groups.
+- CARD: 13-19 digits (groups of 3+ apart by spaces or dashes) with an issuer prefix and
+  length of a card network (Visa, Mastercard, Amex, Discover, JCB, UnionPay, Diners) and a
+  valid Luhn digit, not right after an order word ("order", "invoice", "ref", 订单, ...).
 - IBAN: country code, check digits and the country's BBAN format (python-stdnum), mod-97 valid.
 - ID: Chinese resident ID numbers (18 characters, GB 11643-1999 check character, a real
   birth date) and US social security numbers (SSA's never-issued ranges excluded).
@@ -15,9 +15,10 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
   "passport" or 护照 (and its German, French, Spanish words): it has no checksum, so the word
   is required.
 - PHONE: what libphonenumber's matcher calls a valid number of one of `PHONE_REGIONS` (any
-  "+" international number is valid whatever the region), not glued to letters or to a
-  longer run of digits (INV-2024-123456), not after an order or version word, not a decimal
-  number, without three dots (a version) and, unless international, of at most 12 digits.
+  "+" international number is valid whatever the region), unless it is glued to letters,
+  to a minus sign or to a longer run of digits (INV-2024-123456), follows an order or
+  version word, is a decimal, a date, a year range or a version (three dots), has three
+  one-digit groups (scores, counting), or has more than 12 digits without a "+".
 
 The checks are what keeps ordinary numbers (orders, tracking numbers, timestamps, prices,
 versions, ISBNs) in the text. Spans never overlap; when two kinds claim the same characters
@@ -83,6 +84,8 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _card_ok(text: str) -> bool:
+    if min(len(group) for group in re.split(r"[ -]", text)) < 3:
+        return False  # cards are printed in groups of 4 (Amex 4-6-5); "52 58 40 26" is a list
     digits = re.sub(r"\D", "", text)
     network = any(digits.startswith(prefixes) and len(digits) in lengths
                   for prefixes, lengths in _CARD_NETWORKS)
@@ -126,6 +129,8 @@ def _ipv4(text: str) -> Iterator[Span]:
 
 
 def _ipv6_ok(text: str) -> bool:
+    if len(re.findall(r"[0-9A-Fa-f]+", text)) < 2:  # "::" and "::1" identify nobody
+        return False
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -145,6 +150,7 @@ def _iban(text: str) -> Iterator[Span]:
 
 
 
+_YEARS = re.compile(r"^\(?(?:1[5-9]|20)\d\d\s*[-–]\s*(?:1[5-9]|20)\d\d\)?$")
 _DATE = re.compile(r"(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}(?!\d)|"
                    r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d")
 
@@ -153,12 +159,14 @@ def _phone_ok(text: str, start: int, end: int) -> bool:
     """Not glued to letters or digit runs, not a version, order number or 13+ digit run."""
     raw = text[start:end]
     before, after = text[max(0, start - 2):start], text[end:end + 2]
-    if re.search(r"[A-Za-z#]$|[A-Za-z0-9][-/.:]$", before) or re.match(
+    if re.search(r"[A-Za-z#-]$|[A-Za-z0-9][-/.:]$", before) or re.match(
             r"[-/.:][0-9A-Za-z]|\w", after, re.ASCII) or _DATE.match(raw):
         return False
     national_digits = 0 if raw.startswith("+") else len(re.sub(r"\D", "", raw))
     if raw.count(".") >= 3 or re.fullmatch(r"\d+\.\d+", raw) or national_digits > 12:
         return False
+    if len(re.findall(r"(?<!\d)\d(?!\d)", raw)) >= 3 or _YEARS.search(raw):
+        return False  # scores (6-4 7-6), counting (1 2 3), year ranges (1643-1727)
     window = text[max(0, start - 16):start]
     return not (_VERSION_WORD.search(window) or _ORDER_WORD.search(window))
 
