@@ -112,7 +112,7 @@ def test_passports_need_the_word():
     "Price $1,299.99, €3.450,00, ¥12,800.00, ₹1,23,456, 12800元.",
     "ISBN 978-3-16-148410-0 and 9787111547426.",
     "UPS 1Z999AA10123456784, USPS 9400 1000 0000 0000 0000 00.",
-    "Population 1,402,112,000; pi 3.14159; 39.9042, 116.4074.",
+    "Population 1,402,112,000; pi 3.14159; 39.9042, 116.4074; 16472 and 90878 visitors.",
     "Card 4111 1111 1111 1112 fails Luhn.",
     "Srichaphan won 3-6 6-4 7-6 (7/5); Luczak lost 7-6 (7-5) 4-6 6-3 4-6 6-0.",
     "Isaac Newton (1643-1727); Latitude: 38.8895, Longitude: -77.0352 1600 Pennsylvania Ave.",

@@ -18,7 +18,8 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
   "+" international number is valid whatever the region), unless it is glued to letters,
   to a minus sign or to a longer run of digits (INV-2024-123456), follows an order or
   version word, is a decimal, a date, a year range or a version (three dots), has three
-  one-digit groups (scores, counting), or has more than 12 digits without a "+".
+  one-digit groups (scores, counting), or has fewer than 7 or more than 12 digits without
+  a "+".
 
 The checks are what keeps ordinary numbers (orders, tracking numbers, timestamps, prices,
 versions, ISBNs) in the text. Spans never overlap; when two kinds claim the same characters
@@ -163,7 +164,8 @@ def _phone_ok(text: str, start: int, end: int) -> bool:
             r"[-/.:][0-9A-Za-z]|\w", after, re.ASCII) or _DATE.match(raw):
         return False
     national_digits = 0 if raw.startswith("+") else len(re.sub(r"\D", "", raw))
-    if raw.count(".") >= 3 or re.fullmatch(r"\d+\.\d+", raw) or national_digits > 12:
+    if raw.count(".") >= 3 or re.fullmatch(r"\d+\.\d+", raw) or not (
+            national_digits == 0 or 7 <= national_digits <= 12):
         return False
     if len(re.findall(r"(?<!\d)\d(?!\d)", raw)) >= 3 or _YEARS.search(raw):
         return False  # scores (6-4 7-6), counting (1 2 3), year ranges (1643-1727)
@@ -178,7 +180,9 @@ def _phones(text: str) -> Iterator[Span]:
     if not _SEVEN_DIGITS.search(text):  # no number can be a phone; the matcher is slow
         return
     for region in PHONE_REGIONS:
-        for match in phonenumbers.PhoneNumberMatcher(text, region):
+        # The matcher gives up after max_tries candidates (65535 by default): not in a long
+        # document full of numbers.
+        for match in phonenumbers.PhoneNumberMatcher(text, region, max_tries=len(text) + 1):
             if _phone_ok(text, match.start, match.end):
                 yield match.start, match.end, "PHONE"
 
