@@ -146,3 +146,9 @@ def test_presidio_agrees_on_cards_and_ibans():
                                                (presidio.IbanRecognizer(), "IBAN_CODE")]
              for r in rec.analyze(text, [ent], None)}
     assert found == {(s, e) for s, e, _ in find_pii(text)}
+
+
+def test_overlaps_go_to_the_earlier_kind_once():
+    text = "邮箱13812345678@example.cn，IBAN DE89 3704 0044 0532 0130 00，手机13812345678。"
+    assert kinds(text) == [("13812345678@example.cn", "EMAIL"),
+                           ("DE89 3704 0044 0532 0130 00", "IBAN"), ("13812345678", "PHONE")]

@@ -29,6 +29,7 @@ Names need a model: `extra` detectors (zenlm.tasks.ner_pii.NameDetector, `<PERSO
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import ipaddress
 import re
@@ -150,14 +151,13 @@ def _iban(text: str) -> Iterator[Span]:
                 break
 
 
-
 _YEARS = re.compile(r"^\(?(?:1[5-9]|20)\d\d\s*[-–]\s*(?:1[5-9]|20)\d\d\)?$")
 _DATE = re.compile(r"(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}(?!\d)|"
                    r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d")
 
 
 def _phone_ok(text: str, start: int, end: int) -> bool:
-    """Not glued to letters or digit runs, not a version, order number or 13+ digit run."""
+    """The PHONE rules of the module docstring, on the matcher's span of `text`."""
     raw = text[start:end]
     before, after = text[max(0, start - 2):start], text[end:end + 2]
     if re.search(r"[A-Za-z#-]$|[A-Za-z0-9][-/.:]$", before) or re.match(
@@ -207,12 +207,14 @@ def find_pii(text: str, extra: Sequence[Detector] = ()) -> list[Span]:
         text: Any text.
         extra: More detectors (e.g. a NER model's person names), after the built-in ones.
     """
-    taken: list[Span] = []
+    taken: list[Span] = []  # sorted by start; never overlapping, so sorted by end too
     for detect in [*_DETECTORS, *extra]:
         for span in detect(text):
-            if not any(span[0] < end and start < span[1] for start, end, _ in taken):
-                taken.append(span)
-    return sorted(taken)
+            i = bisect.bisect_left(taken, span[:1])
+            if (i == 0 or taken[i - 1][1] <= span[0]) and (
+                    i == len(taken) or span[1] <= taken[i][0]):
+                taken.insert(i, span)
+    return taken
 
 
 def scrub_pii(text: str, counts: Counter[str] | None = None,
