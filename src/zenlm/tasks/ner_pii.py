@@ -3,8 +3,9 @@
 `zenlm data prepare --ner-model FOLDER` passes a `NameDetector` to the scrubber, which then
 replaces every person entity by `<PERSON>` after the pattern detectors (e-mails, phones, ...)
 have had their turn. The text is split into words the way CoNLL splits it (punctuation apart),
-each sentence tagged through the task's own `encode_words` and `predict_tags`, and a B-PER
-word with the I-PER words after it becomes one character span.
+each sentence tagged through the model's own predict path (`zenlm.load_task(folder)
+.predict(words)`, as `zenlm predict --task ner`), and a B-PER word with the I-PER words after
+it becomes one character span.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import re
 from pathlib import Path
 
 from zenlm.errors import CheckpointError
-from zenlm.tasks.checkpoint import backbone_of, load_task_model
-from zenlm.tasks.ner import encode_words, predict_tags
-from zenlm.tasks.spec import pad_id
+from zenlm.tasks.model import TaskModel
 
 Span = tuple[int, int, str]
 _WORD = re.compile(r"\w+(?:['’.-]\w+)*|[^\w\s]")
@@ -28,37 +27,31 @@ class NameDetector:
     Args:
         folder: A `zenlm finetune --task ner` output (model folder with task.json).
         entity: The entity type to treat as a person (CoNLL: "PER").
-        batch_size: Sentences per forward pass.
 
     Raises:
         CheckpointError: the folder is not a NER model, or its tags have no B-/I-`entity`.
     """
 
-    def __init__(self, folder: str | Path, entity: str = "PER", batch_size: int = 32) -> None:
-        self.model, self.tokenizer, self.info = load_task_model(folder)
-        if self.info.task != "ner":
-            raise CheckpointError(f"--ner-model {folder}: a {self.info.task!r} model; "
+    def __init__(self, folder: str | Path, entity: str = "PER") -> None:
+        self.model = TaskModel(folder)
+        if self.model.task != "ner":
+            raise CheckpointError(f"--ner-model {folder}: a {self.model.task!r} model; "
                                   "give a `zenlm finetune --task ner` output")
         self.begin, self.inside = f"B-{entity}", f"I-{entity}"
-        if self.begin not in self.info.labels:
+        if self.begin not in self.model.labels:
             raise CheckpointError(f"--ner-model {folder}: no {self.begin!r} tag in its labels "
-                                  f"{self.info.labels}")
-        self.pad = pad_id(self.tokenizer, backbone_of(self.model).config)
-        self.batch_size = batch_size
+                                  f"{self.model.labels}")
 
     def __call__(self, text: str) -> list[Span]:
         """Person spans of `text`, in order."""
         sentences = _sentences(text)
         if not sentences:
             return []
-        words = [[text[s:e] for s, e in sentence] for sentence in sentences]
-        features = encode_words(self.tokenizer, words, max_length=self.info.max_length)
-        tags = predict_tags(self.model, features, len(words), self.pad, self.batch_size)
+        records = self.model.predict([[text[s:e] for s, e in sentence] for sentence in sentences])
         spans: list[Span] = []
-        for sentence, row in zip(sentences, tags, strict=True):
+        for sentence, record in zip(sentences, records, strict=True):
             inside = False  # the last span is still growing
-            for (start, end), tag in zip(sentence, row, strict=True):
-                label = self.info.labels[tag]
+            for (start, end), label in zip(sentence, record["tags"], strict=True):
                 if label == self.inside and inside:
                     spans[-1] = (spans[-1][0], end, "PERSON")
                     continue
