@@ -113,7 +113,7 @@ def test_passports_need_the_word():
     "ISBN 978-3-16-148410-0 and 9787111547426.",
     "UPS 1Z999AA10123456784, USPS 9400 1000 0000 0000 0000 00.",
     "Population 1,402,112,000; pi 3.14159; 39.9042, 116.4074; 16472 and 90878 visitors.",
-    "Card 4111 1111 1111 1112 fails Luhn.",
+    "Card 4111 1111 1111 1112 fails Luhn; IBAN NL70 CNHL 0580 1608 09 fails mod-97.",
     "Srichaphan won 3-6 6-4 7-6 (7/5); Luczak lost 7-6 (7-5) 4-6 6-3 4-6 6-0.",
     "Isaac Newton (1643-1727); Latitude: 38.8895, Longitude: -77.0352 1600 Pennsylvania Ave.",
     "Count: 1 2  3  4  5  6  7  8  9  10. Sort 52 58 40 26 58 52 40 26. Law : Justice :: Medicine.",

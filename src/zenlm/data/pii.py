@@ -17,7 +17,8 @@ Kinds (each replaced by a placeholder such as `<EMAIL>` and counted):
 - PHONE: what libphonenumber's matcher calls a valid number of one of `PHONE_REGIONS` (any
   "+" international number is valid whatever the region), unless it is glued to letters,
   to a minus sign or to a longer run of digits (INV-2024-123456), follows an order or
-  version word, is a decimal, a date, a year range or a version (three dots), has three
+  version word, is a decimal, a date, a year range, a version (three dots) or the tail of
+  an IBAN-shaped string (`NL70 CNHL 0580 1608 09`, a wrong check digit), has three
   one-digit groups (scores, counting), or has fewer than 7 or more than 12 digits without
   a "+".
 
@@ -151,6 +152,7 @@ def _iban(text: str) -> Iterator[Span]:
                 break
 
 
+_IBAN_HEAD = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $")
 _YEARS = re.compile(r"^\(?(?:1[5-9]|20)\d\d\s*[-–]\s*(?:1[5-9]|20)\d\d\)?$")
 _DATE = re.compile(r"(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}(?!\d)|"
                    r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d")
@@ -170,6 +172,8 @@ def _phone_ok(text: str, start: int, end: int) -> bool:
     if len(re.findall(r"(?<!\d)\d(?!\d)", raw)) >= 3 or _YEARS.search(raw):
         return False  # scores (6-4 7-6), counting (1 2 3), year ranges (1643-1727)
     window = text[max(0, start - 16):start]
+    if _IBAN_HEAD.search(text[max(0, start - 40):start]):
+        return False  # the tail of an IBAN that failed its check digits
     return not (_VERSION_WORD.search(window) or _ORDER_WORD.search(window))
 
 
