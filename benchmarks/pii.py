@@ -131,6 +131,38 @@ def scan(paths: list[str]) -> None:
     print(f"{len(docs)} documents, {sum(map(len, docs)):,} characters: {counts}")
 
 
+def names(model: str, conll: str, pii_set: Path) -> None:
+    """Person spans of a NER model through the scrubber's path, against CoNLL's PER tags."""
+    from zenlm.data.tasks import read_conll
+    from zenlm.tasks.ner_pii import NameDetector
+
+    detect = NameDetector(model)
+    gold, predicted = [], []
+    start_time = time.perf_counter()
+    for sentence in read_conll(conll):
+        starts, pos = [], 0
+        for token in sentence.tokens:
+            starts.append(pos)
+            pos += len(token) + 1
+        spans: list[tuple[int, int, str]] = []
+        for i, (token, tag) in enumerate(zip(sentence.tokens, sentence.tags, strict=True)):
+            if tag == "I-PER" and spans and spans[-1][1] == starts[i] - 1:
+                spans[-1] = (spans[-1][0], starts[i] + len(token), "PERSON")
+            elif tag in ("B-PER", "I-PER"):
+                spans.append((starts[i], starts[i] + len(token), "PERSON"))
+        gold.append(spans)
+        predicted.append(detect(" ".join(sentence.tokens)))
+    seconds = time.perf_counter() - start_time
+    for match in ("exact", "overlap"):
+        score = score_spans(gold, predicted, match).get("PERSON", TypeScore())
+        print(f"{conll}: PERSON {match}: precision {_rate(score.precision)}, recall "
+              f"{_rate(score.recall)} ({score.gold} gold, {score.predicted} predicted; "
+              f"{len(gold)} sentences in {seconds:.0f} s)")
+    rows = load(pii_set, "all")
+    found = [(r["text"][s:e], r["lang"]) for r in rows for s, e, _ in detect(r["text"])]
+    print(f"{pii_set.name} (no names labelled): {len(found)} PERSON spans, e.g. {found[:12]}")
+
+
 def speed(paths: list[str], baseline: str | None) -> None:
     """Characters per second of scrub_pii (and of a baseline module's) on prose."""
     import importlib.util
@@ -176,7 +208,14 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="PII_PY",
                         help="with --speed: another pii.py to time beside it, e.g. "
                              "`git show df8e9ed:src/zenlm/data/pii.py > /tmp/pii_main.py`")
+    parser.add_argument("--names", metavar="NER_MODEL",
+                        help="instead: PERSON precision/recall of `--ner-model NER_MODEL` on "
+                             "--conll (sentences joined by spaces, re-split as raw text)")
+    parser.add_argument("--conll", help="with --names: a CoNLL file with PER tags")
     args = parser.parse_args()
+    if args.names:
+        names(args.names, args.conll, Path(args.data))
+        return
     if args.speed:
         speed(args.speed, args.baseline)
         return
