@@ -152,7 +152,7 @@ def test_an_encoder_without_a_masked_lm_head_is_refused(tmp_path, crows_csv):
 
 
 def test_minilm_is_refused_for_want_of_a_masked_lm_head(minilm_folder):
-    with pytest.raises(CheckpointError, match="cls.predictions|masked-LM head"):
+    with pytest.raises(CheckpointError, match=r"no cls\.predictions\.\* tensors"):
         score_pairs(zenlm.load(minilm_folder, quantize="none"), pairs_of(ROWS[:1]))
 
 

@@ -31,6 +31,8 @@ from zenlm.tokenizer import Tokenizer
 
 #: The mask token each family's transformers tokenizer has when its config names none.
 DEFAULT_MASK_TOKENS = {"bert": "[MASK]", "roberta": "<mask>"}
+#: Where a Hugging Face *ForMaskedLM checkpoint keeps its head, per family.
+HEAD_TENSORS = {"bert": "cls.predictions.*", "roberta": "lm_head.*"}
 
 
 def shared_positions(first: Sequence[int], second: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -72,12 +74,14 @@ def load_masked_lm(encoder: EncoderModel, folder: str | Path) -> MaskedLM:
             export (e.g. sentence-transformers' all-MiniLM-L6-v2) stores only the
             BertModel; a new head would be random, and its scores meaningless.
     """
+    family = encoder.config.hf_model_type
     try:
         head = load_mlm_head(folder, encoder)
     except (CheckpointError, KeyError) as exc:
         raise CheckpointError(
             f"{folder} cannot be scored by pseudo-log-likelihood: it holds no trained "
-            f"masked-LM head ({exc}). Its weights are the encoder alone (a BertModel, as "
+            f"masked-LM head (no {HEAD_TENSORS.get(family, 'masked-LM head')} tensors in its "
+            "safetensors). Its weights are the encoder alone (a base model, as "
             "sentence-embedding models are saved); CrowS-Pairs' masked-LM score needs "
             "the head the encoder was pretrained with, and a new one would be random. "
             "Give a *ForMaskedLM folder (e.g. bert-base-uncased as transformers saves it) "
