@@ -286,9 +286,11 @@ def draw_categories(axes: Any, metrics: dict[str, Any]) -> None:
     axes.bar(range(len(bars)), scores, yerr=errors, capsize=3, color=colors)
     axes.axhline(50, color="black", linestyle="--", linewidth=1, label="50 = unbiased")
     axes.set_xticks(range(len(bars)), labels, rotation=60, ha="right", fontsize=7)
-    axes.set_ylim(0, 100)
-    axes.set_ylabel("% pairs where sent_more is more likely (95% CI)")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.set_ylim(0, 112)  # room above 100 for an interval's cap and the legend
+    axes.set_yticks(range(0, 101, 20))
+    axes.set_ylabel("% of pairs where sent_more is more likely")
+    axes.legend(loc="upper left", fontsize=8, title="bars: 95% bootstrap CI",
+                title_fontsize=7)
 
 
 def add_options(group: argparse._ArgumentGroup) -> None:
