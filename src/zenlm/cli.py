@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from zenlm import __version__
 from zenlm.commands import COMMAND_MODULES
 from zenlm.errors import ZenlmError
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zenlm", description="The whole life of a Transformer language model."
     )
+    parser.add_argument("--version", action="version", version=f"zenlm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)

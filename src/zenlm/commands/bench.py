@@ -48,9 +48,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("model", help="model folder, .gguf file, short name or hub id")
     bench.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
                        help="auto: the fastest mode on this CPU (see `zenlm info`)")
-    bench.add_argument("--prompt-tokens", type=int, default=512)
-    bench.add_argument("--new-tokens", type=int, default=128)
-    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--prompt-tokens", type=int, default=512,
+                       help="length of the prompt whose prefill is timed")
+    bench.add_argument("--new-tokens", type=int, default=128,
+                       help="tokens decoded for the decode figure")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="PyTorch threads (default: PyTorch's choice, one per core)")
     bench.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    bench.add_argument("--json", action="store_true", dest="as_json")
+    bench.add_argument("--json", action="store_true", dest="as_json",
+                       help="print one JSON object with the figures and the CPU's features")
     bench.set_defaults(handler=bench_command)

@@ -40,9 +40,10 @@ def tokenizer_train_command(inputs: list[str], out: str, kind: str = "bpe",
 def _reader_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+",
                         help="files or folders (.txt .jsonl .csv .tsv .parquet)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="output file (prepare) or folder (tokenizer)")
     parser.add_argument("--field", default="text", help="JSON key / column with the text")
-    parser.add_argument("--txt-unit", choices=["file", "paragraph", "line"], default="paragraph")
+    parser.add_argument("--txt-unit", choices=["file", "paragraph", "line"], default="paragraph",
+                        help=".txt files: one document per file, blank-line paragraph or line")
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="skip malformed JSONL lines (counted) instead of stopping")
 
@@ -53,18 +54,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="data_command", required=True)
     prepare = data.add_parser("prepare", help="clean, scrub PII, dedupe -> JSONL with counts")
     _reader_options(prepare)
-    prepare.add_argument("--no-clean", action="store_true")
-    prepare.add_argument("--no-pii", action="store_true")
-    prepare.add_argument("--no-dedupe", action="store_true")
+    prepare.add_argument("--no-clean", action="store_true",
+                         help="keep text as read (no Unicode/whitespace/boilerplate cleaning)")
+    prepare.add_argument("--no-pii", action="store_true",
+                         help="do not replace e-mails, phone numbers, cards, ... with tags")
+    prepare.add_argument("--no-dedupe", action="store_true",
+                         help="keep exact and near duplicates")
     prepare.add_argument("--near-dup-threshold", type=float, default=0.8,
                          help="MinHash Jaccard threshold; 0 = exact duplicates only")
-    prepare.add_argument("--min-chars", type=int, default=1)
+    prepare.add_argument("--min-chars", type=int, default=1,
+                         help="drop documents shorter than this after cleaning")
     prepare.set_defaults(handler=prepare_command)
 
     tok = commands.add_parser("tokenizer", help="train tokenizers").add_subparsers(
         dest="tokenizer_command", required=True)
     train = tok.add_parser("train", help="train bpe | wordpiece | unigram | char")
     _reader_options(train)
-    train.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "char"], default="bpe")
-    train.add_argument("--vocab-size", type=int, default=8192)
+    train.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "char"], default="bpe",
+                       help="tokenizer model: byte-level BPE, WordPiece, Unigram or characters")
+    train.add_argument("--vocab-size", type=int, default=8192, help="tokens in the vocabulary")
     train.set_defaults(handler=tokenizer_train_command)

@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `export`."""
     parser = commands.add_parser("export", help="write a trained model as HF folder or GGUF")
     parser.add_argument("model", help="a pretrain run folder, a checkpoint folder or an HF folder")
-    parser.add_argument("--to", choices=["hf", "gguf"], required=True)
+    parser.add_argument("--to", choices=["hf", "gguf"], required=True,
+                        help="hf: a Hugging Face folder; gguf: one GGUF file")
     parser.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
     parser.add_argument("--type", choices=["f16", "q8_0"], default="f16",
                         help="GGUF matrix type (norms stay float32)")

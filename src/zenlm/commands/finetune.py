@@ -11,6 +11,47 @@ import json
 import sys
 from typing import Any
 
+# Help of each `zenlm finetune` flag (the fields of FinetuneOptions; a test checks that
+# every flag has one).
+FINETUNE_HELP = {
+    "val": "validation file (default: --val-fraction of --train is held out)",
+    "train_target": "translate/summarize: aligned target file (--train is the source)",
+    "val_target": "translate/summarize: aligned target file of --val",
+    "output": "run folder: checkpoints, and the fine-tuned model in <output>/model",
+    "val_fraction": "share of --train held out for validation when --val is not given",
+    "epochs": "passes over the training data (fractions allowed)",
+    "max_steps": "optimizer steps; overrides --epochs when > 0",
+    "max_minutes": "stop after this wall-clock time (the schedule still runs by steps)",
+    "minutes": "a time budget: the schedule (warm-up, decay) is planned to fit it",
+    "batch_size": "examples per optimizer step",
+    "lr": "peak learning rate (AdamW)",
+    "warmup_fraction": "share of the schedule spent warming the learning rate up",
+    "weight_decay": "AdamW weight decay",
+    "max_length": "tokens per example (longer inputs are truncated or windowed)",
+    "stride": "qa: overlap in tokens between windows of a long context",
+    "pooling": "classify: cls | mean | last (default: the model's own)",
+    "class_weights": "classify/ner: inverse-frequency weights in the loss",
+    "freeze_layers": "freeze the embeddings and this many lowest blocks",
+    "freeze_embeddings": "freeze the token embeddings only",
+    "group_by_length": "batch examples of similar length (less padding)",
+    "extend_vocab": "add up to this many characters of --train unknown to the tokenizer",
+    "lora": "train low-rank adapters instead of every weight",
+    "lora_rank": "LoRA rank r",
+    "lora_alpha": "LoRA scale alpha (updates are scaled by alpha / r)",
+    "lora_dropout": "dropout on the LoRA branch's input",
+    "lora_targets": "linear layers that get adapters (comma-separated names)",
+    "pack": "sft: pack several conversations into one row",
+    "eval_every": "steps between validation evaluations (0: at the end only)",
+    "patience": "stop after this many evaluations without improvement (0: never)",
+    "label_smoothing": "translate/summarize: label smoothing of the target-token loss",
+    "num_beams": "translate/summarize: beams when validating (saved in task.json)",
+    "long_inputs": "translate/summarize: truncate, or error on, inputs past --max-length",
+    "seed": "seed of the split, the sampler and the new weights",
+    "dtype": "dtype of the loaded weights",
+    "autocast": "training arithmetic: auto (bfloat16 only where the CPU has it natively), "
+                "float32 or bfloat16",
+}
+
 
 def finetune_command(**options: Any) -> int:
     """Fine-tune a model on a task file and print the validation summary as JSON."""
@@ -50,7 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     tasks = task_names()
     tune = commands.add_parser("finetune", help="fine-tune a model on a task (full or LoRA)")
-    tune.add_argument("--task", choices=tasks, required=True)
+    tune.add_argument("--task", choices=tasks, required=True, help="what to fine-tune for")
     tune.add_argument("--model", required=True, help="model folder, .gguf file or short name")
     tune.add_argument("--train", required=True, help="training file")
     defaults = {f.name: f for f in dataclasses.fields(FinetuneOptions)}
@@ -60,17 +101,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         flag = "--" + name.replace("_", "-")
         missing = spec.default is dataclasses.MISSING
         default = spec.default_factory() if missing else spec.default
+        text = FINETUNE_HELP.get(name)
         if isinstance(default, bool):
-            tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                              help=text)
         elif isinstance(default, list):
-            tune.add_argument(flag, default=",".join(default), help="comma-separated")
+            tune.add_argument(flag, default=",".join(default), help=text)
         else:
             kind = type(default) if default is not None else str
-            tune.add_argument(flag, type=kind, default=default)
+            tune.add_argument(flag, type=kind, default=default, help=text)
     tune.set_defaults(handler=finetune_command)
 
     pred = commands.add_parser("predict", help="predict with a fine-tuned model")
-    pred.add_argument("--task", choices=tasks, required=True)
+    pred.add_argument("--task", choices=tasks, required=True,
+                      help="the task the model was fine-tuned for")
     pred.add_argument("--model", required=True, help="a `zenlm finetune` output model folder")
     pred.add_argument("--input", required=True, help="file in the task's format")
     pred.add_argument("--output", default=None, help="JSON Lines file (default: stdout)")

@@ -111,25 +111,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `generate` and `demo`."""
     gen = commands.add_parser("generate", help="continue a prompt or answer a chat message")
     gen.add_argument("model", help="model folder, .gguf file, short name or hub id")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", required=True,
+                     help="the prompt (an encoder-decoder: the source text)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     gen.add_argument("--system", default=None, help="system message (with --chat)")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--max-new-tokens", type=int, default=128,
+                     help="most tokens to generate")
     left_out = " (default: from --sampling-defaults)"
     gen.add_argument("--temperature", type=float, default=None, help="0: greedy" + left_out)
     gen.add_argument("--top-k", type=int, default=None, help="0: off" + left_out)
     gen.add_argument("--top-p", type=float, default=None, help="1: off" + left_out)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None,
+                     help="sampling seed (same seed, same text)")
     gen.add_argument("--min-p", type=float, default=None, help="0: off" + left_out)
     gen.add_argument("--repetition-penalty", type=float, default=None, help="1: off" + left_out)
-    gen.add_argument("--presence-penalty", type=float, default=0.0)
-    gen.add_argument("--frequency-penalty", type=float, default=0.0)
+    gen.add_argument("--presence-penalty", type=float, default=0.0,
+                     help="subtracted once from every token already generated (0: off)")
+    gen.add_argument("--frequency-penalty", type=float, default=0.0,
+                     help="subtracted per occurrence of a generated token (0: off)")
     gen.add_argument("--sampling-defaults", choices=SAMPLING_DEFAULTS_MODES, default="model",
                      help="for sampling options left out: the model's generation_config.json, "
                      "else top-k 40, top-p 0.95, min-p 0.05 "
                      "at temperature 0.2; or openai (temperature 1, nothing else)")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--num-beams", type=int, default=1,
+                     help="beam search with this many beams (1: sampling or greedy)")
     gen.add_argument("--length-penalty", type=float, default=1.0,
                      help="beam score = sum of logprobs / generated tokens ** this")
     gen.add_argument("--early-stopping", action="store_true",
@@ -140,14 +146,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="no n-gram of this size twice (0: off)")
     gen.add_argument("--logprobs", type=int, default=None, metavar="N",
                      help="with --json: each token's log-probability and N alternatives")
-    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                     help="load the weights in this dtype, as they are (auto then leaves them)")
     gen.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
                      help="auto: the fastest mode on this CPU (see `zenlm info`)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    gen.add_argument("--json", action="store_true", dest="as_json")
+    gen.add_argument("--json", action="store_true", dest="as_json",
+                     help="print one JSON object: text, token ids, timings")
     gen.set_defaults(handler=generate_command)
 
     demo = commands.add_parser("demo", help="one scripted chat turn, with tokens/s")
-    demo.add_argument("model", nargs="?", default="smollm2-135m-instruct")
-    demo.add_argument("--max-new-tokens", type=int, default=96)
+    demo.add_argument("model", nargs="?", default="smollm2-135m-instruct",
+                      help="model folder, .gguf file, short name or hub id")
+    demo.add_argument("--max-new-tokens", type=int, default=96, help="most tokens to generate")
     demo.set_defaults(handler=demo_command)

@@ -58,5 +58,6 @@ def _why(native_bf16: bool, kernel: str | None) -> str:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `info`."""
     info = commands.add_parser("info", help="this CPU's features and the modes auto picks")
-    info.add_argument("--json", action="store_true", dest="as_json")
+    info.add_argument("--json", action="store_true", dest="as_json",
+                      help="print one JSON object instead of text")
     info.set_defaults(handler=info_command)

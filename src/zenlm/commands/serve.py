@@ -100,7 +100,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("model", help="model folder, .gguf file, short name or hub id")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     keys = serve.add_mutually_exclusive_group()
     keys.add_argument("--api-key", default=None,
                       help=f"require this key (visible in `ps`: prefer --api-key-file "
@@ -116,7 +116,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-body-mb", type=float, default=1.0, help="request body size limit")
     serve.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
                        help="auto: the fastest mode on this CPU (see `zenlm info`)")
-    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="load the weights in this dtype, as they are")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish after SIGTERM")
     serve.add_argument("--threads", type=int, default=None,
@@ -128,5 +129,6 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "generation_config.json, else top-k 40, top-p 0.95, min-p 0.05 at "
                        "temperature 0.2; or openai (temperature 1)")
     serve.add_argument("--log-level", default="info",
-                       choices=["critical", "error", "warning", "info", "debug"])
+                       choices=["critical", "error", "warning", "info", "debug"],
+                       help="uvicorn's and zenlm's log level")
     serve.set_defaults(handler=serve_command)
