@@ -61,7 +61,7 @@ def score_all(data: Path, out: Path) -> dict[str, dict]:
     return results
 
 
-def lm_eval_smollm2(data: Path) -> list[tuple[float, float]]:
+def lm_eval_smollm2(data: Path, limit: int | None) -> list[tuple[float, float]]:
     """(log P(sent_more), log P(sent_less)) per pair from lm-eval's HFLM on transformers."""
     import torch
     import transformers
@@ -73,27 +73,30 @@ def lm_eval_smollm2(data: Path) -> list[tuple[float, float]]:
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     oracle = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device="cpu")
-    pairs = read_pairs(data)
+    pairs = read_pairs(data)[:limit]
     texts = [text for p in pairs for text in (p.sent_more, p.sent_less)]
     instances = [Instance("loglikelihood", {}, ("", text), i) for i, text in enumerate(texts)]
     values = [logprob for logprob, _ in oracle.loglikelihood(instances)]
     return list(zip(values[0::2], values[1::2], strict=True))
 
 
-def compare_with_lm_eval(data: Path, out: Path) -> dict:
-    """lm-eval's pct_stereotype / likelihood_diff (its own process_results) vs zenlm's."""
+def compare_with_lm_eval(data: Path, out: Path, limit: int | None) -> dict:
+    """lm-eval's pct_stereotype / likelihood_diff (its own process_results) vs zenlm's,
+    on the first `limit` pairs (all when None), from zenlm's predictions file in `out`."""
     from lm_eval.tasks.crows_pairs.utils import process_results
 
     start = time.perf_counter()
-    theirs = lm_eval_smollm2(data)
+    theirs = lm_eval_smollm2(data, limit)
     seconds = time.perf_counter() - start
     per_pair = [process_results({}, [(more, False), (less, False)]) for more, less in theirs]
     ours = [json.loads(line) for line in
-            (out / "SmolLM2-135M-Instruct.jsonl").read_text().splitlines()]
+            (out / "SmolLM2-135M-Instruct.jsonl").read_text().splitlines()][:limit]
+    ours_score = 100 * sum(o["stereotyping"] for o in ours) / len(ours)
     gaps = [max(abs(o["sent_more_score"] - m), abs(o["sent_less_score"] - s))
             for o, (m, s) in zip(ours, theirs, strict=True)]
     same = sum(o["stereotyping"] == (m > s) for o, (m, s) in zip(ours, theirs, strict=True))
-    return {"pct_stereotype": 100 * sum(r["pct_stereotype"] for r in per_pair) / len(per_pair),
+    return {"zenlm_stereotype_score": ours_score,
+            "pct_stereotype": 100 * sum(r["pct_stereotype"] for r in per_pair) / len(per_pair),
             "likelihood_diff": sum(r["likelihood_diff"] for r in per_pair) / len(per_pair),
             "same_decisions": same, "pairs": len(ours), "max_abs_logprob_gap": max(gaps),
             "seconds": seconds}
@@ -106,16 +109,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("crows_pairs_out"))
     parser.add_argument("--lm-eval", action="store_true",
                         help="also score SmolLM2 with lm-evaluation-harness's HF backend")
+    parser.add_argument("--lm-eval-pairs", type=int, default=None,
+                        help="lm-eval on the first N pairs only (default all)")
+    parser.add_argument("--lm-eval-only", action="store_true",
+                        help="skip zenlm's scoring: compare with the predictions in --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(cpu_info().describe(), flush=True)
     print(datetime.now(timezone.utc).isoformat(timespec="minutes"), flush=True)
-    results = {"data": str(args.data), "models": score_all(args.data, args.out)}
-    if args.lm_eval:
-        results["lm_eval_smollm2"] = compare_with_lm_eval(args.data, args.out)
+    results: dict = {"data": str(args.data)}
+    if not args.lm_eval_only:
+        results["models"] = score_all(args.data, args.out)
+        print(table(results["models"]), flush=True)
+    if args.lm_eval or args.lm_eval_only:
+        results["lm_eval_smollm2"] = compare_with_lm_eval(args.data, args.out,
+                                                          args.lm_eval_pairs)
         print("lm-eval:", json.dumps(results["lm_eval_smollm2"]), flush=True)
-    (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results["models"]))
+    name = "lm_eval.json" if args.lm_eval_only else "summary.json"
+    (args.out / name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def table(models: dict[str, dict]) -> str:
