@@ -298,7 +298,7 @@ def add_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--predictions", default=None, metavar="FILE",
                        help="bias: write each pair's two scores to FILE (JSON lines)")
     group.add_argument("--bootstrap-resamples", type=int, default=1000,
-                       help="bias: resamples of the 95%% bootstrap intervals (default 1000)")
+                       help="bias: resamples of the bootstrap 95 percent intervals (default 1000)")
     group.add_argument("--bootstrap-seed", type=int, default=0,
                        help="bias: seed of the bootstrap (default 0)")
 
