@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from zenlm.eval.report import Report
 
-EVALUATION_MODULES: tuple[str, ...] = ()
+EVALUATION_MODULES: tuple[str, ...] = ("zenlm.eval.perplexity", "zenlm.eval.bias")
 
 
 @dataclass(frozen=True)
