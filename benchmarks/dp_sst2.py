@@ -83,8 +83,13 @@ def split(rows: list[tuple[str, str]], n_val: int, n_heldout: int,
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows),
-                    encoding="utf-8")
+    """Write the rows (atomically, and not again if present: parallel invocations read it)."""
+    text = "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
     return path
 
 
@@ -152,7 +157,8 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/dp_sst2")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--data", default=str(Path(os.environ.get(
+        "ZENLM_DATA", ROOT.parent / "shared" / "data")) / "sst2"))
     parser.add_argument("--model", default=None, help="MiniLM folder (default: the package)")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=256)
