@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from zenlm.eval.report import Report
 
-EVALUATION_MODULES: tuple[str, ...] = ()
+EVALUATION_MODULES: tuple[str, ...] = (
+    "zenlm.eval.membership",  # membership-inference attack (privacy of fine-tuned models)
+)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
         if "confusion_matrix" not in scores:
             raise ValueError(f"--plot draws a confusion matrix, which task {task!r} has not")
         plot_confusion_matrix(scores["confusion_matrix"], info.labels, plot)
+    from zenlm.tasks.private import read_public_record
+
+    privacy = read_public_record(model)
+    if privacy is not None:  # a DP-trained model: the guarantee it was trained under
+        scores = {**scores, "dp": privacy}
     settings = {"model": model, "data": where, "examples": scores.get("n")}
     return Report(task, scores, settings, tables=_per_label_tables(scores))
 
