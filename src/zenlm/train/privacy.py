@@ -405,15 +405,18 @@ class _SeededDPOptimizer(DPOptimizer):
         """The run's secret, parameter names (for errors) and the next step's number."""
         self.secret, self.names, self.noise_step = secret, names, step
 
-    def clip_and_accumulate(self) -> None:
-        """Opacus's per-example clipping, after naming any parameter without grad samples."""
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
+        """Opacus's clip, noise and accounting, first naming a parameter without grad samples.
+
+        (Opacus itself only says that one is missing.)
+        """
         for param in self.params:
             if param.grad_sample is None:
                 name = self.names.get(id(param), "?")
                 raise PrivacyError(
                     f"trainable parameter {name!r} got no per-sample gradient (unused in the "
                     "forward pass?); freeze it, since noise alone would update it")
-        super().clip_and_accumulate()
+        return super().pre_step(closure)
 
     def add_noise(self) -> None:
         """Opacus's noise, drawn from a generator seeded by (secret, step)."""
