@@ -286,3 +286,31 @@ def test_finetune_options_that_break_the_guarantee_are_refused():
     assert "--extend-vocab" in refused(dp_epsilon=1.0, extend_vocab=10)
     assert "task 'sft'" in refused("sft", dp_epsilon=1.0)
     assert "--dp-delta applies to private runs only" in refused(dp_delta=1e-6)
+
+
+def test_ner_private_loss_is_a_mean_of_per_sentence_losses():
+    from zenlm.tasks.ner import IGNORE, token_loss_per_example
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 4, dtype=torch.float64)
+    labels = torch.tensor([[1, 2, IGNORE, IGNORE, IGNORE], [0, 3, 3, 1, IGNORE],
+                           [2, IGNORE, IGNORE, IGNORE, IGNORE]])
+    batch = TensorBatch(ids=torch.zeros(3, 5, dtype=torch.long), attention_mask=None,
+                        labels=labels)
+    got = token_loss_per_example(lambda ids, mask: logits, batch)
+    per_sentence = []
+    for row in range(3):  # the formula, slowly, in float64
+        terms = [-(logits[row, t, labels[row, t]] - logits[row, t].exp().sum().log())
+                 for t in range(5) if labels[row, t] != IGNORE]
+        per_sentence.append(sum(terms) / len(terms))
+    assert float(got) == pytest.approx(float(sum(per_sentence) / 3), rel=1e-6)
+
+
+def test_a_sentence_split_into_pieces_is_refused():
+    from zenlm.tasks.ner import TokenFeature
+    from zenlm.tasks.private import check_units
+
+    whole = [TokenFeature([1], [0], [0], sentence=i) for i in range(3)]
+    check_units(whole)
+    with pytest.raises(ValueError, match="sentence 1 is split into 2 pieces"):
+        check_units([*whole, TokenFeature([1], [0], [0], sentence=1, first_word=5)])
