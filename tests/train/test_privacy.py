@@ -314,3 +314,27 @@ def test_a_sentence_split_into_pieces_is_refused():
     check_units(whole)
     with pytest.raises(ValueError, match="sentence 1 is split into 2 pieces"):
         check_units([*whole, TokenFeature([1], [0], [0], sentence=1, first_word=5)])
+
+
+def test_physical_batches_give_the_same_private_step(tmp_path):
+    """Length-sorted pieces of a Poisson draw: same per-sample grads, so the same update."""
+    plan = small_plan()
+    results = []
+    for physical in (0, 3):
+        privacy = PrivateTraining(plan, secret=SECRET)
+        model = tiny_classifier()
+        privacy.transform_model(model)
+        optimizer = privacy.make_optimizer(adamw)(model, OptimConfig(lr=1e-2, grad_clip=0.0))
+        data = privacy.sampler(features(), collate, block_size=10, physical_batch=physical)
+        batch = data.batch(8 * 5, 8)  # step 5's draw
+        assert physical == 0 or len(batch) > 1  # really cut into pieces
+        model.train()
+        loss = privacy.objective(classify_loss)(model, batch)
+        loss.backward()
+        optimizer.step()
+        results.append((float(loss), {n: p.detach().clone() for n, p in
+                                      model.named_parameters()}))
+    (whole_loss, whole), (pieces_loss, pieces) = results
+    assert pieces_loss == pytest.approx(whole_loss, rel=1e-5)  # the draw's mean loss
+    for name, value in whole.items():
+        torch.testing.assert_close(pieces[name], value, rtol=1e-5, atol=1e-6, msg=name)

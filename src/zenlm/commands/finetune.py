@@ -56,6 +56,8 @@ FINETUNE_HELP = {
     "dp_max_grad_norm": "DP: clip each example's gradient to this L2 norm before noise "
                         "(non-private runs clip the batch gradient to 1.0)",
     "dp_accountant": "DP: privacy accountant, rdp or prv",
+    "dp_physical_batch": "DP: rows per forward pass; each Poisson batch is sorted by length "
+                         "and computed in pieces this big (0: all at once)",
 }
 
 

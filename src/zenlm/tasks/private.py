@@ -28,7 +28,7 @@ def check_options(opts: Any, spec: TaskSpec) -> None:
     """
     if opts.dp_epsilon is None:
         for name, default in (("dp_delta", 1e-5), ("dp_max_grad_norm", 1.0),
-                              ("dp_accountant", "rdp")):
+                              ("dp_accountant", "rdp"), ("dp_physical_batch", 32)):
             if getattr(opts, name) != default:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} applies to private runs only; add --dp-epsilon E")
@@ -44,6 +44,8 @@ def check_options(opts: Any, spec: TaskSpec) -> None:
     for name, why in refused.items():
         if getattr(opts, name):
             raise ValueError(f"refused under --dp-epsilon: {why}")
+    if opts.dp_physical_batch < 0:
+        raise ValueError(f"--dp-physical-batch must be >= 0, got {opts.dp_physical_batch}")
     spec.private_objective()  # raises, naming the task, when it has no per-example loss
 
 

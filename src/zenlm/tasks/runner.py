@@ -79,6 +79,7 @@ class FinetuneOptions:
     dp_delta: float = 1e-5  # target delta, below 1/N
     dp_max_grad_norm: float = 1.0  # per-example clipping bound C (not the global clip)
     dp_accountant: str = "rdp"  # rdp | prv
+    dp_physical_batch: int = 32  # rows per forward pass of a Poisson batch (0: all at once)
 
 
 # -------------------------------------------------------------- training
@@ -196,7 +197,8 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
                                   lengths=[len(f.ids) for f in train_features])
     extra: dict[str, Any] = {}
     if privacy is not None:
-        train_data = privacy.sampler(train_features, collate, block_size=opts.max_length)
+        train_data = privacy.sampler(train_features, collate, block_size=opts.max_length,
+                                     physical_batch=opts.dp_physical_batch)
         objective = privacy.objective(objective)
         extra = {"model_transform": privacy.transform_model,
                  "optimizer_factory": privacy.make_optimizer(adamw),

@@ -133,6 +133,20 @@ class EmptyBatch(dict):
         return self
 
 
+class PhysicalBatches(list):
+    """One Poisson batch as length-sorted physical batches (logical batching).
+
+    Per-example gradients do not depend on which examples share a forward pass, so the
+    logical batch is computed in pieces of similar length: far less padding than one
+    batch of random lengths, and bounded memory. Opacus concatenates the pieces'
+    per-sample gradients before clipping and noise, as for its BatchMemoryManager.
+    """
+
+    def to(self, device: torch.device | str) -> PhysicalBatches:
+        """Every piece on `device`."""
+        return PhysicalBatches(piece.to(device) for piece in self)
+
+
 class PoissonBatches:
     """The Trainer's training data under DP: step t's batch is a Poisson draw.
 
@@ -146,12 +160,16 @@ class PoissonBatches:
         sample_rate: q.
         secret: The run's secret bytes.
         block_size: Tokens per sequence (for the Trainer's throughput figure).
+        physical_batch: Rows per forward pass (0: the whole draw at once); the draw is
+            sorted by length (`len(feature.ids)`) and cut into `PhysicalBatches`.
     """
 
     def __init__(self, features: Sequence[Any], collate: Callable[[list], Any], *,
-                 sample_rate: float, secret: bytes, block_size: int) -> None:
+                 sample_rate: float, secret: bytes, block_size: int,
+                 physical_batch: int = 0) -> None:
         self.features, self.collate = list(features), collate
         self.sample_rate, self.secret, self.block_size = sample_rate, secret, block_size
+        self.physical_batch = physical_batch
         self.blocks_per_epoch = len(self.features)
 
     def indices(self, step: int) -> list[int]:
@@ -170,7 +188,12 @@ class PoissonBatches:
         chosen = self.indices(first // count)
         if not chosen:
             return EmptyBatch()
-        return self.collate([self.features[i] for i in chosen])
+        size = self.physical_batch
+        if not size or len(chosen) <= size:
+            return self.collate([self.features[i] for i in chosen])
+        chosen.sort(key=lambda i: len(getattr(self.features[i], "ids", ())))
+        return PhysicalBatches(self.collate([self.features[i] for i in chosen[at:at + size]])
+                               for at in range(0, len(chosen), size))
 
 
 def _derive_seed(secret: bytes, purpose: str, step: int) -> int:
@@ -273,18 +296,21 @@ class PrivateTraining:
                     if param.requires_grad:
                         param.grad_sample = param.new_zeros((0, *param.shape))
                 return torch.zeros((), requires_grad=True)
-            return objective(model, batch)
+            if not isinstance(batch, PhysicalBatches):
+                return objective(model, batch)
+            return _pieces_loss(model, batch, objective)
 
         return private
 
     def sampler(self, features: Sequence[Any], collate: Callable[[list], Any], *,
-                block_size: int) -> PoissonBatches:
-        """The Poisson-sampled training data."""
+                block_size: int, physical_batch: int = 0) -> PoissonBatches:
+        """The Poisson-sampled training data (see `PoissonBatches` for `physical_batch`)."""
         if len(features) != self.plan.dataset_size:
             raise PrivacyError(f"the plan was made for N={self.plan.dataset_size} examples, "
                                f"the sampler got {len(features)}")
         self._sampler = PoissonBatches(features, collate, sample_rate=self.plan.sample_rate,
-                                       secret=self.secret, block_size=block_size)
+                                       secret=self.secret, block_size=block_size,
+                                       physical_batch=physical_batch)
         return self._sampler
 
     # ----------------------------------------------------------- reporting
@@ -355,6 +381,23 @@ class PrivateTraining:
         return {**self.summary(), "history": [list(h) for h in self.accountant.history]}
 
 
+def _pieces_loss(model: nn.Module, batch: PhysicalBatches,
+                 objective: Callable[[nn.Module, Any], torch.Tensor]) -> torch.Tensor:
+    """Backward on every piece but the last; return the last's loss for the Trainer.
+
+    Its value is the mean over the whole draw (for the log), its gradient the last piece's.
+    """
+    total, rows = torch.zeros(()), 0
+    for index, piece in enumerate(batch):
+        loss = objective(model, piece)
+        n = len(next(v for v in piece.values() if torch.is_tensor(v)))
+        total, rows = total + loss.detach().float().cpu() * n, rows + n
+        if index < len(batch) - 1:
+            loss.backward()
+    mean = (total / rows).to(device=loss.device, dtype=loss.dtype)
+    return loss + (mean - loss.detach())
+
+
 def check_layers(model: nn.Module) -> None:
     """Refuse trainable layers without an exact per-sample gradient in Opacus's hooks mode.
 
@@ -417,6 +460,16 @@ class _SeededDPOptimizer(DPOptimizer):
                     f"trainable parameter {name!r} got no per-sample gradient (unused in the "
                     "forward pass?); freeze it, since noise alone would update it")
         return super().pre_step(closure)
+
+    def scale_grad(self) -> None:
+        """Divide by the expected logical batch q * N only.
+
+        Opacus also divides by the number of backward passes (its virtual steps, where
+        `expected_batch_size` is the physical batch); here pieces of one Poisson draw
+        (`PhysicalBatches`) make up the logical batch, whose size is already the divisor.
+        """
+        for param in self.params:
+            param.grad /= self.expected_batch_size
 
     def add_noise(self) -> None:
         """Opacus's noise, drawn from a generator seeded by (secret, step)."""
