@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+import zenlm
 from zenlm.cli import main
 
 STEPS = "12"
@@ -61,6 +62,14 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     # and the model learned: it beats always answering the majority class (0.6) by far
     assert max(Counter(truth).values()) / len(truth) == 0.6
     assert scores["accuracy"] >= 0.9
+    # a program's in-memory predictions are the CLI's, record for record
+    texts = [line.rsplit("\t", 1)[0] for line in data.read_text().splitlines()[1:]]
+    classifier = zenlm.load_task(model_dir)
+    assert classifier.task == "classify" and classifier.labels == ["0", "1"]
+    assert classifier.predict(texts) == records
+    assert classifier(texts[0]) == records[0]
+    with pytest.raises(ValueError, match="task 'classify' predicts on a text"):
+        classifier.predict([3])
 
 
 def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+import zenlm
 from zenlm.cli import main
 
 PEOPLE = ["John", "Mary", "Ahmed", "Li", "Olga", "Pedro"]
@@ -55,6 +56,10 @@ def test_ner_scores_are_seqeval_of_the_predictions(minilm_folder, tmp_path, caps
     assert scores["f1"] == pytest.approx(seqeval.f1_score(gold, predicted))
     assert scores["precision"] == pytest.approx(seqeval.precision_score(gold, predicted))
     assert scores["f1"] > 0.5  # it learned which words are names
+    # in memory, from words or from a text split at whitespace: the CLI's records
+    tagger = zenlm.load_task(tmp_path / "run" / "model")
+    assert tagger.predict([r["tokens"] for r in records[:3]]) == records[:3]
+    assert tagger(" ".join(records[0]["tokens"])) == records[0]
 
 
 def _normalize(text: str) -> str:
@@ -73,7 +78,7 @@ def _token_f1(prediction: str, truth: str) -> float:
 
 
 def test_qa_scores_are_squad_scores_of_the_predictions(minilm_folder, tmp_path, capsys):
-    articles, truth = [], {}
+    articles, truth, questions = [], {}, {}
     for a in range(4):
         paragraphs = []
         for i in range(6):
@@ -83,7 +88,7 @@ def test_qa_scores_are_squad_scores_of_the_predictions(minilm_folder, tmp_path, 
             qid = f"q{a}-{i}"
             truth[qid] = [city]
             paragraphs.append({"context": context, "qas": [{
-                "id": qid, "question": f"Where did {person} travel to?",
+                "id": qid, "question": questions.setdefault(qid, f"Where did {person} travel to?"),
                 "answers": [{"text": city, "answer_start": context.index(city)}]}]})
         articles.append({"title": f"article {a}", "paragraphs": paragraphs})
     data = tmp_path / "train.json"
@@ -102,3 +107,13 @@ def test_qa_scores_are_squad_scores_of_the_predictions(minilm_folder, tmp_path, 
     f1 = 100 * sum(_token_f1(answers[q], truth[q][0]) for q in truth) / 24
     assert scores["exact_match"] == pytest.approx(exact)
     assert scores["f1"] == pytest.approx(f1)
+    # in memory: the same answers, with character offsets into the context and a score
+    reader = zenlm.load_task(tmp_path / "run" / "model")
+    found = reader.predict([{"id": qid, "question": question, "context": contexts[qid]}
+                            for qid, question in questions.items()])
+    assert {r["id"]: r["answer"] for r in found} == answers
+    for record in found:
+        assert contexts[record["id"]][record["start"]:record["end"]] == record["answer"]
+        assert isinstance(record["score"], float)
+    with pytest.raises(ValueError, match="'question' and 'context'"):
+        reader({"question": "Where?"})

@@ -16,4 +16,5 @@ COMMAND_MODULES = (
     "zenlm.commands.data",
     "zenlm.commands.serve",
     "zenlm.commands.info",
+    "zenlm.commands.explain",
 )

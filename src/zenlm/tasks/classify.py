@@ -17,7 +17,7 @@ from zenlm.eval import metrics
 from zenlm.models.heads import SequenceClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, truncate_keep_last
-from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Tokenizer
 
 
@@ -152,10 +152,14 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
                 "confusion_matrix": metrics.confusion_matrix(truth, predicted, info.labels),
                 "n": len(examples)}
 
-    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
-                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+    def example_from(self, value: Any) -> readers.TextExample:
+        """A text (str) to classify."""
+        return readers.TextExample(text=text_input(value, self.name), label=None, line=0)
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[readers.TextExample], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
         """{"text", "label", "probs": {label: probability}} per row."""
-        examples = self.read(path, labelled=False)
         features = self.encode(tokenizer, examples, info, labelled=False)
         for example, row in zip(examples, predict_classify(model, features, pad_id),
                                 strict=True):

@@ -17,7 +17,7 @@ from zenlm.eval import metrics
 from zenlm.models.heads import TokenClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
-from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -198,10 +198,17 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
         predicted = [[info.labels[t] for t in row] for row in tags]
         return {**metrics.entity_f1([e.tags for e in examples], predicted), "n": len(examples)}
 
-    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
-                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+    def example_from(self, value: Any) -> readers.TaggedSentence:
+        """Words (a list of str), or a text (str) split at whitespace."""
+        if isinstance(value, list) and value and all(isinstance(w, str) for w in value):
+            return readers.TaggedSentence(tokens=list(value), tags=[], line=0)
+        words = text_input(value, self.name, "a text (str) or a list of words").split()
+        return readers.TaggedSentence(tokens=words, tags=[], line=0)
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[readers.TaggedSentence], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
         """{"tokens", "tags"} per sentence."""
-        examples = self.read(path, labelled=False)
         features = self.encode(tokenizer, examples, info, labelled=False)
         for example, tags in zip(examples, predict_tags(model, features, len(examples), pad_id),
                                  strict=True):

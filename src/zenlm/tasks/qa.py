@@ -27,7 +27,7 @@ from zenlm.eval import metrics
 from zenlm.models.heads import SpanQA
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
-from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Tokenizer
 
 
@@ -152,17 +152,29 @@ def postprocess_qa(
     max_answer_length: int = 30,
 ) -> dict[str, str]:
     """Answer text per question id: the best valid span over all of its windows."""
+    spans = best_answer_spans(examples, features, logits, n_best=n_best,
+                              max_answer_length=max_answer_length)
+    return {example.id: example.context[first:last]
+            for example, (_, first, last) in zip(examples, spans, strict=True)}
+
+
+def best_answer_spans(
+    examples: Sequence[QAExample], features: Sequence[QAFeature],
+    logits: Sequence[tuple[torch.Tensor, torch.Tensor]], *, n_best: int = 20,
+    max_answer_length: int = 30,
+) -> list[tuple[float, int, int]]:
+    """(score, char_start, char_end) of each example's best span over all of its windows.
+
+    The score is start logit + end logit; a question with no valid span gets
+    (-inf, 0, 0), an empty answer.
+    """
     best: dict[int, tuple[float, int, int]] = {}
     for feature, (start, end) in zip(features, logits, strict=True):
         spans = best_spans(start, end, feature.offsets, n_best=n_best,
                            max_answer_length=max_answer_length)
         if spans and (feature.example not in best or spans[0][0] > best[feature.example][0]):
             best[feature.example] = spans[0]
-    answers = {}
-    for index, example in enumerate(examples):
-        _, first, last = best.get(index, (0.0, 0, 0))
-        answers[example.id] = example.context[first:last]
-    return answers
+    return [best.get(index, (float("-inf"), 0, 0)) for index in range(len(examples))]
 
 
 @torch.inference_mode()
@@ -171,6 +183,15 @@ def predict_qa(
     *, batch_size: int = 32, n_best: int = 20, max_answer_length: int = 30,
 ) -> dict[str, str]:
     """Run `model` (a SpanQA) over every window and post-process into answers."""
+    logits = span_logits(model, features, pad_id, batch_size=batch_size)
+    return postprocess_qa(examples, features, logits, n_best=n_best,
+                          max_answer_length=max_answer_length)
+
+
+@torch.inference_mode()
+def span_logits(model: nn.Module, features: Sequence[QAFeature], pad_id: int, *,
+                batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(start (T,), end (T,)) float32 logits of every window, T its own length."""
     model.eval()
     logits = []
     for first in range(0, len(features), batch_size):
@@ -179,8 +200,7 @@ def predict_qa(
         start, end = model(batch.ids, batch.attention_mask, batch.token_type_ids)
         logits += [(start[r, : len(f.ids)].float(), end[r, : len(f.ids)].float())
                    for r, f in enumerate(chunk)]
-    return postprocess_qa(examples, features, logits, n_best=n_best,
-                          max_answer_length=max_answer_length)
+    return logits
 
 
 class QATask(TaskSpec[QAExample, QAFeature]):
@@ -228,13 +248,30 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         refs = {e.id: [a for a, _ in e.answers] for e in examples}
         return {**metrics.squad_scores(answers, refs), "n": len(examples)}
 
-    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
-                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
-        """{"id", "answer"} per question."""
-        examples = self.read(path, labelled=False)
+    def example_from(self, value: Any) -> QAExample:
+        """A dict with "question" and "context" (and optionally "id")."""
+        if not isinstance(value, dict) or not {"question", "context"} <= set(value):
+            raise ValueError(f"task 'qa' predicts on dicts with 'question' and 'context', "
+                             f"got {value!r}")
+        question = text_input(value["question"], self.name, "a non-empty 'question'")
+        context = text_input(value["context"], self.name, "a non-empty 'context'")
+        return QAExample(id=str(value.get("id", "")), question=question, context=context,
+                         answers=[])
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[QAExample], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"id", "answer", "start", "end", "score"} per question.
+
+        `start`/`end` are character offsets into the context (`answer` is
+        context[start:end]); `score` is the span's start + end logit.
+        """
         features = self.encode(tokenizer, examples, info, labelled=False)
-        for qid, answer in predict_qa(model, examples, features, pad_id).items():
-            yield {"id": qid, "answer": answer}
+        logits = span_logits(model, features, pad_id)
+        spans = best_answer_spans(examples, features, logits)
+        for example, (score, first, last) in zip(examples, spans, strict=True):
+            yield {"id": example.id, "answer": example.context[first:last], "start": first,
+                   "end": last, "score": round(score, 4)}
 
 
 SPEC = QATask()

@@ -24,7 +24,7 @@ from zenlm.data import tasks as readers
 from zenlm.models.decoder import DecoderLM
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_labels
-from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Message, Tokenizer
 
 IGNORE = -100
@@ -220,15 +220,36 @@ class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
         """Assistant-token loss and perplexity."""
         return sft_metrics(model, self.encode(tokenizer, examples, info), pad_id)
 
+    def example_from(self, value: Any) -> readers.ChatExample:
+        """A user message (str) or a conversation (a list of {"role", "content"})."""
+        if isinstance(value, str):
+            value = [{"role": "user", "content": text_input(value, self.name)}]
+        if not (isinstance(value, list) and value
+                and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value)):
+            raise ValueError("task 'sft' predicts on a user message (str) or a list of "
+                             f"{{'role', 'content'}} messages, got {value!r}")
+        return readers.ChatExample(messages=list(value), line=0)
+
     def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
                 pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
-        """{"messages", "reply"}: each conversation up to its last assistant turn, and a reply."""
+        """A reply per conversation of `path`, cut before its last assistant turn."""
+        yield from self.predict_examples(model, tokenizer, info, self.read(path), pad_id,
+                                         max_new_tokens=max_new_tokens)
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[readers.ChatExample], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"messages", "reply"} per conversation.
+
+        The prompt is the conversation up to its last assistant turn (the whole
+        conversation when it has none).
+        """
         from zenlm.api import LM  # the chat front end (template, stops) over the one decoder
 
         lm = LM(model, tokenizer)
-        for example in self.read(path):
-            last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-            prompt = example.messages[:last]
+        for example in examples:
+            turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
+            prompt = example.messages[:turns[-1]] if turns else example.messages
             with torch.inference_mode():
                 reply = lm.chat(prompt, max_new_tokens=max_new_tokens)
             yield {"messages": prompt, "reply": reply}

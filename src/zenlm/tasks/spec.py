@@ -89,6 +89,13 @@ class TaskInfo:
         return cls(**record)
 
 
+def text_input(value: Any, task: str, what: str = "a text (str)") -> str:
+    """`value` if it is a non-empty string, else a ValueError saying what `task` takes."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"task {task!r} predicts on {what}, got {value!r}")
+    return value
+
+
 def pad_id(tokenizer: Any, config: Any) -> int:
     """The padding id: the tokenizer's, else config.json's, else 0."""
     value = tokenizer.pad_token_id
@@ -204,9 +211,21 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         """Metrics of `model` on labelled `examples` (includes `headline` and "n")."""
 
     @abstractmethod
+    def example_from(self, value: Any) -> Example:
+        """An example to predict on from what a program has in memory (see each task)."""
+
+    @abstractmethod
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[Example], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """One JSON-able record per example (labels, if any, are ignored)."""
+
     def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
                 pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
         """One JSON-able record per example of `path` (labels in it are ignored)."""
+        examples = self.read(path, labelled=False)
+        yield from self.predict_examples(model, tokenizer, info, examples, pad_id,
+                                         max_new_tokens=max_new_tokens)
 
     def score(self, scores: dict[str, Any]) -> float:
         """The headline metric of `evaluate`'s scores, oriented so higher is better."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from zenlm.models import Seq2SeqLM
 from zenlm.tasks import extractive
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.ner import TokenFeature, collate_tokens, token_loss
-from zenlm.tasks.spec import Objective, TaskInfo
+from zenlm.tasks.spec import Objective, TaskInfo, text_input
 from zenlm.tasks.translate import TranslateTask, generate_texts
 
 EXTRACTIVE, ABSTRACTIVE = "encoder", "encoder-decoder"  # TaskInfo.arch of each method
@@ -119,10 +118,15 @@ class SummarizeTask(TranslateTask):
             hypotheses = extractive.summaries(docs, scores, extra["ratio"])
         return {**rouge_scores(hypotheses, references), "n": len(examples), **extra}
 
-    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
-                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
-        """{"article", "summary"} per record of `path`."""
-        examples = self.read(path, labelled=False)
+    def example_from(self, value: Any) -> TextPair:
+        """An article (str) to summarize."""
+        return TextPair(source=text_input(value, self.name, "an article (str)"), target=None,
+                        line=0)
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[TextPair], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"article", "summary"} per article."""
         if method(info) == "abstractive":
             outputs = generate_texts(model, tokenizer, info, [e.source for e in examples],
                                      max_new_tokens=max_new_tokens)

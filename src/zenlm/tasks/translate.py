@@ -26,7 +26,7 @@ from zenlm.generate.decode import GenerationConfig, generate_batch
 from zenlm.models import Seq2SeqLM
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids
-from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec
+from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.train.objectives import IGNORE, seq2seq_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -207,13 +207,17 @@ class TranslateTask(TaskSpec[TextPair, PairFeature]):
         return {**scores, "n": len(examples),
                 "num_beams": int(info.options.get("num_beams", 1))}
 
-    def predict(self, model: nn.Module, tokenizer: Any, info: TaskInfo, path: str | Path,
-                pad_id: int, *, max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
-        """{"source", "translation"} per line of `path`."""
-        pairs = self.read(path, labelled=False)
-        outputs = generate_texts(model, tokenizer, info, [p.source for p in pairs],
+    def example_from(self, value: Any) -> TextPair:
+        """A source text (str) to translate."""
+        return TextPair(source=text_input(value, self.name), target=None, line=0)
+
+    def predict_examples(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                         examples: list[TextPair], pad_id: int, *,
+                         max_new_tokens: int = 256) -> Iterator[dict[str, Any]]:
+        """{"source", "translation"} per source text."""
+        outputs = generate_texts(model, tokenizer, info, [p.source for p in examples],
                                  max_new_tokens=max_new_tokens)
-        for pair, text in zip(pairs, outputs, strict=True):
+        for pair, text in zip(examples, outputs, strict=True):
             yield {"source": pair.source, "translation": text}
 
 
