@@ -338,3 +338,22 @@ def test_physical_batches_give_the_same_private_step(tmp_path):
     assert pieces_loss == pytest.approx(whole_loss, rel=1e-5)  # the draw's mean loss
     for name, value in whole.items():
         torch.testing.assert_close(pieces[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_poisson_draws_depend_on_the_secret_and_step_and_may_be_empty(tmp_path):
+    plan = plan_privacy(3.0, 1e-3, 0.5, batch_size=1, dataset_size=N, steps=12)
+    privacy = PrivateTraining(plan, secret=SECRET)
+    data = privacy.sampler(features(), collate, block_size=10)
+    draws = [data.indices(step) for step in range(12)]
+    assert draws == [data.indices(step) for step in range(12)]  # a function of the step
+    other = PrivateTraining(plan, secret=b"y" * 32).sampler(features(), collate, block_size=10)
+    assert draws != [other.indices(step) for step in range(12)]
+    empty = [step for step, drawn in enumerate(draws) if not drawn]
+    assert empty  # q = 1/48: some steps draw nobody, and still add noise
+    trainer, privacy = private_trainer(tmp_path, plan, steps=empty[0] + 1)
+    trainer.train_data = privacy.sampler(features(), collate, block_size=10)
+    trainer.loop.batch_size = 1
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit(resume="none")
+    assert privacy.steps == empty[0] + 1
+    assert not torch.equal(trainer.model.head.weight, before["head.weight"])
