@@ -107,7 +107,7 @@ def finetune(out: Path, train: Path, val: Path, args: argparse.Namespace, name: 
     flags = ["finetune", "--task", "classify", "--model", args.model, "--train", str(train),
              "--val", str(val), "--output", str(out / name), "--max-steps", str(steps),
              "--batch-size", str(batch), "--lr", str(lr), "--max-length", "48",
-             "--lora", "--lora-dropout", "0", "--lora-rank", "8",
+             *(["--lora", "--lora-dropout", "0", "--lora-rank", "8"] if args.lora else []),
              "--freeze-layers", str(args.freeze_layers), "--warmup-fraction", "0.05",
              "--max-minutes", str(args.max_minutes)]
     if epsilon is not None:
@@ -164,7 +164,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--clip", type=float, default=1.0)
-    parser.add_argument("--freeze-layers", type=int, default=3)
+    parser.add_argument("--freeze-layers", type=int, default=3,
+                        help="6 with --no-lora: the head alone (a private linear probe)")
+    parser.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--epsilons", default="none,8,3,1")
     parser.add_argument("--mia-members", type=int, default=300)
     parser.add_argument("--mia-epochs", type=int, default=15)
