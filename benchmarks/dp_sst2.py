@@ -129,7 +129,7 @@ def membership(out: Path, model_dir: str, members: Path, non_members: Path) -> d
     return report
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,10 +143,11 @@ def plot(results: dict, path: Path) -> None:
         if r["epsilon"] is None:
             ax.axhline(r["accuracy"], color="gray", linestyle="--", label="no DP")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks([1, 3, 8], ["1", "3", "8"])
     ax.set_xlabel("epsilon")
     ax.set_ylabel("SST-2 validation accuracy")
-    ax.set_title("all-MiniLM-L6-v2 + LoRA, same steps and batch")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -209,7 +210,8 @@ def main() -> int:
             merged["membership"] += part["membership"]
             merged.setdefault("split", part["split"])
         (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
-        plot(merged, out / "accuracy.png")
+        trained = "LoRA, top blocks" if args.lora else "head only (linear probe)"
+        plot(merged, out / "accuracy.png", f"all-MiniLM-L6-v2, {trained}: same steps, batch")
     if "membership" in args.only:
         rng = random.Random(1)
         members = rng.sample([r for r in train if len(r[0].split()) >= 6], args.mia_members)
