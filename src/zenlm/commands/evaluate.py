@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from zenlm.eval.calibration import DEFAULT_BINS
 from zenlm.eval.report import Report
 
 COMMON = ("task", "model", "data", "as_json", "report", "quantize")
@@ -105,4 +106,10 @@ def _add_finetuned_options(group: argparse._ArgumentGroup) -> None:
                        help="translate/summarize: aligned target file")
     group.add_argument("--num-beams", type=int, default=None,
                        help="translate/summarize: beam width (default: the model's task.json)")
-    group.add_argument("--plot", default=None, help="classify: confusion-matrix image path")
+    group.add_argument("--plot", default=None, metavar="PATH",
+                       help="classify/ner: also write the confusion matrix's heat map to PATH "
+                       "(PNG, SVG or PDF; --report DIR writes it with the rest)")
+    group.add_argument("--bins", type=int, default=DEFAULT_BINS,
+                       help="classify/ner/qa: equal-width bins of the calibration "
+                       f"(reliability diagram, ECE; default {DEFAULT_BINS}, as Guo et al. "
+                       "2017)")
