@@ -67,33 +67,36 @@ def tpr_at(fpr: Sequence[float], tpr: Sequence[float], limit: float) -> float:
 
 
 def example_losses(model_dir: str, path: str) -> list[float]:
-    """Cross-entropy of each labelled row of `path` under a fine-tuned classifier.
+    """The loss of each labelled example of `path` under a fine-tuned model, one at a time.
+
+    The loss is the task's per-example loss (`TaskSpec.private_objective`: classify's
+    cross-entropy, ner's mean token cross-entropy of a sentence).
 
     Raises:
-        ValueError: the model was not fine-tuned for classify.
+        ValueError: the model's task has no per-example loss.
     """
     import torch
 
     from zenlm.tasks.checkpoint import backbone_of, load_task_model
-    from zenlm.tasks.classify import predict_classify
     from zenlm.tasks.registry import get_task
     from zenlm.tasks.spec import pad_id
 
     network, tokenizer, info = load_task_model(model_dir)
-    if info.task != "classify":
-        raise ValueError(f"--task membership scores classifiers; {model_dir} was fine-tuned "
-                         f"for {info.task!r}")
     spec = get_task(info.task)
+    try:
+        loss = spec.private_objective(info)
+    except ValueError:
+        raise ValueError(f"--task membership needs a per-example loss, which task "
+                         f"{info.task!r} ({model_dir}) has not") from None
+    pad = pad_id(tokenizer, backbone_of(network).config)
     features = spec.encode(tokenizer, spec.read(path, info.labels), info)
-    probs = predict_classify(network, features, pad_id(tokenizer, backbone_of(network).config))
-    labels = torch.tensor([f.label for f in features])
-    picked = probs.gather(1, labels[:, None]).squeeze(1).clamp(min=1e-12)
-    return (-picked.double().log()).tolist()
+    with torch.inference_mode():
+        return [float(loss(network, spec.collate([f], pad))) for f in features]
 
 
 def run(model: str, data: str | None = None, quantize: str = "none", *,
         members: str | None = None, non_members: str | None = None) -> Report:
-    """The loss-threshold attack on `model` (a `zenlm finetune` classify folder)."""
+    """The loss-threshold attack on `model` (a `zenlm finetune` classify or ner folder)."""
     from zenlm.tasks.private import read_public_record
 
     if data is not None:
@@ -143,4 +146,4 @@ def add_options(group: argparse._ArgumentGroup) -> None:
 
 
 EVALUATION = Evaluation("membership", "loss-threshold membership-inference attack on a "
-                        "fine-tuned classifier: AUC, ROC, TPR at low FPR", add_options, run)
+                        "fine-tuned classify/ner model: AUC, ROC, TPR at low FPR", add_options, run)
