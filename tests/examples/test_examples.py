@@ -27,6 +27,7 @@ def run_example(name: str, data: Path, *args: str, timeout: int = 900) -> str:
 def example_module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from zenlm.eval.report import Report
 
 EVALUATION_MODULES: tuple[str, ...] = (
+    "zenlm.eval.perplexity",
     "zenlm.eval.membership",  # membership-inference attack (privacy of fine-tuned models)
 )
 
