@@ -40,7 +40,7 @@ def test_auc_extremes_and_empty_sides():
 
 
 def test_membership_options_are_checked():
-    from zenlm.eval.membership import run
+    from zenlm.tasks.membership import run
 
     with pytest.raises(ValueError, match="not --data"):
         run(model="m", data="d.tsv", members="a", non_members="b")

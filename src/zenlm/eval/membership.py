@@ -8,16 +8,17 @@ the attack's ROC curve over every threshold t, its AUC (0.5: the attacker learns
 nothing), its true-positive rate at low false-positive rates (what matters for the
 few most exposed rows), and the best advantage max(TPR - FPR). A differentially
 private model bounds every such attack: TPR <= e^epsilon * FPR + delta.
+
+The `--task membership` evaluation itself (loading a model, its per-example losses) is
+`zenlm.tasks.membership`; this module is the attack's arithmetic and report.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from zenlm.eval.registry import Evaluation
 from zenlm.eval.report import Figure, Report, Table
 
 LOW_FPRS = (0.001, 0.01, 0.1)
@@ -66,48 +67,16 @@ def tpr_at(fpr: Sequence[float], tpr: Sequence[float], limit: float) -> float:
     return max(t for f, t in zip(fpr, tpr, strict=True) if f <= limit)
 
 
-def example_losses(model_dir: str, path: str) -> list[float]:
-    """The loss of each labelled example of `path` under a fine-tuned model, one at a time.
+def attack_report(inside: list[float], outside: list[float], settings: dict[str, Any],
+                  dp: dict[str, Any] | None = None) -> Report:
+    """The loss-threshold attack's Report from members' and non-members' losses.
 
-    The loss is the task's per-example loss (`TaskSpec.private_objective`: classify's
-    cross-entropy, ner's mean token cross-entropy of a sentence).
-
-    Raises:
-        ValueError: the model's task has no per-example loss.
+    Args:
+        inside: Loss of each member (a row the model was trained on).
+        outside: Loss of each non-member.
+        settings: What produced them (model, files, counts).
+        dp: The model's differential-privacy record, if it has one.
     """
-    import torch
-
-    from zenlm.tasks.checkpoint import backbone_of, load_task_model
-    from zenlm.tasks.registry import get_task
-    from zenlm.tasks.spec import pad_id
-
-    network, tokenizer, info = load_task_model(model_dir)
-    spec = get_task(info.task)
-    try:
-        loss = spec.private_objective(info)
-    except ValueError:
-        raise ValueError(f"--task membership needs a per-example loss, which task "
-                         f"{info.task!r} ({model_dir}) has not") from None
-    pad = pad_id(tokenizer, backbone_of(network).config)
-    features = spec.encode(tokenizer, spec.read(path, info.labels), info)
-    with torch.inference_mode():
-        return [float(loss(network, spec.collate([f], pad))) for f in features]
-
-
-def run(model: str, data: str | None = None, quantize: str = "none", *,
-        members: str | None = None, non_members: str | None = None) -> Report:
-    """The loss-threshold attack on `model` (a `zenlm finetune` classify or ner folder)."""
-    from zenlm.tasks.private import read_public_record
-
-    if data is not None:
-        raise ValueError("--task membership reads --members F and --non-members F, not --data")
-    if members is None or non_members is None:
-        raise ValueError("--task membership needs --members F (training rows) and "
-                         "--non-members F (rows never trained on)")
-    if quantize != "none":
-        raise ValueError(f"--task membership scores the weights as trained; got --quantize "
-                         f"{quantize}")
-    inside, outside = example_losses(model, members), example_losses(model, non_members)
     scores_in, scores_out = [-x for x in inside], [-x for x in outside]  # low loss: member
     fpr, tpr = roc_curve(scores_in, scores_out)
     metrics: dict[str, Any] = {
@@ -116,11 +85,8 @@ def run(model: str, data: str | None = None, quantize: str = "none", *,
         "tpr_at_fpr": {str(limit): tpr_at(fpr, tpr, limit) for limit in LOW_FPRS},
         "mean_loss_members": math.fsum(inside) / len(inside),
         "mean_loss_non_members": math.fsum(outside) / len(outside),
-        "dp": read_public_record(model),
+        "dp": dp,
     }
-    settings = {"model": model, "members": members, "non_members": non_members,
-                "n_members": len(inside), "n_non_members": len(outside),
-                "attack": "loss threshold"}
     rows = [[limit, metrics["tpr_at_fpr"][str(limit)]] for limit in LOW_FPRS]
     return Report("membership", metrics, settings,
                   tables=[Table("TPR at low FPR", ["FPR at most", "TPR"], rows)],
@@ -135,15 +101,3 @@ def _draw_roc(ax: Any, fpr: list[float], tpr: list[float], auc: float) -> None:
     ax.set_ylabel("true-positive rate (members found)")
     ax.grid(alpha=0.3)
     ax.legend()
-
-
-def add_options(group: argparse._ArgumentGroup) -> None:
-    """--members and --non-members."""
-    group.add_argument("--members", default=None,
-                       help="membership: labelled rows the model was trained on")
-    group.add_argument("--non-members", default=None,
-                       help="membership: labelled rows it never saw (same distribution)")
-
-
-EVALUATION = Evaluation("membership", "loss-threshold membership-inference attack on a "
-                        "fine-tuned classify/ner model: AUC, ROC, TPR at low FPR", add_options, run)
