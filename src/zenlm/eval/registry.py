@@ -15,7 +15,11 @@ from dataclasses import dataclass
 
 from zenlm.eval.report import Report
 
-EVALUATION_MODULES: tuple[str, ...] = ("zenlm.eval.perplexity", "zenlm.eval.bias")
+EVALUATION_MODULES: tuple[str, ...] = (
+    "zenlm.eval.perplexity",
+    "zenlm.eval.bias",
+    "zenlm.tasks.membership",  # membership-inference attack (privacy of fine-tuned models)
+)
 
 
 @dataclass(frozen=True)
