@@ -20,7 +20,7 @@ import os
 import random
 from pathlib import Path
 
-import zenlm
+from zenlm.tasks import load_task
 from zenlm.tasks.evaluate import evaluate_finetuned
 from zenlm.tasks.runner import FinetuneOptions, finetune
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, per in scores["per_class"].items():
         print(f"  class {label}: precision {per['precision']:.4f} recall {per['recall']:.4f} "
               f"F1 {per['f1']:.4f} ({per['support']} sentences)")
-    classifier = zenlm.load_task(summary["model_dir"])
+    classifier = load_task(summary["model_dir"])
     for record in classifier.predict(NEW):
         print(f"{record['label']} ({record['probs'][record['label']]:.2f})  {record['text']}")
 

@@ -20,10 +20,10 @@ import os
 import random
 from pathlib import Path
 
-import zenlm
 from zenlm.config import from_hf_config
 from zenlm.io.hf import save_hf_model
 from zenlm.models.build import build_model
+from zenlm.tasks import load_task
 from zenlm.tasks.runner import FinetuneOptions, finetune
 from zenlm.tokenizer_train import train_tokenizer
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"validation: accuracy {scores['accuracy']:.4f}, macro F1 {scores['f1']:.4f} on "
           f"{scores['n']} reviews after {summary['steps']} steps "
           f"({summary['train_minutes']:.1f} min)")
-    classifier = zenlm.load_task(summary["model_dir"])
+    classifier = load_task(summary["model_dir"])
     for record in classifier.predict(NEW):
         print(f"{record['label']} ({record['probs'][record['label']]:.2f})  {record['text']}")
 

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import zenlm
+from zenlm.tasks import load_task
 from zenlm.tasks.runner import FinetuneOptions, finetune
 
 PAIRS = [
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=args.max_steps, batch_size=6, lr=2e-3, lora=True, lora_rank=16,
         lora_targets=["q", "k", "v", "o", "gate", "up", "down"], max_length=96))
     print(f"fine-tuned {summary['steps']} steps (LoRA), final loss {summary['final_loss']:.3f}")
-    tuned = zenlm.load_task(summary["model_dir"])
+    tuned = load_task(summary["model_dir"])
     for question, old in zip(questions, before, strict=True):
         print(f"Q: {question}\n   before: {old}\n   after:  {tuned(question)['reply']}")
     for question in REWORDED:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rouge_score import rouge_scorer
 
-import zenlm
+from zenlm.tasks import load_task
 from zenlm.tasks.evaluate import evaluate_finetuned
 from zenlm.tasks.runner import FinetuneOptions, finetune
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = [scorer.score(r["summary"], lead3(r["article"])) for r in val]
     print("lead-3: " + "  ".join(
         f"{k} {100 * sum(s[k].fmeasure for s in baseline) / len(baseline):.2f}" for k in fields))
-    summarizer = zenlm.load_task(summary["model_dir"])
+    summarizer = load_task(summary["model_dir"])
     print(f"summary of {val[0]['article'][:60]!r}...:\n{summarizer(val[0]['article'])['summary']}")
 
 

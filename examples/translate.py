@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-import zenlm
 from zenlm.config import ModelConfig
 from zenlm.io.hf import save_hf_model
 from zenlm.models.build import build_model
+from zenlm.tasks import load_task
 from zenlm.tasks.evaluate import evaluate_finetuned
 from zenlm.tasks.runner import FinetuneOptions, finetune
 from zenlm.tokenizer_train import train_tokenizer
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="training pairs (0: all)")
     parser.add_argument("--val-limit", type=int, default=200, help="validation pairs scored")
     parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--num-beams", type=int, default=5)
     args = parser.parse_args(argv)
 
     data, out = Path(args.data), Path(args.out)
@@ -81,11 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=96, lr=7e-4, warmup_fraction=0.05, weight_decay=0.0, autocast="float32"))
     report = evaluate_finetuned("translate", summary["model_dir"], None,
                                 source=str(out / "val.en"), target=str(out / "val.de"),
-                                num_beams=5)
+                                num_beams=args.num_beams)
     scores = report.metrics
-    print(f"validation ({scores['n']} pairs, beam 5): BLEU {scores['bleu']:.2f}, "
+    print(f"validation ({scores['n']} pairs, beam {args.num_beams}): "
+          f"BLEU {scores['bleu']:.2f}, "
           f"chrF {scores['chrf']:.2f} after {summary['steps']} steps")
-    translator = zenlm.load_task(summary["model_dir"])
+    translator = load_task(summary["model_dir"])
     for record in translator.predict(NEW):
         print(f"{record['source']}\n  -> {record['translation']}")
 

@@ -23,7 +23,6 @@ from zenlm.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from zenlm.api import LM, load
-    from zenlm.tasks.model import TaskModel, load_task
 
 __all__ = [
     "LM",
@@ -33,10 +32,8 @@ __all__ = [
     "Tokenizer",
     "UnsafeFormatError",
     "UnsupportedModelError",
-    "TaskModel",
     "ZenlmError",
     "load",
-    "load_task",
 ]
 __version__ = "0.1.0"
 
@@ -46,8 +43,4 @@ def __getattr__(name: str) -> Any:
         from zenlm.api import LM, load
 
         return {"LM": LM, "load": load}[name]
-    if name in ("TaskModel", "load_task"):
-        from zenlm.tasks.model import TaskModel, load_task
-
-        return {"TaskModel": TaskModel, "load_task": load_task}[name]
     raise AttributeError(f"module 'zenlm' has no attribute {name!r}")

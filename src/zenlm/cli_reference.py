@@ -68,6 +68,8 @@ def _row(action: argparse.Action) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):
+        raise SystemExit("usage: python -m zenlm.cli_reference [docs/cli.md]")
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     text = reference()
     if target is None:

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-import zenlm
 from zenlm.cli import main
+from zenlm.tasks import load_task
 
 STEPS = "12"
 
@@ -64,7 +64,7 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     assert scores["accuracy"] >= 0.9
     # a program's in-memory predictions are the CLI's, record for record
     texts = [line.rsplit("\t", 1)[0] for line in data.read_text().splitlines()[1:]]
-    classifier = zenlm.load_task(model_dir)
+    classifier = load_task(model_dir)
     assert classifier.task == "classify" and classifier.labels == ["0", "1"]
     assert classifier.predict(texts) == records
     assert classifier(texts[0]) == records[0]
@@ -100,3 +100,75 @@ def test_model_folder_with_a_first_layout_task_json_still_evaluates(run, tmp_pat
         assert scores.pop("settings")["model"] == str(folder)
         runs.append(scores)
     assert runs[0] == runs[1]
+
+
+def _ece(confidence: list[float], correct: list[bool], m: int) -> float:
+    """Guo et al. (2017) in float64: bins ((k-1)/M, k/M], sum |B|/N |acc(B) - conf(B)|."""
+    total = 0.0
+    for k in range(1, m + 1):
+        inside = [i for i, c in enumerate(confidence) if (k - 1) / m < c <= k / m]
+        if inside:
+            accuracy = sum(correct[i] for i in inside) / len(inside)
+            mean = sum(confidence[i] for i in inside) / len(inside)
+            total += len(inside) / len(confidence) * abs(accuracy - mean)
+    return total
+
+
+def test_evaluate_report_classify(run, tmp_path, capsys):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    data, model_dir, _ = run
+    out = tmp_path / "report"
+    assert main(["evaluate", "--task", "classify", "--model", str(model_dir), "--data",
+                 str(data), "--report", str(out), "--bins", "10",
+                 "--plot", str(tmp_path / "cm.svg")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion_matrix.png", "reliability.png", "report.json", "report.md"]
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "cm.svg").read_text().lstrip().startswith("<?xml")  # --plot still works
+    saved = json.loads((out / "report.json").read_text())
+    assert {"accuracy", "f1", "weighted_f1", "ece", "mce", "brier", "macro", "micro",
+            "weighted", "per_class", "confusion_matrix", "calibration", "n"} <= set(saved)
+    assert saved["calibration"]["bins"] == 10 and len(saved["calibration"]["reliability"]) == 10
+    # the oracle: predict's probabilities, scored here with scikit-learn and the formulas
+    predictions = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--task", "classify", "--model", str(model_dir), "--input",
+                 str(data), "--output", str(predictions)]) == 0
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    truth = [line.rsplit("\t", 1)[1] for line in data.read_text().splitlines()[1:]]
+    predicted = [r["label"] for r in records]
+    confidence = [max(r["probs"].values()) for r in records]
+    correct = [t == p for t, p in zip(truth, predicted, strict=True)]
+    assert saved["ece"] == pytest.approx(_ece(confidence, correct, 10), abs=1e-5)
+    brier = sum(sum((p - (label == t)) ** 2 for label, p in r["probs"].items())
+                for r, t in zip(records, truth, strict=True)) / len(records)
+    assert saved["brier"] == pytest.approx(brier, abs=1e-5)
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(truth, predicted,
+                                                                labels=["0", "1"],
+                                                                zero_division=0)
+    for i, label in enumerate(["0", "1"]):
+        row = saved["per_class"][label]
+        assert [row["precision"], row["recall"], row["f1"]] == pytest.approx([p[i], r[i], f[i]])
+        assert row["support"] == s[i]
+    assert saved["weighted_f1"] == pytest.approx(
+        sklearn_metrics.f1_score(truth, predicted, average="weighted"))
+    text = (out / "report.md").read_text()
+    for part in ("| accuracy |", "| ece |", "## Per label", "## Averages",
+                 "| true / predicted | 0 | 1 |", "## Calibration",
+                 "![Reliability diagram](reliability.png)", "(confusion_matrix.png)"):
+        assert part in text
+
+
+def test_evaluate_refuses_zero_bins(run, capsys):
+    data, model_dir, _ = run
+    capsys.readouterr()
+    assert main(["evaluate", "--task", "classify", "--model", str(model_dir), "--data",
+                 str(data), "--bins", "0"]) == 2
+    assert "--bins must be a positive integer (e.g. 15), got 0" in capsys.readouterr().err
+
+
+def test_bins_for_a_task_without_calibration_is_refused(tmp_path, capsys):
+    missing = str(tmp_path / "no-model")
+    assert main(["evaluate", "--task", "translate", "--model", missing, "--source", missing,
+                 "--target", missing, "--bins", "5"]) == 2
+    assert ("--bins 5: task 'translate' reports no calibration; --bins is for classify, ner, qa"
+            in capsys.readouterr().err)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
+
+from zenlm.eval.report import Figure, save_figure
 
 
 def accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
@@ -36,12 +38,13 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 def precision_recall_f1(
     y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable] | None = None
 ) -> dict[str, Any]:
-    """Per-class, macro and micro precision, recall and F1 (undefined ratios count as 0).
+    """Per-class, macro, micro and weighted precision, recall and F1 (0/0 counts as 0).
 
     Returns:
         {"per_class": {label: {precision, recall, f1, support}}, "macro": {...},
-        "micro": {...}}. Macro averages the classes in `labels` (default: every label
-        seen in either list); micro pools their counts.
+        "micro": {...}, "weighted": {...}}. Macro averages the classes in `labels`
+        (default: every label seen in either list); micro pools their counts; weighted
+        averages the classes by their support (scikit-learn's `average="weighted"`).
     """
     _same_length(y_true, y_pred)
     labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred), key=str)
@@ -59,7 +62,11 @@ def precision_recall_f1(
              for k in ("precision", "recall", "f1")}
     macro["support"] = sum(m["support"] for m in per_class.values())
     micro = _prf(*(sum(c[i] for c in counts.values()) for i in range(3)))
-    return {"per_class": per_class, "macro": macro, "micro": micro}
+    support = macro["support"]
+    weighted = {k: sum(m[k] * m["support"] for m in per_class.values()) / support
+                if support else 0.0 for k in ("precision", "recall", "f1")}
+    weighted["support"] = support
+    return {"per_class": per_class, "macro": macro, "micro": micro, "weighted": weighted}
 
 
 def confusion_matrix(
@@ -76,36 +83,41 @@ def confusion_matrix(
     return matrix
 
 
-def plot_confusion_matrix(
-    matrix: Sequence[Sequence[int]], labels: Sequence[Hashable], path: str | Path,
-    title: str = "Confusion matrix",
-) -> Path:
-    """Save the matrix as an annotated heat map (PNG/SVG/PDF by suffix) and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
-
-    size = max(3.0, 0.6 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    try:
+def draw_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[Hashable]
+) -> Callable[[Any], None]:
+    """A `Figure.draw` for the matrix as a heat map with the count in every cell."""
+    def draw(ax: Any) -> None:
         ax.imshow(matrix, cmap="Blues")
         names = [str(label) for label in labels]
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(title)
         peak = max((max(row) for row in matrix), default=0)
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
                 ax.text(j, i, str(count), ha="center", va="center",
                         color="white" if count > peak / 2 else "black")
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return Path(path)
+
+    return draw
+
+
+def confusion_figure(
+    matrix: Sequence[Sequence[int]], labels: Sequence[Hashable],
+    name: str = "confusion_matrix", title: str = "Confusion matrix",
+) -> Figure:
+    """The confusion matrix as a report `Figure`, square and sized for its labels."""
+    size = max(3.0, 0.6 * len(labels) + 2)
+    return Figure(name, title, draw_confusion_matrix(matrix, labels), size=(size, size))
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[Hashable], path: str | Path,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Save the matrix as an annotated heat map (PNG/SVG/PDF by suffix) and return its path."""
+    return save_figure(confusion_figure(matrix, labels, title=title), Path(path))
 
 
 # ----------------------------------------------------------------- entities
@@ -187,16 +199,29 @@ def squad_scores(
 
     A question without a prediction scores 0 (as the official script does).
     """
+    scores = squad_per_question(predictions, references)
+    n = len(references)
+    return {"exact_match": 100.0 * sum(em for em, _ in scores.values()) / n,
+            "f1": 100.0 * sum(f1 for _, f1 in scores.values()) / n}
+
+
+def squad_per_question(
+    predictions: dict[str, str], references: dict[str, Sequence[str]]
+) -> dict[str, tuple[float, float]]:
+    """(exact match, F1), each 0-1, of every question: the best over its gold answers.
+
+    A question without a prediction scores (0, 0).
+    """
     if not references:
         raise ValueError("no reference answers")
-    em = f1 = 0.0
+    scores = {}
     for qid, answers in references.items():
         if qid not in predictions:
+            scores[qid] = (0.0, 0.0)
             continue
-        em += max(squad_exact_match(predictions[qid], a) for a in answers)
-        f1 += max(squad_f1(predictions[qid], a) for a in answers)
-    n = len(references)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+        scores[qid] = (max(squad_exact_match(predictions[qid], a) for a in answers),
+                       max(squad_f1(predictions[qid], a) for a in answers))
+    return scores
 
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from zenlm.eval.report import Report
 
-EVALUATION_MODULES: tuple[str, ...] = ("zenlm.eval.choice",)
+EVALUATION_MODULES: tuple[str, ...] = (
+    "zenlm.eval.perplexity", "zenlm.eval.choice", "zenlm.eval.bias",
+)
 
 
 @dataclass(frozen=True)

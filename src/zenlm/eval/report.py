@@ -17,16 +17,21 @@ from typing import Any
 
 @dataclass
 class Table:
-    """A Markdown table: a title, column names and rows of cells."""
+    """A Markdown table: a title, column names, rows of cells and an optional note.
+
+    The note (what the numbers are, how they were computed) is printed under the title.
+    """
 
     title: str
     columns: Sequence[str]
     rows: Sequence[Sequence[Any]]
+    note: str = ""
 
     def markdown(self) -> str:
         """The table as GitHub-flavoured Markdown, floats to 4 decimals."""
-        lines = [f"## {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "| " + " | ".join("---" for _ in self.columns) + " |"]
+        lines = [f"## {self.title}", ""] + ([self.note, ""] if self.note else [])
+        lines += ["| " + " | ".join(map(_cell, self.columns)) + " |",
+                  "| " + " | ".join("---" for _ in self.columns) + " |"]
         lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
@@ -39,11 +44,13 @@ class Figure:
         name: File stem of the PNG (`<name>.png` in the report folder).
         title: Caption in the Markdown report.
         draw: Draws on the given matplotlib Axes.
+        size: Width and height in inches.
     """
 
     name: str
     title: str
     draw: Callable[[Any], None]
+    size: tuple[float, float] = (6.4, 4.8)
 
 
 @dataclass
@@ -93,17 +100,18 @@ class Report:
                                          default=str) + "\n", encoding="utf-8")
         written[1].write_text(self.markdown(), encoding="utf-8")
         for figure in self.figures:
-            written.append(_save_figure(figure, folder / f"{figure.name}.png"))
+            written.append(save_figure(figure, folder / f"{figure.name}.png"))
         return written
 
 
-def _save_figure(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Draw `figure` into `path` (PNG, SVG or PDF by its suffix) and return the path."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(figsize=(6.4, 4.8))
+    fig, axes = plt.subplots(figsize=figure.size)
     try:
         figure.draw(axes)
         axes.set_title(figure.title)

@@ -15,7 +15,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import zenlm
+from zenlm.api import load
 from zenlm.errors import CheckpointError
 from zenlm.io.hf import save_hf_model
 from zenlm.nn.cpu_attention import use_cpu_attention
@@ -77,7 +77,7 @@ def load_task_model(folder: str | Path) -> tuple[nn.Module, Any, TaskInfo]:
     """
     folder = Path(folder)
     info = read_task_info(folder)
-    lm = zenlm.load(folder, quantize=None)
+    lm = load(folder, quantize=None)
     use_cpu_attention(lm.model)  # inference only; quantize=None leaves the weights exact
     model = build_task_model(info, lm.model)
     if model is not lm.model:

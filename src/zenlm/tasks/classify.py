@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zenlm.data import tasks as readers
-from zenlm.eval import metrics
+from zenlm.eval import breakdown, metrics
+from zenlm.eval.report import Report
 from zenlm.models.heads import SequenceClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, truncate_keep_last
@@ -147,6 +148,15 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
                 "macro": prf["macro"], "micro": prf["micro"], "per_class": prf["per_class"],
                 "confusion_matrix": metrics.confusion_matrix(truth, predicted, info.labels),
                 "n": len(examples)}
+
+    def report(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+               examples: list[readers.TextExample], pad_id: int, *, bins: int) -> Report:
+        """Accuracy, F1 averages, per-class table, confusion matrix, calibration (ECE)."""
+        probs = predict_classify(model, self.encode(tokenizer, examples, info), pad_id)
+        parts = breakdown.labelled_predictions([e.label for e in examples], probs, info.labels,
+                                               bins)
+        return Report(self.name, {**parts.metrics, "n": len(examples)}, tables=parts.tables,
+                      figures=parts.figures)
 
     def example_from(self, value: Any) -> readers.TextExample:
         """A text (str) to classify."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from zenlm.eval.report import Report, Table
+from zenlm.eval.calibration import DEFAULT_BINS, check_bins
+from zenlm.eval.report import Report, save_figure
 
 
 def evaluate_finetuned(task: str, model: str, data: str | None, source: str | None = None,
                        target: str | None = None, num_beams: int | None = None,
-                       plot: str | None = None) -> Report:
+                       plot: str | None = None, bins: int = DEFAULT_BINS) -> Report:
     """Score a fine-tuned model with its own head on a labelled file.
 
     Args:
@@ -19,28 +21,48 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
         source: translate/summarize: the source text file.
         target: translate/summarize: the aligned target file.
         num_beams: translate/summarize: beam width (default: the model's task.json).
-        plot: classify: also draw the confusion matrix to this image path.
+        plot: classify/ner: also draw the confusion matrix to this image path (PNG, SVG
+            or PDF by suffix; the same heat map `--report` writes).
+        bins: classify/ner/qa: equal-width bins of the calibration (ECE, reliability).
     """
-    from zenlm.eval.metrics import plot_confusion_matrix
     from zenlm.tasks.checkpoint import backbone_of, load_task_model
-    from zenlm.tasks.registry import get_task
+    from zenlm.tasks.registry import get_task, task_names
     from zenlm.tasks.spec import pad_id
 
+    check_bins(bins)
     spec = get_task(task)
+    if bins != DEFAULT_BINS and not _calibrated(spec):
+        valid = [name for name in task_names() if _calibrated(get_task(name))]
+        raise ValueError(f"--bins {bins}: task {task!r} reports no calibration; --bins is "
+                         f"for {', '.join(valid)}")
     network, tokenizer, info = load_task_model(model)
     check_task(task, info.task)
     if num_beams is not None:
         info.options["num_beams"] = num_beams
     data, where = _evaluation_data(spec, data, source, target)
     examples = spec.read(data, info.labels or None)
-    scores = spec.evaluate(network, tokenizer, info, examples,
-                           pad_id(tokenizer, backbone_of(network).config))
+    report = spec.report(network, tokenizer, info, examples,
+                         pad_id(tokenizer, backbone_of(network).config), bins=bins)
     if plot:
-        if "confusion_matrix" not in scores:
-            raise ValueError(f"--plot draws a confusion matrix, which task {task!r} has not")
-        plot_confusion_matrix(scores["confusion_matrix"], info.labels, plot)
-    settings = {"model": model, "data": where, "examples": scores.get("n")}
-    return Report(task, scores, settings, tables=_per_label_tables(scores))
+        _plot_confusion_matrix(report, task, plot)
+    report.settings = {"model": model, "data": where, "examples": report.metrics.get("n"),
+                       **report.settings}
+    return report
+
+
+def _calibrated(spec: Any) -> bool:
+    """Whether the task's report has calibration (it overrides `TaskSpec.report`)."""
+    from zenlm.tasks.spec import TaskSpec
+
+    return type(spec).report is not TaskSpec.report
+
+
+def _plot_confusion_matrix(report: Report, task: str, path: str) -> None:
+    """`--plot PATH`: the report's confusion-matrix figure, written to PATH."""
+    figures = [f for f in report.figures if f.name.endswith("confusion_matrix")]
+    if not figures:
+        raise ValueError(f"--plot draws a confusion matrix, which task {task!r} has not")
+    save_figure(figures[0], Path(path))
 
 
 def check_task(task: str, trained_for: str) -> None:
@@ -60,12 +82,3 @@ def _evaluation_data(spec: Any, data: str | None, source: str | None,
         raise ValueError("--source and --target go together, instead of --data, and only "
                          "for translate/summarize")
     return (source, target), f"{source} + {target}"
-
-
-def _per_label_tables(scores: dict[str, Any]) -> list[Table]:
-    per = scores.get("per_class") or scores.get("per_type")
-    if not per:
-        return []
-    rows = [[label, m["precision"], m["recall"], m["f1"], m["support"]]
-            for label, m in per.items()]
-    return [Table("Per label", ["label", "precision", "recall", "f1", "support"], rows)]

@@ -1,4 +1,4 @@
-"""A fine-tuned model as a program uses it: `zenlm.load_task(folder)(inputs)`."""
+"""A fine-tuned model as a program uses it: `zenlm.tasks.load_task(folder)(inputs)`."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zenlm.data import tasks as readers
-from zenlm.eval import metrics
+from zenlm.eval import breakdown, metrics
+from zenlm.eval.report import Report
 from zenlm.models.heads import TokenClassifier
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
@@ -100,22 +102,34 @@ def token_loss(model: nn.Module, batch: TensorBatch,
                            weight=weight, ignore_index=IGNORE)
 
 
-@torch.inference_mode()
 def predict_tags(
     model: nn.Module, features: Sequence[TokenFeature], n_sentences: int, pad_id: int,
     batch_size: int = 64,
 ) -> list[list[int]]:
     """Tag index of every word of every sentence (pieces joined back)."""
+    return [row.argmax(-1).tolist()
+            for row in word_logits(model, features, n_sentences, pad_id, batch_size)]
+
+
+@torch.inference_mode()
+def word_logits(
+    model: nn.Module, features: Sequence[TokenFeature], n_sentences: int, pad_id: int,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Tag logits (words, C), float32, of every sentence: each word's first sub-word's."""
     model.eval()
-    words: list[dict[int, int]] = [{} for _ in range(n_sentences)]
+    words: list[dict[int, torch.Tensor]] = [{} for _ in range(n_sentences)]
+    width = 0  # C, known after the first batch
     for start in range(0, len(features), batch_size):
         chunk = list(features[start:start + batch_size])
         batch = collate_tokens(chunk, pad_id)
-        best = model(batch.ids, batch.attention_mask).argmax(-1)  # (B, T)
+        logits = model(batch.ids, batch.attention_mask).float()  # (B, T, C)
+        width = logits.shape[-1]
         for row, feature in enumerate(chunk):
             for k, position in enumerate(feature.word_starts):
-                words[feature.sentence][feature.first_word + k] = int(best[row, position])
-    return [[tags[i] for i in range(len(tags))] for tags in words]
+                words[feature.sentence][feature.first_word + k] = logits[row, position]
+    return [torch.stack([tags[i] for i in range(len(tags))]) if tags
+            else torch.zeros(0, width) for tags in words]
 
 
 class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
@@ -180,6 +194,28 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
         tags = predict_tags(model, features, len(examples), pad_id)
         predicted = [[info.labels[t] for t in row] for row in tags]
         return {**metrics.entity_f1([e.tags for e in examples], predicted), "n": len(examples)}
+
+    def report(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+               examples: list[readers.TaggedSentence], pad_id: int, *, bins: int) -> Report:
+        """Entity P/R/F1 (per type too), and per word: tag confusion matrix, calibration."""
+        features = self.encode(tokenizer, examples, info)
+        probs = torch.cat(word_logits(model, features, len(examples), pad_id)).softmax(-1)
+        truth = [t for e in examples for t in e.tags]
+        words = breakdown.labelled_predictions(truth, probs, info.labels, bins, item="word",
+                                               matrix_name="tag_confusion_matrix")
+        tags = iter([info.labels[i] for i in probs.argmax(-1).tolist()])
+        predicted = [[next(tags) for _ in e.tags] for e in examples]
+        entities = metrics.entity_f1([e.tags for e in examples], predicted)
+        numbers = {**entities, "n": len(examples), "words": len(truth),
+                   "tag_accuracy": words.metrics["accuracy"], "ece": words.metrics["ece"],
+                   "mce": words.metrics["mce"], "brier": words.metrics["brier"],
+                   "tags": info.labels, "tag_confusion_matrix": words.metrics["confusion_matrix"],
+                   "per_tag": words.metrics["per_class"],
+                   "calibration": words.metrics["calibration"]}
+        tables = [breakdown.per_label_table(entities["per_type"], "type", "Per entity type")]
+        tables += [dataclasses.replace(t, title=f"Per word: {t.title.lower()}")
+                   for t in words.tables if t.title in ("Confusion matrix", "Calibration")]
+        return Report(self.name, numbers, tables=tables, figures=words.figures)
 
     def example_from(self, value: Any) -> readers.TaggedSentence:
         """Words (a list of str), or a text (str) split at whitespace."""

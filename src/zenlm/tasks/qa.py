@@ -11,6 +11,7 @@ tokens) and returns the best-scoring span over all windows (SQuAD v1.1: always a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from torch import nn
 
 from zenlm.data import tasks as readers
 from zenlm.data.tasks import QAExample
-from zenlm.eval import metrics
+from zenlm.eval import metrics, qa_report
+from zenlm.eval.report import Report
 from zenlm.models.heads import SpanQA
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
@@ -168,13 +170,50 @@ def best_answer_spans(
     The score is start logit + end logit; a question with no valid span gets
     (-inf, 0, 0), an empty answer.
     """
-    best: dict[int, tuple[float, int, int]] = {}
-    for feature, (start, end) in zip(features, logits, strict=True):
+    best = _best_per_example(features, logits, n_best=n_best,
+                             max_answer_length=max_answer_length)
+    return [best[index][0] if index in best else (float("-inf"), 0, 0)
+            for index in range(len(examples))]
+
+
+def scored_answers(
+    examples: Sequence[QAExample], features: Sequence[QAFeature],
+    logits: Sequence[tuple[torch.Tensor, torch.Tensor]], *, n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, tuple[str, float]]:
+    """(answer, confidence) per question id, the answer that of `best_answer_spans`.
+
+    The confidence is the probability the model gives the span in its window,
+    softmax(start)[s] * softmax(end)[e], the distributions it was trained on (0 when no
+    window has a valid span).
+    """
+    best = _best_per_example(features, logits, n_best=n_best,
+                             max_answer_length=max_answer_length)
+    answers = {}
+    for index, example in enumerate(examples):
+        if index not in best:
+            answers[example.id] = ("", 0.0)
+            continue
+        (score, first, last), window = best[index]
+        start, end = logits[window]
+        log_norm = float(start.logsumexp(-1) + end.logsumexp(-1))
+        answers[example.id] = (example.context[first:last], math.exp(score - log_norm))
+    return answers
+
+
+def _best_per_example(
+    features: Sequence[QAFeature], logits: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+    n_best: int, max_answer_length: int,
+) -> dict[int, tuple[tuple[float, int, int], int]]:
+    """Example index -> its best (score, char_start, char_end) and the window it is in."""
+    best: dict[int, tuple[tuple[float, int, int], int]] = {}
+    for window, (feature, (start, end)) in enumerate(zip(features, logits, strict=True)):
         spans = best_spans(start, end, feature.offsets, n_best=n_best,
                            max_answer_length=max_answer_length)
-        if spans and (feature.example not in best or spans[0][0] > best[feature.example][0]):
-            best[feature.example] = spans[0]
-    return [best.get(index, (float("-inf"), 0, 0)) for index in range(len(examples))]
+        if spans and (feature.example not in best
+                      or spans[0][0] > best[feature.example][0][0]):
+            best[feature.example] = (spans[0], window)
+    return best
 
 
 @torch.inference_mode()
@@ -247,6 +286,17 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         answers = predict_qa(model, examples, self.encode(tokenizer, examples, info), pad_id)
         refs = {e.id: [a for a, _ in e.answers] for e in examples}
         return {**metrics.squad_scores(answers, refs), "n": len(examples)}
+
+    def report(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+               examples: list[QAExample], pad_id: int, *, bins: int) -> Report:
+        """EM/F1, calibration of the answer's probability against exact match, F1 spread."""
+        features = self.encode(tokenizer, examples, info)
+        scored = scored_answers(examples, features, span_logits(model, features, pad_id))
+        refs = {e.id: [a for a, _ in e.answers] for e in examples}
+        parts = qa_report.answers_report({q: a for q, (a, _) in scored.items()},
+                                         {q: c for q, (_, c) in scored.items()}, refs, bins)
+        return Report(self.name, {**parts.metrics, "n": len(examples)}, tables=parts.tables,
+                      figures=parts.figures)
 
     def example_from(self, value: Any) -> QAExample:
         """A dict with "question" and "context" (and optionally "id")."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import zenlm
+from zenlm.api import load
 from zenlm.nn.lora import apply_lora
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.checkpoint import backbone_of, build_task_model, save_task_model
@@ -106,7 +106,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     torch.manual_seed(opts.seed)
-    lm = zenlm.load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
+    lm = load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
     train_examples = spec.read(_data_path(spec, opts.train, opts.train_target))
     if opts.val:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zenlm.errors import CheckpointError
+from zenlm.eval.report import Report
 from zenlm.tasks.batching import TensorBatch
 
 FORMAT = 2  # task.json layout; files without "format" are the (compatible) first layout
@@ -199,6 +200,14 @@ class TaskSpec(ABC, Generic[Example, Feature]):
     def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
                  examples: list[Example], pad_id: int) -> dict[str, Any]:
         """Metrics of `model` on labelled `examples` (includes `headline` and "n")."""
+
+    def report(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+               examples: list[Example], pad_id: int, *, bins: int) -> Report:
+        """What `zenlm evaluate` shows: `evaluate`'s scores (more in tasks that override it).
+
+        `bins` is the number of calibration bins, for tasks that report calibration.
+        """
+        return Report(self.name, self.evaluate(model, tokenizer, info, examples, pad_id))
 
     @abstractmethod
     def example_from(self, value: Any) -> Example:
