@@ -39,13 +39,18 @@ def tiny_folder(tmp_path_factory):
 
 
 def _reference(hf_model, context: list[int], cont: list[int]) -> tuple[list[float], bool]:
-    """lm-eval's recipe on transformers: one full forward of (context + cont)[:-1], float64."""
+    """lm-eval's recipe on transformers: one full forward of (context + cont)[:-1], float64.
+
+    Returns each token's log-probability, whether all are argmaxes, and the top 3
+    (ids, log-probabilities) at each position."""
     whole = (context + cont)[-(MAX_POSITIONS + 1):]
     with torch.no_grad():
         logits = hf_model(torch.tensor([whole[:-1]])).logits[0, -len(cont):].double()
     logp = torch.log_softmax(logits, -1)
     values = logp[torch.arange(len(cont)), torch.tensor(cont)].tolist()
-    return values, bool((logits.argmax(-1) == torch.tensor(cont)).all())
+    top = logp.topk(3, dim=-1)
+    return (values, bool((logits.argmax(-1) == torch.tensor(cont)).all()),
+            (top.indices.tolist(), top.values.tolist()))
 
 
 def _random_requests(vocab: int, n: int, seed: int, long: bool = False) -> list[Request]:
@@ -68,13 +73,17 @@ def test_scores_equal_a_full_forward(tiny_folder, quantize, batch_size):
     requests.append(Request(requests[0].context, ((5,), (7, 8, 9))))  # a shared context
     finished = []
     scores = loglikelihoods(lm.model, requests, batch_size=batch_size, token_logprobs=True,
-                            progress=finished.append)
+                            top_logprobs=3, progress=finished.append)
     assert sum(finished) == len(requests)
     for request, row in zip(requests, scores, strict=True):
         assert len(row) == len(request.continuations)
         for cont, score in zip(request.continuations, row, strict=True):
-            values, greedy = _reference(hf_model, list(request.context), list(cont))
+            values, greedy, (top_ids, top_values) = _reference(hf_model, list(request.context),
+                                                               list(cont))
             assert score.n_tokens == len(cont)
+            assert [[t for t, _ in position] for position in score.top_logprobs] == top_ids
+            assert [v for position in score.top_logprobs for _, v in position] == \
+                pytest.approx([v for position in top_values for v in position], abs=1e-4)
             assert score.token_logprobs == pytest.approx(values, abs=1e-4)
             assert score.logprob == pytest.approx(sum(values), abs=1e-4)
             assert score.is_greedy == greedy
@@ -102,7 +111,7 @@ def test_long_pairs_lose_context_from_the_left_as_lm_eval(tiny_folder):
     for request, row in zip(requests, loglikelihoods(lm.model, requests, batch_size=4),
                             strict=True):
         for cont, score in zip(request.continuations, row, strict=True):
-            values, _ = _reference(hf_model, list(request.context), list(cont))
+            values, _, _ = _reference(hf_model, list(request.context), list(cont))
             assert score.logprob == pytest.approx(sum(values), abs=1e-4)
 
 
@@ -137,6 +146,8 @@ def test_bad_requests_are_named(tiny_folder):
         loglikelihoods(lm.model, [Request((1,), ((2,), ()))])
     with pytest.raises(ValueError, match="continuation 0 has 49 tokens"):
         loglikelihoods(lm.model, [Request((1,), ((2,) * 49,))])
+    with pytest.raises(ValueError, match="top_logprobs must be >= 0, got -1"):
+        loglikelihoods(lm.model, [Request((1,), ((2,),))], top_logprobs=-1)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         loglikelihoods(lm.model, [Request((1,), ((2,),))], batch_size=0)
     with pytest.raises(ValueError, match="continuation '' has no tokens"):

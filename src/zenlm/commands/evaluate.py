@@ -16,15 +16,22 @@ from zenlm.eval.calibration import DEFAULT_BINS
 from zenlm.eval.report import Report
 
 COMMON = ("task", "model", "data", "as_json", "report", "quantize")
-_OWN_OPTIONS: dict[str, list[str]] = {}  # task -> the dests of its own argument group
+# task -> {dest: its default} of its own options. A flag several tasks share (--seed,
+# --batch-size, --predictions, ...) is one argparse option; each task keeps its own default.
+_OWN_OPTIONS: dict[str, dict[str, Any]] = {}
 
 
 def evaluate_command(task: str, model: str, data: str | None = None, as_json: bool = False,
                      report: str | None = None, quantize: str = "none",
                      **options: Any) -> int:
-    """Run one evaluation; print Markdown (or `--json`) and write `--report DIR`."""
+    """Run one evaluation; print Markdown (or `--json`) and write `--report DIR`.
+
+    `options` holds only the task options given on the command line (their argparse
+    default is SUPPRESS); the others take the task's own defaults.
+    """
     _refuse_foreign_options(task, options)
-    own = {name: options[name] for name in _OWN_OPTIONS.get(task, [])}
+    own = {name: options.get(name, default)
+           for name, default in _OWN_OPTIONS.get(task, {}).items()}
     result = _run(task, model, data, quantize, own)
     if report:
         for path in result.write(report):
@@ -49,19 +56,47 @@ def _run(task: str, model: str, data: str | None, quantize: str,
 
 
 def _refuse_foreign_options(task: str, options: dict[str, Any]) -> None:
-    """An option of another task, given a value, is a mistake: say whose it is."""
-    for owner, names in _OWN_OPTIONS.items():
-        if owner == task:
+    """An option of another task, given on the command line, is a mistake: say whose it is."""
+    mine = _OWN_OPTIONS.get(task, {})
+    for name in options:
+        if name in mine:
             continue
-        for name in names:
-            if name in _OWN_OPTIONS.get(task, []) or name not in options:
-                continue
-            if options[name] != _DEFAULTS.get(name):
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} is an option of --task {owner}, not of --task {task}")
+        owners = [owner for owner, names in _OWN_OPTIONS.items() if name in names]
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} is an option of --task {' / '.join(owners)}, not of "
+                         f"--task {task}")
 
 
-_DEFAULTS: dict[str, Any] = {}
+class _TaskGroup:
+    """An argument group whose flags other tasks may share (see `_OWN_OPTIONS`).
+
+    A flag seen first here is added to `group` with default SUPPRESS (so the parsed
+    arguments hold only what was given); a flag another task added already is reused,
+    its help extended with this task's. Either way this task's default is kept.
+    """
+
+    def __init__(self, group: argparse._ArgumentGroup, parser: argparse.ArgumentParser,
+                 owners: list[str]) -> None:
+        self.group, self.parser, self.owners = group, parser, owners
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action:
+        """`add_argument`, sharing a flag that exists already."""
+        flag_default = {"store_true": False, "store_false": True}.get(kwargs.get("action"))
+        default = kwargs.pop("default", flag_default)
+        existing = self.parser._option_string_actions.get(flags[0])
+        if existing is None:
+            action = self.group.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+        else:
+            action = existing
+            kind = self.parser._registry_get("action", kwargs.get("action", "store"))
+            if existing.type is not kwargs.get("type") or type(existing) is not kind:
+                raise TypeError(f"{flags[0]} is shared by evaluations with different types "
+                                "or actions; give it another name")
+            if kwargs.get("help"):
+                existing.help = f"{existing.help}; {kwargs['help']}"
+        for owner in self.owners:
+            _OWN_OPTIONS.setdefault(owner, {})[action.dest] = default
+        return action
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -91,16 +126,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     groups = [("fine-tuned tasks", tuned, _add_finetuned_options)]
     groups += [(name, [name], evaluation.add_options) for name, evaluation in extra.items()]
     for title, owners, add_options in groups:
-        group = ev.add_argument_group(f"--task {title}")
-        add_options(group)
-        dests = [action.dest for action in group._group_actions]
-        _DEFAULTS.update({action.dest: action.default for action in group._group_actions})
-        for owner in owners:
-            _OWN_OPTIONS[owner] = dests
+        add_options(_TaskGroup(ev.add_argument_group(f"--task {title}"), ev, owners))
     ev.set_defaults(handler=evaluate_command)
 
 
-def _add_finetuned_options(group: argparse._ArgumentGroup) -> None:
+def _add_finetuned_options(group: Any) -> None:
     group.add_argument("--source", default=None, help="translate/summarize: source text file")
     group.add_argument("--target", default=None,
                        help="translate/summarize: aligned target file")

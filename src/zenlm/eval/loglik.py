@@ -62,12 +62,16 @@ class Score:
         is_greedy: Whether greedy decoding from the context produces exactly these
             tokens (every token is its position's argmax; lm-eval's `is_greedy`).
         token_logprobs: Each token's log-probability, when asked for (else None).
+        top_logprobs: At each token's position, the `top_logprobs` most likely tokens as
+            (token id, log-probability), most likely first, when asked for (else None):
+            what OpenAI's legacy completions return for an echoed prompt.
     """
 
     logprob: float
     n_tokens: int
     is_greedy: bool
     token_logprobs: tuple[float, ...] | None = None
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] | None = None
 
 
 def prefix_token_id(tokenizer: Tokenizer) -> int:
@@ -104,10 +108,11 @@ def encode_request(tokenizer: Tokenizer, context: str, continuations: Sequence[s
         ValueError: a continuation has no tokens of its own (it is empty, or it is the
             start token alone after an empty context), naming it.
     """
-    if context:
-        pairs = [encode_pair(tokenizer, context, text) for text in continuations]
-        context_ids = pairs[0][0] if pairs else _encode(tokenizer, context.rstrip())
-        conts = [ids for _, ids in pairs]
+    if context:  # encode_pair, with the context encoded once
+        stripped = context.rstrip()
+        context_ids = _encode(tokenizer, stripped)
+        conts = [_encode(tokenizer, stripped + context[len(stripped):] + text)[len(context_ids):]
+                 for text in continuations]
     else:
         start = prefix_token_id(tokenizer)
         context_ids = [start]
@@ -127,6 +132,12 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 @dataclass(frozen=True)
+class _Wanted:
+    token_logprobs: bool  # each token's log-probability
+    top: int  # how many alternatives per position
+
+
+@dataclass(frozen=True)
 class _Row:
     request: int  # index of its Request
     choice: int  # index of its continuation in that Request
@@ -136,7 +147,8 @@ class _Row:
 @torch.inference_mode()
 def loglikelihoods(
     model: DecoderLM, requests: Sequence[Request], *, batch_size: int = 16,
-    token_logprobs: bool = False, progress: Callable[[int], None] | None = None,
+    token_logprobs: bool = False, top_logprobs: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Score]]:
     """Each continuation's summed log-probability given its request's context.
 
@@ -149,6 +161,7 @@ def loglikelihoods(
         requests: Contexts and their continuations, as token ids.
         batch_size: Continuations scored per forward pass (lm-eval's `batch_size`).
         token_logprobs: Also return each token's log-probability.
+        top_logprobs: Also return this many most likely tokens at each position.
         progress: Called with the number of requests finished after each batch.
 
     Returns:
@@ -156,15 +169,18 @@ def loglikelihoods(
 
     Raises:
         ValueError: an empty context or continuation, a continuation longer than the
-            model's context, or batch_size < 1.
+            model's context, batch_size < 1 or top_logprobs < 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if top_logprobs < 0:
+        raise ValueError(f"top_logprobs must be >= 0, got {top_logprobs}")
+    wanted = _Wanted(token_logprobs, top_logprobs)
     groups = _group_by_context(requests, model.config.context_length)
     results: list[list[Score | None]] = [[None] * len(r.continuations) for r in requests]
     left = [len(r.continuations) for r in requests]
     for batch in _batches(groups, batch_size):
-        scores = _score_batch(model, batch, token_logprobs)
+        scores = _score_batch(model, batch, wanted)
         done = 0
         for (_, rows), row_scores in zip(batch, scores, strict=True):
             for row, score in zip(rows, row_scores, strict=True):
@@ -218,7 +234,7 @@ def _batches(groups: list, batch_size: int) -> list[list]:
 
 
 def _score_batch(
-    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], token_logprobs: bool
+    model: DecoderLM, batch: list[tuple[tuple[int, ...], list[_Row]]], wanted: _Wanted
 ) -> list[list[Score]]:
     """Prefill the batch's contexts, repeat each context's cache rows per continuation, score.
 
@@ -244,17 +260,22 @@ def _score_batch(
         hidden = model.hidden_states(ids, cache=cache)  # (R, T, d)
         steps.append(model.lm_head(hidden[real]).float())  # (N, V), row-major
         targets.append(torch.tensor([t for r in rows for t in r.tokens[1:]]))
-    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), token_logprobs)
+    return _split_scores(rows, batch, torch.cat(steps), torch.cat(targets), wanted)
 
 
 def _split_scores(
     rows: list[_Row], batch: list, logits: torch.Tensor, targets: torch.Tensor,
-    token_logprobs: bool,
+    wanted: _Wanted,
 ) -> list[list[Score]]:
     """Per-row Scores from logits (R + N, V): R first tokens, then the rest row by row."""
     logp = F.log_softmax(logits, dim=-1)  # (R + N, V)
     chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
     greedy = (logits.argmax(dim=-1) == targets).tolist()
+    top = None
+    if wanted.top:
+        values, ids = logp.topk(min(wanted.top, logp.shape[-1]), dim=-1)  # (R + N, k)
+        top = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),
+                                                             strict=True)]
     R = len(rows)
     out, cursor, rest = [], 0, R
     for _, group in batch:
@@ -264,7 +285,8 @@ def _split_scores(
             positions = [cursor, *range(rest, rest + n - 1)]
             values = [chosen[p] for p in positions]
             scores.append(Score(sum(values), n, all(greedy[p] for p in positions),
-                                tuple(values) if token_logprobs else None))
+                                tuple(values) if wanted.token_logprobs else None,
+                                None if top is None else tuple(top[p] for p in positions)))
             cursor, rest = cursor + 1, rest + n - 1
         out.append(scores)
     return out

@@ -17,6 +17,7 @@ from zenlm.eval.report import Report
 
 EVALUATION_MODULES: tuple[str, ...] = (
     "zenlm.eval.perplexity",
+    "zenlm.eval.choice",
     "zenlm.eval.bias",
     "zenlm.tasks.membership",  # membership-inference attack (privacy of fine-tuned models)
 )
