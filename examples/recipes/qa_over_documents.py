@@ -111,6 +111,7 @@ def evaluate(retriever: Retriever, questions: list[tuple[str, str]], top: int) -
             "mrr": sum(1 / r for r in ranks if r) / n}
 
 
+@torch.inference_mode()
 def main(argv: list[str] | None = None) -> None:
     """Answer a question over a folder, or measure retrieval on SQuAD."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,7 +125,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     embedder = zenlm.load("all-minilm-l6-v2")
-    torch.set_grad_enabled(False)
     if args.evaluate:
         passages, questions = squad_set(Path(args.squad), args.articles)
         print(json.dumps(evaluate(Retriever(embedder, passages), questions, args.top)))

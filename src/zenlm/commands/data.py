@@ -8,11 +8,20 @@ import argparse
 def prepare_command(inputs: list[str], out: str, field: str = "text", txt_unit: str = "paragraph",
                     skip_bad_lines: bool = False, no_clean: bool = False, no_pii: bool = False,
                     no_dedupe: bool = False, near_dup_threshold: float = 0.8,
-                    min_chars: int = 1, data_command: str = "prepare") -> int:
+                    min_chars: int = 1, ner_model: str | None = None,
+                    data_command: str = "prepare") -> int:
     """Clean, scrub and dedupe a corpus into one JSONL file; print the counts."""
     from zenlm.data.prepare import PrepareOptions, prepare_corpus
 
+    detectors = []
+    if ner_model is not None:
+        if no_pii:
+            raise ValueError("--ner-model scrubs names, --no-pii turns scrubbing off: pick one")
+        from zenlm.tasks.ner_pii import NameDetector
+
+        detectors.append(NameDetector(ner_model))
     options = PrepareOptions(
+        pii_detectors=detectors,
         field=field, txt_unit=txt_unit, skip_bad_lines=skip_bad_lines,  # type: ignore[arg-type]
         clean=not no_clean, min_chars=min_chars, pii=not no_pii, dedupe=not no_dedupe,
         near_dup_threshold=near_dup_threshold if near_dup_threshold > 0 else None,
@@ -58,6 +67,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="keep text as read (no Unicode/whitespace/boilerplate cleaning)")
     prepare.add_argument("--no-pii", action="store_true",
                          help="do not replace e-mails, phone numbers, cards, ... with tags")
+    prepare.add_argument("--ner-model", metavar="FOLDER",
+                         help="a `zenlm finetune --task ner` model: its PER entities are "
+                              "replaced by <PERSON> too")
     prepare.add_argument("--no-dedupe", action="store_true",
                          help="keep exact and near duplicates")
     prepare.add_argument("--near-dup-threshold", type=float, default=0.8,

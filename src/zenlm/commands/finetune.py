@@ -50,6 +50,14 @@ FINETUNE_HELP = {
     "dtype": "dtype of the loaded weights",
     "autocast": "training arithmetic: auto (bfloat16 only where the CPU has it natively), "
                 "float32 or bfloat16",
+    "dp_epsilon": "train with differential privacy (DP-SGD, Opacus) to this epsilon over the "
+                  "planned steps (default: not private)",
+    "dp_delta": "DP: target delta, below 1/(training examples)",
+    "dp_max_grad_norm": "DP: clip each example's gradient to this L2 norm before noise "
+                        "(non-private runs clip the batch gradient to 1.0)",
+    "dp_accountant": "DP: privacy accountant, rdp or prv",
+    "dp_physical_batch": "DP: rows per forward pass; each Poisson batch is sorted by length "
+                         "and computed in pieces this big (0: all at once)",
 }
 
 

@@ -2,7 +2,7 @@
 
 from zenlm.data.clean import clean_text
 from zenlm.data.dedupe import ExactDeduper, MinHashDeduper
-from zenlm.data.pii import luhn_valid, scrub_pii
+from zenlm.data.pii import find_pii, luhn_valid, scrub_pii
 from zenlm.data.prepare import PrepareOptions, PrepareReport, prepare_corpus
 from zenlm.data.readers import ReadStats, expand_paths, read_documents
 from zenlm.data.shards import BlockSampler, ShardSet, build_shards, token_dtype
@@ -18,6 +18,7 @@ __all__ = [
     "build_shards",
     "clean_text",
     "expand_paths",
+    "find_pii",
     "luhn_valid",
     "prepare_corpus",
     "read_documents",

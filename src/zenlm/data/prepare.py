@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from zenlm.data.clean import clean_text
 from zenlm.data.dedupe import ExactDeduper, MinHashDeduper
-from zenlm.data.pii import scrub_pii
+from zenlm.data.pii import Detector, scrub_pii
 from zenlm.data.readers import ReadStats, TxtUnit, read_documents
 
 
@@ -26,6 +26,7 @@ class PrepareOptions:
     clean: bool = True
     min_chars: int = 1  # documents shorter than this after cleaning are dropped
     pii: bool = True
+    pii_detectors: Sequence[Detector] = ()  # more detectors after the built-in ones (names)
     dedupe: bool = True
     near_dup_threshold: float | None = 0.8  # None: exact duplicates only
 
@@ -65,7 +66,7 @@ def clean_documents(
             report.dropped_short += 1
             continue
         if options.pii:
-            text = scrub_pii(text, pii)
+            text = scrub_pii(text, pii, options.pii_detectors)
         if exact is not None and exact.seen(text):
             report.exact_duplicates += 1
             continue

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from zenlm.eval.report import Report
 
 EVALUATION_MODULES: tuple[str, ...] = (
-    "zenlm.eval.perplexity", "zenlm.eval.choice", "zenlm.eval.generation",
+    "zenlm.eval.perplexity",
+    "zenlm.eval.choice",
+    "zenlm.eval.generation",
+    "zenlm.eval.bias",
+    "zenlm.tasks.membership",  # membership-inference attack (privacy of fine-tuned models)
 )
 
 

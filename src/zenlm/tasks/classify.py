@@ -132,6 +132,10 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
         """Cross-entropy of the class logits."""
         return functools.partial(classify_loss, class_weights=class_weights)
 
+    def private_objective(self, info: TaskInfo | None = None) -> Objective:
+        """Unweighted cross-entropy: already a mean of per-example losses."""
+        return classify_loss
+
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> SequenceClassifier:
         """A pooled linear head with one output per label."""
         return SequenceClassifier(backbone, len(info.labels), pooling=info.pooling,

@@ -45,6 +45,11 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
                          pad_id(tokenizer, backbone_of(network).config), bins=bins)
     if plot:
         _plot_confusion_matrix(report, task, plot)
+    from zenlm.tasks.private import read_public_record
+
+    privacy = read_public_record(model)
+    if privacy is not None:  # a DP-trained model: the guarantee it was trained under
+        report.metrics["dp"] = privacy
     report.settings = {"model": model, "data": where, "examples": report.metrics.get("n"),
                        **report.settings}
     return report

@@ -102,6 +102,19 @@ def token_loss(model: nn.Module, batch: TensorBatch,
                            weight=weight, ignore_index=IGNORE)
 
 
+def token_loss_per_example(model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+    """Mean over sentences of each sentence's mean token cross-entropy (for DP-SGD).
+
+    A sentence's gradient then depends on it alone (`token_loss` divides by the batch's
+    token count, which couples the sentences of a batch).
+    """
+    logits = model(batch.ids, batch.attention_mask)  # (B, T, C)
+    losses = F.cross_entropy(logits.float().transpose(1, 2), batch.labels,
+                             ignore_index=IGNORE, reduction="none")  # (B, T)
+    counts = (batch.labels != IGNORE).sum(1).clamp(min=1)  # (B,)
+    return (losses.sum(1) / counts).mean()
+
+
 def predict_tags(
     model: nn.Module, features: Sequence[TokenFeature], n_sentences: int, pad_id: int,
     batch_size: int = 64,
@@ -182,6 +195,10 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
                   info: TaskInfo | None = None) -> Objective:
         """Cross-entropy over labelled tokens."""
         return functools.partial(token_loss, class_weights=class_weights)
+
+    def private_objective(self, info: TaskInfo | None = None) -> Objective:
+        """Per-sentence mean token loss, averaged over sentences."""
+        return token_loss_per_example
 
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> TokenClassifier:
         """A linear head on every token, one output per tag."""

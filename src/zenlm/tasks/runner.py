@@ -10,7 +10,6 @@ with `TaskSampler`s, then saves a task model folder with its `TaskInfo`.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from torch import nn
 
 from zenlm.api import load
 from zenlm.nn.lora import apply_lora
+from zenlm.tasks import private
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.checkpoint import backbone_of, build_task_model, save_task_model
 from zenlm.tasks.classify import class_weights_from_counts
@@ -74,6 +74,12 @@ class FinetuneOptions:
     # Training arithmetic: auto (bfloat16 autocast only where the CPU has native bfloat16,
     # see zenlm.quant.auto) | float32 | bfloat16
     autocast: str = "auto"
+    # Differential privacy (DP-SGD, zenlm.train.privacy): on when dp_epsilon is given
+    dp_epsilon: float | None = None  # target epsilon after the planned steps
+    dp_delta: float = 1e-5  # target delta, below 1/N
+    dp_max_grad_norm: float = 1.0  # per-example clipping bound C (not the global clip)
+    dp_accountant: str = "rdp"  # rdp | prv
+    dp_physical_batch: int = 32  # rows per forward pass of a Poisson batch (0: all at once)
 
 
 # -------------------------------------------------------------- training
@@ -105,6 +111,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     spec = get_task(opts.task)
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
+    private.check_options(opts, spec)
     torch.manual_seed(opts.seed)
     lm = load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
@@ -132,9 +139,15 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
                                examples=val_examples, pad=pad, last=last)
     weights = (class_weights_from_counts(spec.class_labels(train_features), len(info.labels))
                if opts.class_weights else None)
+    objective, privacy = spec.objective(weights, info=info), None
+    if opts.dp_epsilon is not None:
+        private.check_units(train_features)
+        privacy = private.private_training(opts, len(train_features),
+                                           private.planned_steps(opts, len(train_features)))
+        objective = spec.private_objective(info)
     trainer = _trainer(opts, model, train_features, val_features,
-                       functools.partial(spec.collate, pad_id=pad),
-                       spec.objective(weights, info=info), metric)
+                       functools.partial(spec.collate, pad_id=pad), objective, metric,
+                       privacy)
     start = time.perf_counter()
     result = trainer.fit(resume="none")
     train_s = time.perf_counter() - start
@@ -144,10 +157,14 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
         model, lm.tokenizer, info, val_examples, pad)
     out = Path(opts.output)
     save_task_model(model, out / "model", lm.tokenizer, info)
-    return {"task": opts.task, "steps": result.steps, "final_loss": result.final_loss,
-            "train_minutes": train_s / 60, "train_examples": len(train_examples),
-            "val_examples": len(val_examples), "best_step": trainer.best_step,
-            "history": trainer.history, "validation": scores, "model_dir": str(out / "model")}
+    summary = {"task": opts.task, "steps": result.steps, "final_loss": result.final_loss,
+               "train_minutes": train_s / 60, "train_examples": len(train_examples),
+               "val_examples": len(val_examples), "best_step": trainer.best_step,
+               "history": trainer.history, "validation": scores,
+               "model_dir": str(out / "model")}
+    if privacy is not None:
+        summary["dp"] = private.write_public_record(privacy, out / "model")
+    return summary
 
 
 def _data_path(spec: TaskSpec, path: str, target: str | None) -> str | tuple[str, str]:
@@ -162,28 +179,47 @@ def _data_path(spec: TaskSpec, path: str, target: str | None) -> str | tuple[str
 
 def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
              val_features: list, collate: Callable, objective: Callable,
-             metric: Callable[[nn.Module], float]) -> Any:
-    """The one Trainer (with metric-based model selection) set up for a task run."""
+             metric: Callable[[nn.Module], float], privacy: Any = None) -> Any:
+    """The one Trainer (with metric-based model selection) set up for a task run.
+
+    With `privacy` (a `zenlm.train.privacy.PrivateTraining`), its transforms replace the
+    sampler, wrap the model, the optimizer and the objective, and keep the accountant in
+    the checkpoints; the loop is the same.
+    """
     from zenlm.tasks.selection import MetricTrainer
     from zenlm.train.config import LoopConfig, OptimConfig
+    from zenlm.train.trainer import adamw
 
-    steps = opts.max_steps or math.ceil(opts.epochs * len(train_features) / opts.batch_size)
+    steps = private.planned_steps(opts, len(train_features))
+    train_data: Any = TaskSampler(train_features, collate, block_size=opts.max_length,
+                                  seed=opts.seed,
+                                  group_batch=opts.batch_size if opts.group_by_length else 0,
+                                  lengths=[len(f.ids) for f in train_features])
+    extra: dict[str, Any] = {}
+    if privacy is not None:
+        train_data = privacy.sampler(train_features, collate, block_size=opts.max_length,
+                                     physical_batch=opts.dp_physical_batch)
+        objective = privacy.objective(objective)
+        extra = {"model_transform": privacy.transform_model,
+                 "optimizer_factory": privacy.make_optimizer(adamw),
+                 "save_extra": privacy.save_state, "load_extra": privacy.load_state,
+                 "eval_extras": privacy.eval_record}
+    loop = LoopConfig(out_dir=str(Path(opts.output) / "run"), max_steps=steps,
+                      batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
+                      eval_batches=0, save_every=0, keep_last=1,
+                      max_minutes=opts.minutes or opts.max_minutes,
+                      schedule_by_time=opts.minutes > 0, export_hf=False, dtype=opts.autocast)
+    if privacy is not None:
+        privacy.check_loop(loop)
     return MetricTrainer(
-        model, objective,
-        TaskSampler(train_features, collate, block_size=opts.max_length, seed=opts.seed,
-                    group_batch=opts.batch_size if opts.group_by_length else 0,
-                    lengths=[len(f.ids) for f in train_features]),
+        model, objective, train_data,
         TaskSampler(val_features, collate, block_size=opts.max_length, shuffle=False),
+        # Under DP the optimizer clips each example's gradient; no global clip on top.
         optim=OptimConfig(lr=opts.lr, min_lr=0.0, warmup_steps=int(opts.warmup_fraction * steps),
-                          schedule="linear", weight_decay=opts.weight_decay, beta2=0.999),
-        loop=LoopConfig(out_dir=str(Path(opts.output) / "run"), max_steps=steps,
-                        batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
-                        eval_batches=0, save_every=0, keep_last=1,
-                        max_minutes=opts.minutes or opts.max_minutes,
-                        schedule_by_time=opts.minutes > 0,
-                        export_hf=False, dtype=opts.autocast),
-        run_config={"finetune": asdict(opts)},
-        metric=metric, patience=opts.patience,
+                          schedule="linear", weight_decay=opts.weight_decay, beta2=0.999,
+                          grad_clip=0.0 if privacy is not None else 1.0),
+        loop=loop, run_config={"finetune": asdict(opts)},
+        metric=metric, patience=opts.patience, **extra,
     )
 
 

@@ -46,7 +46,8 @@ class MetricTrainer(Trainer):
         score = float(self.metric(self.model))
         self.model.train()
         self.history.append((self.step, score))
-        self._log({"step": self.step, "metric": score, "val_loss": loss})
+        self._log({"step": self.step, "metric": score, "val_loss": loss,
+                   **self.eval_extras()})
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_step, self._stale = score, self.step, 0
             self.best_state = {k: v.detach().clone() for k, v in self._trainable().items()}

@@ -190,6 +190,16 @@ class TaskSpec(ABC, Generic[Example, Feature]):
                   info: TaskInfo | None = None) -> Objective:
         """(model, batch) -> scalar loss, the Trainer's objective (`info`: the run's settings)."""
 
+    def private_objective(self, info: TaskInfo | None = None) -> Objective:
+        """The loss for DP-SGD: a mean over examples of each example's own loss.
+
+        Each example's gradient must depend on that example alone (a token mean over the
+        whole batch would couple them). Tasks without one refuse DP by name.
+        """
+        raise ValueError(f"differentially private fine-tuning is not available for task "
+                         f"{self.name!r}: its loss is not a mean of per-example losses "
+                         "(DP works for classify and ner)")
+
     # ----------------------------------------------------------- model
     @abstractmethod
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> nn.Module:

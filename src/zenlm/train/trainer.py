@@ -103,6 +103,8 @@ class Trainer:
         save_extra: Writes more files (tokenizer...) into each checkpoint folder.
         model_transform: Applied to the model before the optimizer is built (LoRA).
         optimizer_factory: Builds the optimizer (default: `adamw`).
+        load_extra: Reads the files `save_extra` wrote, from the checkpoint resumed from.
+        eval_extras: Returns more fields for each evaluation's log line (DP: epsilon).
     """
 
     def __init__(
@@ -119,6 +121,8 @@ class Trainer:
         save_extra: Callable[[Path], None] | None = None,
         model_transform: Callable[[nn.Module], nn.Module] | None = None,
         optimizer_factory: OptimizerFactory = adamw,
+        load_extra: Callable[[Path], None] | None = None,
+        eval_extras: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.dist, self.optim, self.loop = dist or DistContext(), optim, loop
         # Resolved once (its warning, if any, said once): bfloat16 only where native.
@@ -131,7 +135,8 @@ class Trainer:
         # Checkpoints carry the model's config, so that they load without the run's YAML.
         own = {"model": model.config.to_dict()} if hasattr(model, "config") else {}
         self.run_config = {**own, **(run_config or {})}
-        self.save_extra = save_extra
+        self.save_extra, self.load_extra = save_extra, load_extra
+        self.eval_extras = eval_extras or dict
         self.out_dir = Path(loop.out_dir)
         self.optimizer = optimizer_factory(self.model, optim)
         if loop.grad_checkpointing:
@@ -196,6 +201,8 @@ class Trainer:
             state = load_checkpoint(folder, model=self.model, optimizer=self.optimizer)
         self.step, self.sequences_seen = state["step"], state["sequences_seen"]
         self.elapsed_s = state.get("elapsed_s", 0.0)
+        if self.load_extra is not None:
+            self.load_extra(folder)
         torch.set_rng_state(_decode_rng(state["rng"]["torch"]))
         if self.dist.is_main:
             _truncate_log(self.out_dir / "log.jsonl", self.step)
@@ -233,7 +240,7 @@ class Trainer:
                     if val is not None:
                         log.write({"step": self.step, "val_loss": val,
                                    "val_ppl": math.exp(min(val, 50.0)),
-                                   "elapsed_s": self.elapsed_s})
+                                   "elapsed_s": self.elapsed_s, **self.eval_extras()})
                         bar.write(f"step {self.step}: val loss {val:.4f}")
                 if self._due(self.loop.save_every) or last_step:
                     last_ckpt = self.save()
