@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from zenlm.errors import CheckpointError
+from zenlm.tasks.evaluate import check_task
 from zenlm.tasks.model import TaskModel
 
 Span = tuple[int, int, str]
@@ -34,9 +35,11 @@ class NameDetector:
 
     def __init__(self, folder: str | Path, entity: str = "PER") -> None:
         self.model = TaskModel(folder)
-        if self.model.task != "ner":
-            raise CheckpointError(f"--ner-model {folder}: a {self.model.task!r} model; "
-                                  "give a `zenlm finetune --task ner` output")
+        try:
+            check_task("ner", self.model.task)
+        except ValueError as exc:
+            raise CheckpointError(f"--ner-model {folder}: {exc}; give a `zenlm finetune "
+                                  "--task ner` output") from exc
         self.begin, self.inside = f"B-{entity}", f"I-{entity}"
         if self.begin not in self.model.labels:
             raise CheckpointError(f"--ner-model {folder}: no {self.begin!r} tag in its labels "
