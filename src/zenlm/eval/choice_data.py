@@ -15,12 +15,13 @@ lm-eval's default sampler draws them (one `random.Random(seed)` over the items i
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from zenlm.eval.jsonl import read_json_objects
 
 PIQA_TEMPLATE = "Question: {goal}\nAnswer:"  # lm_eval/tasks/piqa/piqa.yaml's doc_to_text
 GENERIC_TEMPLATE = "{context}"
@@ -58,7 +59,7 @@ def read_items(path: str | Path, labels: str | Path | None = None) -> list[Item]
             length differs from the data's.
     """
     path = Path(path)
-    rows = _read_jsonl(path)
+    rows = read_json_objects(path)
     if not rows:
         raise ValueError(f"{path}: no items (an empty file)")
     outside = _read_labels(Path(labels), len(rows), path) if labels is not None else None
@@ -67,25 +68,6 @@ def read_items(path: str | Path, labels: str | Path | None = None) -> list[Item]
         label = obj.get("label") if outside is None else outside[index]
         items.append(_item(obj, label, f"{path}:{line}", line))
     return items
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every non-blank line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg} at column "
-                                 f"{error.colno}): {text.strip()[:80]!r}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got "
-                                 f"{type(obj).__name__}")
-            rows.append((number, obj))
-    return rows
 
 
 def _read_labels(path: Path, expected: int, data: Path) -> list[int]:

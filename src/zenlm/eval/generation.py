@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zenlm.eval.jsonl import read_json_objects
 from zenlm.eval.metrics import ROUGE_KEYS, squad_exact_match, squad_f1
 from zenlm.eval.registry import Evaluation
 from zenlm.eval.report import Figure, Report, Table
@@ -50,26 +51,13 @@ def read_items(path: str | Path) -> list[Item]:
             `references`, named by file and line; or a file without items.
     """
     path = Path(path)
-    items = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if text.strip():
-            items.append(_item(_parse(text, path, number), path, number))
+    what = "a JSON object with `prompt` and `reference`/`references`"
+    items = [_item(record, path, number)
+             for number, record in read_json_objects(path, what)]
     if not items:
         raise ValueError(f"{path}: no items (expected one JSON object per line with "
                          "`prompt` and `reference` or `references`)")
     return items
-
-
-def _parse(text: str, path: Path, number: int) -> dict[str, Any]:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg} at column "
-                         f"{exc.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}:{number}: expected a JSON object with `prompt` and "
-                         f"`reference`/`references`, got {type(record).__name__}")
-    return record
 
 
 def _item(record: dict[str, Any], path: Path, number: int) -> Item:
