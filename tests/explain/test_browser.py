@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,13 @@ import pytest
 from zenlm.explain.run import explain_text
 from zenlm.explain.subject import load_subject
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from ..browser import chromium
 
 
 @pytest.fixture
 def browser(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (`make` installs it when run as root)")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1100, "height": 800},
-        )
+    with chromium(tmp_path / "profile", height=800) as context:
         yield context
-        context.close()
 
 
 def _open_and_shoot(browser, folder: Path, shot: Path) -> dict:
