@@ -15,7 +15,6 @@ from typing import Any
 from zenlm.eval.calibration import DEFAULT_BINS
 from zenlm.eval.report import Report
 
-COMMON = ("task", "model", "data", "as_json", "report", "quantize")
 # task -> {dest: its default} of its own options. A flag several tasks share (--seed,
 # --batch-size, --predictions, ...) is one argparse option; each task keeps its own default.
 _OWN_OPTIONS: dict[str, dict[str, Any]] = {}
