@@ -106,10 +106,13 @@ def finetune(out: Path, train: Path, val: Path, args: argparse.Namespace, name: 
              epsilon: float | None, steps: int, batch: int, lr: float) -> dict:
     flags = ["finetune", "--task", "classify", "--model", args.model, "--train", str(train),
              "--val", str(val), "--output", str(out / name), "--max-steps", str(steps),
-             "--batch-size", str(batch), "--lr", str(lr), "--max-length", "48",
+             "--batch-size", str(batch), "--lr", str(lr),
              *(["--lora", "--lora-dropout", "0", "--lora-rank", "8"] if args.lora else []),
-             "--freeze-layers", str(args.freeze_layers), "--warmup-fraction", "0.05",
-             "--max-minutes", str(args.max_minutes)]
+             # 0 blocks: still the embeddings (a per-example copy of their gradient is GBs)
+             "--freeze-layers", str(args.freeze_layers), "--freeze-embeddings",
+             "--warmup-fraction", "0.05",
+             "--max-minutes", str(args.max_minutes), "--autocast", args.autocast,
+             "--max-length", str(args.max_length)]
     if epsilon is not None:
         flags += ["--dp-epsilon", str(epsilon), "--dp-delta", "1e-5",
                   "--dp-max-grad-norm", str(args.clip)]
@@ -173,6 +176,8 @@ def main() -> int:
     parser.add_argument("--mia-epochs", type=int, default=15)
     parser.add_argument("--only", default="accuracy,membership,collect")
     parser.add_argument("--tag", default="all", help="names this invocation's results file")
+    parser.add_argument("--autocast", default="auto", help="training arithmetic (zenlm finetune)")
+    parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop each run after this wall-clock (epsilon spent then < target)")
     args = parser.parse_args()

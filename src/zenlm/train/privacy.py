@@ -298,7 +298,7 @@ class PrivateTraining:
                 return torch.zeros((), requires_grad=True)
             if not isinstance(batch, PhysicalBatches):
                 return objective(model, batch)
-            return _pieces_loss(model, batch, objective)
+            return _pieces_loss(model, batch, objective, self.optimizer)
 
         return private
 
@@ -382,10 +382,15 @@ class PrivateTraining:
 
 
 def _pieces_loss(model: nn.Module, batch: PhysicalBatches,
-                 objective: Callable[[nn.Module, Any], torch.Tensor]) -> torch.Tensor:
+                 objective: Callable[[nn.Module, Any], torch.Tensor],
+                 optimizer: DPOptimizer) -> torch.Tensor:
     """Backward on every piece but the last; return the last's loss for the Trainer.
 
-    Its value is the mean over the whole draw (for the log), its gradient the last piece's.
+    Each earlier piece's per-example gradients are clipped and summed into the optimizer's
+    `summed_grad` at once, then dropped: only one piece's per-example gradients (rows x
+    trainable weights) are held at a time, not the whole draw's (GBs for a full encoder).
+    The last piece's are clipped by the optimizer's own step. Its value is the mean over
+    the whole draw (for the log), its gradient the last piece's.
     """
     total, rows = torch.zeros(()), 0
     for index, piece in enumerate(batch):
@@ -394,6 +399,9 @@ def _pieces_loss(model: nn.Module, batch: PhysicalBatches,
         total, rows = total + loss.detach().float().cpu() * n, rows + n
         if index < len(batch) - 1:
             loss.backward()
+            optimizer.clip_and_accumulate()
+            for param in optimizer.params:
+                param.grad_sample = None
     mean = (total / rows).to(device=loss.device, dtype=loss.dtype)
     return loss + (mean - loss.detach())
 
