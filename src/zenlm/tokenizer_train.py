@@ -65,7 +65,8 @@ def train_tokenizer(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
-    specials = special_tokens(kind) + list(extra_special_tokens)
+    # dict.fromkeys: "[MASK]" asked for again (WordPiece has it already) is kept once, in place
+    specials = list(dict.fromkeys(special_tokens(kind) + list(extra_special_tokens)))
     if kind != "char" and vocab_size <= len(specials) + (256 if kind == "bpe" else 0):
         raise ValueError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer")
     backend, trainer = _BUILDERS[kind](vocab_size, min_frequency, specials)

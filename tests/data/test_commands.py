@@ -37,3 +37,18 @@ def test_chinese_text_tokenizes_sensibly(shared_data):
         assert len(ids) <= len(sample), (kind, len(ids))
         if kind in ("bpe", "char"):
             assert tok.decode(ids) == sample
+
+
+def test_tokenizer_train_adds_special_tokens_once(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("房间干净，服务热情。\n设施陈旧，隔音很差。\n" * 20, encoding="utf-8")
+    for kind in ("unigram", "wordpiece"):  # wordpiece has [MASK] already: not added twice
+        out = tmp_path / kind
+        assert main(["tokenizer", "train", str(path), "--kind", kind, "--vocab-size", "60",
+                     "--txt-unit", "line", "--special-tokens", "[MASK], <x>",
+                     "--out", str(out)]) == 0
+        tok = Tokenizer.from_folder(out)
+        added = [t.content for t in tok.backend.get_added_tokens_decoder().values() if t.special]
+        assert added.count("[MASK]") == 1 and "<x>" in added, (kind, added)
+        mask = tok.backend.token_to_id("[MASK]")
+        assert tok.encode("[MASK]", add_special_tokens=False) == [mask]  # one token, not split

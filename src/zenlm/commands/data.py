@@ -33,14 +33,20 @@ def prepare_command(inputs: list[str], out: str, field: str = "text", txt_unit: 
 def tokenizer_train_command(inputs: list[str], out: str, kind: str = "bpe",
                             vocab_size: int = 8192, field: str = "text",
                             txt_unit: str = "paragraph", skip_bad_lines: bool = False,
-                            tokenizer_command: str = "train") -> int:
-    """Train a tokenizer on a corpus and save tokenizer.json (+ config) into `out`."""
+                            special_tokens: str = "", tokenizer_command: str = "train") -> int:
+    """Train a tokenizer on a corpus and save tokenizer.json (+ config) into `out`.
+
+    `special_tokens` (comma-separated) are added to the kind's own, e.g. "[MASK]" so that a
+    Unigram tokenizer can serve a masked-LM run.
+    """
     from zenlm.data.readers import read_documents
     from zenlm.tokenizer_train import train_tokenizer
 
     docs = read_documents(inputs, field=field, txt_unit=txt_unit,  # type: ignore[arg-type]
                           skip_bad_lines=skip_bad_lines)
-    tokenizer = train_tokenizer(docs, kind=kind, vocab_size=vocab_size)  # type: ignore[arg-type]
+    extra = [t.strip() for t in special_tokens.split(",") if t.strip()]
+    tokenizer = train_tokenizer(docs, kind=kind, vocab_size=vocab_size,  # type: ignore[arg-type]
+                                extra_special_tokens=extra)
     tokenizer.save(out)
     print(f"{kind} tokenizer with {tokenizer.vocab_size} tokens written to {out}")
     return 0
@@ -85,4 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "char"], default="bpe",
                        help="tokenizer model: byte-level BPE, WordPiece, Unigram or characters")
     train.add_argument("--vocab-size", type=int, default=8192, help="tokens in the vocabulary")
+    train.add_argument("--special-tokens", default="",
+                       help='more special tokens, comma-separated (e.g. "[MASK]" for masked-LM '
+                            "pretraining with a unigram tokenizer)")
     train.set_defaults(handler=tokenizer_train_command)
