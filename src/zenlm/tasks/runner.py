@@ -106,6 +106,19 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
             param.requires_grad_(False)
 
 
+def check_max_length(max_length: int, config: Any, model: str) -> None:
+    """Refuse, before training, rows longer than a model's learned position table.
+
+    Raises:
+        ValueError: `max_length` exceeds the positions (a small encoder pretrained with
+            128-token blocks has 128), which would otherwise fail mid-run on the first long row.
+    """
+    if config.positions == "learned" and max_length > config.context_length:
+        raise ValueError(f"--max-length {max_length} is beyond the {config.context_length} "
+                         f"learned positions of {model}; pass --max-length "
+                         f"{config.context_length} or less")
+
+
 def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     """Train, select the best model on the validation split, save; returns a summary."""
     spec = get_task(opts.task)
@@ -115,6 +128,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
     lm = load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
+    check_max_length(opts.max_length, lm.config, opts.model)
     train_examples = spec.read(_data_path(spec, opts.train, opts.train_target))
     if opts.val:
         val_examples = spec.read(_data_path(spec, opts.val, opts.val_target))
