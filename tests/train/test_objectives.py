@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from zenlm.train.objectives import IGNORE, mask_tokens, span_corruption
+from zenlm.config import ModelConfig
+from zenlm.train.objectives import (
+    IGNORE,
+    build_for_objective,
+    mask_tokens,
+    masked_lm_loss,
+    span_corruption,
+)
 
 
 def _within_four_sigma(observed: float, p: float, n: int) -> bool:
@@ -107,3 +114,26 @@ def test_resolve_objective_picks_span_corruption_for_encoder_decoders():
     assert resolve_objective("auto", config) == "span"
     with pytest.raises(ValueError, match="train.objective=causal needs model.arch=decoder"):
         resolve_objective("causal", config)
+
+
+def test_masked_lm_loss_on_masked_positions_only_equals_the_full_loss():
+    """The head run on the masked positions alone gives the loss and gradients of the
+    definition: cross-entropy of every position's logits, non-masked positions ignored."""
+    config = ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                         arch="encoder", positions="learned", max_seq_len=24)
+    torch.manual_seed(0)
+    model = build_for_objective(config, "mlm")
+    ids = torch.randint(3, 40, (3, 24))
+    inputs, labels = mask_tokens(ids, mask_id=2, vocab_size=40, special_ids=[0, 1, 2],
+                                 generator=torch.Generator().manual_seed(1))
+    assert 0 < int((labels != IGNORE).sum()) < labels.numel()
+
+    fast = masked_lm_loss(model, inputs, labels)
+    fast_grads = torch.autograd.grad(fast, list(model.parameters()))
+    logits = model(inputs)  # (B, T, V): every position, as the definition reads
+    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                             ignore_index=IGNORE)
+    full_grads = torch.autograd.grad(full, list(model.parameters()))
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -149,11 +149,21 @@ class SpanCorruptionObjective:
 def masked_lm_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the masked positions only (labels == IGNORE elsewhere).
 
+    A bare `MaskedLM` runs its head on the masked positions alone (~15% of them): the
+    vocabulary projection of a small encoder costs as much as its blocks, and the other
+    positions' logits would be thrown away. A wrapped model (DDP, FSDP, compiled) is called
+    whole, as its wrapper needs.
+
     Args:
         model: Maps ids (B, T) to logits (B, T, V).
         inputs: Corrupted ids (B, T) from `mask_tokens`.
         labels: Original ids at masked positions, IGNORE elsewhere (B, T).
     """
+    if isinstance(model, MaskedLM):
+        chosen = labels != IGNORE  # (B, T)
+        hidden = model.encoder(inputs)  # (B, T, d)
+        logits = model.head(hidden[chosen])  # (N, V), N masked positions
+        return F.cross_entropy(logits.float(), labels[chosen])
     logits = model(inputs)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
