@@ -127,7 +127,11 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def make_split(args: argparse.Namespace, out: Path) -> dict:
-    parts, dropped = split(read_reviews(args.data / "chnsenticorp" / "train.csv"),
+    source = args.data / "chnsenticorp" / "train.csv"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: not found; point --data (or $ZENLM_DATA) at the "
+                                "folder holding chnsenticorp/ and chinese-text/")
+    parts, dropped = split(read_reviews(source),
                            args.val_fraction, args.dev_size, args.seed)
     files = {name: str(write_csv(out / f"{name}.csv", rows)) for name, rows in parts.items()}
     counts = {name: len(rows) for name, rows in parts.items()}
