@@ -153,12 +153,14 @@ def finetune(model: Path, train: Path, val: Path, out: Path, *flags: str) -> int
                  "--batch-size", "8", "--max-length", "32", "--lr", "1e-2", *flags])
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
 def test_private_sft_through_the_cli_reports_opacus_epsilon(chat_data, tmp_path, capsys,
-                                                            caplog):
+                                                            caplog, method):
     model, train, val, n = chat_data
+    flags = ["--lora", "--lora-dropout", "0"] if method == "lora" else []
     with caplog.at_level(logging.WARNING, logger="zenlm.tasks.sft"):
-        assert finetune(model, train, val, tmp_path, "--lora", "--lora-dropout", "0",
-                        "--dp-epsilon", "8", "--dp-delta", "1e-3",
+        assert finetune(model, train, val, tmp_path, *flags, "--dp-epsilon", "8",
+                        "--dp-delta", "1e-3", "--autocast", "bfloat16",
                         "--dp-physical-batch", "3") == 0  # draws computed in pieces
     assert [r.message for r in caplog.records if "not packed" in r.message]  # one log line
     summary = json.loads(capsys.readouterr().out)
