@@ -54,8 +54,18 @@ class QAFeature:
 def windows_tokenizer(tokenizer: Tokenizer, max_length: int, stride: int) -> tokenizers.Tokenizer:
     """A copy of the backend that cuts only the context, with `stride` tokens of overlap."""
     backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
-    backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    try:
+        backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise _stride_error(stride, max_length, str(exc)) from exc
     return backend
+
+
+def _stride_error(stride: int, max_length: int, detail: str) -> ValueError:
+    """The flags to change when the window overlap leaves no room for new context."""
+    return ValueError(f"--stride {stride} is not below the room left for the context in a "
+                      f"--max-length {max_length} window ({detail}); give a smaller --stride "
+                      "or a larger --max-length")
 
 
 def qa_features(
@@ -67,7 +77,12 @@ def qa_features(
     features = []
     for index, example in enumerate(examples):
         question = _clip_question(tokenizer, example.question, max_question_tokens)
-        encoding = backend.encode(question, example.context)
+        try:
+            encoding = backend.encode(question, example.context)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            if "stride" not in str(exc):
+                raise
+            raise _stride_error(stride, max_length, f"question {example.id!r}: {exc}") from exc
         for window in [encoding, *encoding.overflowing]:
             feature = _feature(index, window)
             if labelled and example.answers:

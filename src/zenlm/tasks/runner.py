@@ -246,10 +246,11 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
 
 def _progress(step: int, score: float, minutes: float, *, spec: TaskSpec) -> None:
     """One line on stderr after each validation (stdout carries the summary's JSON)."""
+    from tqdm import tqdm  # the Trainer's progress bar: write above it, not into it
+
     value = score if spec.higher_is_better else -score
-    sys.stderr.write(f"{spec.name}: step {step}, validation {spec.headline} {value:.4f} "
-                     f"({minutes:.1f} min)\n")
-    sys.stderr.flush()
+    tqdm.write(f"{spec.name}: step {step}, validation {spec.headline} {value:.4f} "
+               f"({minutes:.1f} min)", file=sys.stderr)
 
 
 def summary_line(task: str, metric: str, value: float, best_step: int, steps: int,
