@@ -177,3 +177,12 @@ def test_a_stride_too_long_for_the_window_names_the_flags(minilm_folder, tmp_pat
                  "--max-length", "48"]) == 2
     err = capsys.readouterr().err
     assert "--stride 96 is not below the room left" in err and "--max-length 48" in err
+
+
+def test_resolving_keeps_the_time_budget_and_other_options():
+    from zenlm.tasks.runner import FinetuneOptions, resolve_options
+
+    opts, from_task = resolve_options(FinetuneOptions(task="ner", model="m", train="t",
+                                                      minutes=30.0, lr=3e-5, lora=True))
+    assert (opts.minutes, opts.lr, opts.lora) == (30.0, 3e-5, True)
+    assert opts.epochs == get_task("ner").defaults["epochs"] and "lr" not in from_task
