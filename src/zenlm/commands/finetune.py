@@ -40,7 +40,8 @@ FINETUNE_HELP = {
     "lora_alpha": "LoRA scale alpha (updates are scaled by alpha / r)",
     "lora_dropout": "dropout on the LoRA branch's input",
     "lora_targets": "linear layers that get adapters (comma-separated names)",
-    "pack": "sft: pack several conversations into one row",
+    "pack": "sft: pack several conversations into one row (never under --dp-epsilon: one "
+            "conversation per row, the privacy unit)",
     "eval_every": "steps between validation evaluations (0: at the end only)",
     "patience": "stop after this many evaluations without improvement (0: never)",
     "label_smoothing": "translate/summarize: label smoothing of the target-token loss",

@@ -131,7 +131,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
         info.added_tokens = extend_vocabulary(lm.tokenizer, lm.model, added)
     pad = pad_id(lm.tokenizer, lm.config)
     train_features = spec.for_training(spec.encode(lm.tokenizer, train_examples, info), info,
-                                       pack=opts.pack)
+                                       pack=opts.pack, private=opts.dp_epsilon is not None)
     val_features = spec.encode(lm.tokenizer, val_examples, info)
     model = prepare_model(opts, info, lm.model)
     last: dict[str, Any] = {}  # the latest evaluation's full scores

@@ -173,8 +173,12 @@ class TaskSpec(ABC, Generic[Example, Feature]):
                labelled: bool = True) -> list[Feature]:
         """Tokenized features of `examples` (targets included when `labelled`)."""
 
-    def for_training(self, features: list[Feature], info: TaskInfo, *, pack: bool) -> list:
-        """Training features as the sampler serves them (sft packs them into rows)."""
+    def for_training(self, features: list[Feature], info: TaskInfo, *, pack: bool,
+                     private: bool = False) -> list:
+        """Training features as the sampler serves them (sft packs them into rows).
+
+        Under DP (`private`), one feature per privacy unit (sft then does not pack).
+        """
         return features
 
     @abstractmethod
@@ -198,7 +202,7 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         """
         raise ValueError(f"differentially private fine-tuning is not available for task "
                          f"{self.name!r}: its loss is not a mean of per-example losses "
-                         "(DP works for classify and ner)")
+                         "(DP works for classify, ner and sft)")
 
     # ----------------------------------------------------------- model
     @abstractmethod
