@@ -86,6 +86,22 @@ def test_rope_rotates_pairs_by_position_times_frequency():
             assert abs(ours[0, t, 0, j + half].item() - (b * math.cos(angle) + a * math.sin(angle))) < 1e-5
 
 
+def test_rope_gradient_is_the_numerical_derivative_in_float64():
+    """apply_rope's hand-written backward, checked by finite differences (gradcheck)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.randn(2, 3, 1, 4, dtype=torch.float64)
+    angles = torch.cat((angles, angles), dim=-1)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, angles.cos(), angles.sin()), (x,))
+    # and the same gradient as autograd through the rotation written out here
+    upstream = torch.randn(2, 3, 2, 8, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(apply_rope(x, angles.cos(), angles.sin()), x, upstream)
+    x1, x2 = x[..., :4], x[..., 4:]
+    written = x * angles.cos() + torch.cat((-x2, x1), dim=-1) * angles.sin()
+    (expected,) = torch.autograd.grad(written, x, upstream)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+
+
 def test_rope_relative_property():
     """q.k after RoPE depends only on the distance between positions."""
     rope = RotaryEmbedding(16, 10000.0)
@@ -111,6 +127,22 @@ def test_rmsnorm_matches_formula():
     x = torch.randn(3, 8, dtype=torch.float64)
     expected = norm.weight.double() * x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6)
     assert torch.allclose(norm(x.float()).double(), expected, atol=1e-5)
+
+
+def test_rmsnorm_gradients_match_the_formula_in_float64():
+    """RMSNorm's written-out float32 backward against autograd of the formula in float64."""
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-6)
+    norm.weight.data = torch.randn(16)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    upstream = torch.randn(2, 5, 16)
+    norm(x).backward(upstream)
+    x64 = x.detach().double().requires_grad_()
+    w64 = norm.weight.detach().double().requires_grad_()
+    y64 = w64 * x64 / torch.sqrt((x64**2).mean(-1, keepdim=True) + 1e-6)
+    y64.backward(upstream.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.weight.grad.double(), w64.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_sinusoidal_equals_transformers_marian_table():

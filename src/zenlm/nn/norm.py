@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,12 +26,47 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise `x` (..., dim) over its last axis."""
-        if x.dtype == torch.float32:  # one fused kernel instead of seven small ops
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNorm.apply(x, self.weight, self.eps)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel
+        if x.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight.float(), self.eps).to(
                 self.weight.dtype
             )
         x32 = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
         return self.weight * x32.to(x.dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """float32 RMSNorm whose forward is PyTorch's fused kernel, backward written out.
+
+    With gradients on, `F.rms_norm` falls back to its composite of small ops on CPU (no
+    fused backward kernel there), which cost a small model's training step ~2%.
+    y = x * r * w with r = (mean(x^2) + eps)^-1/2 over the last axis; then
+    dx = r * (g w - x r^2 mean(g w x)) and dw = sum over rows of g x r.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor,  # noqa: D102
+                eps: float) -> torch.Tensor:
+        out, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        ctx.save_for_backward(x, weight, rstd)  # rstd: (..., 1)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor  # noqa: D102
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        normed = x * rstd  # (..., dim)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            g_w = grad * weight
+            mean = (g_w * normed).mean(-1, keepdim=True)  # (..., 1)
+            grad_x = (g_w - normed * mean) * rstd
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * normed).reshape(-1, x.shape[-1]).sum(0)
+        return grad_x, grad_w, None
 
 
 def make_norm(kind: Norm, dim: int, eps: float, bias: bool = True) -> nn.Module:

@@ -100,6 +100,38 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, T, H, D) by the angles in cos/sin (B, T, 1, D)."""
+    tables_trained = cos.requires_grad or sin.requires_grad
+    if torch.is_grad_enabled() and x.requires_grad and not tables_trained:
+        return _Rotate.apply(x, cos, sin)
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+class _Rotate(torch.autograd.Function):
+    """RoPE with its backward written out: the rotation by minus the angles.
+
+    Autograd's own backward of `_rotate` goes through two slice backwards, each a
+    zero-filled full-size tensor plus a copy and an add; this one is two multiplies and
+    a concatenation (about 5% of a small model's training step on CPU). cos/sin are
+    tables, not trained: they get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor,  # noqa: D102
+                sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: D102
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        g_sin = grad * sin
+        # out = x*cos + R(x)*sin with R(x) = [-x2, x1]; so dx = g*cos + R^T(g*sin),
+        # R^T(y) = [y2, -y1].
+        return grad * cos + torch.cat((g_sin[..., half:], -g_sin[..., :half]), dim=-1), None, None

@@ -6,10 +6,16 @@ headers carry no loss. Packing concatenates several conversations into one row; 
 block-diagonal causal mask and per-conversation position ids keep each conversation
 from attending to (or being positioned after) the others, so a packed row gives each
 conversation the logits it would get alone. `SPEC` is the sft task.
+
+Under differential privacy (`--dp-epsilon`) the privacy unit is one conversation: rows are
+not packed (one conversation per row), a conversation longer than `--max-length` is
+truncated as one unit (never split into rows), and the loss is each conversation's mean
+over its own assistant tokens, averaged over conversations (`sft_loss_per_example`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Message, Tokenizer
 
 IGNORE = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,14 +148,12 @@ def packed_logits(model: DecoderLM, ids: torch.Tensor, segments: torch.Tensor) -
     block-diagonal mask and per-segment positions.
     """
     positions = segment_positions(segments)
-    x = model.embed(ids)  # (B, T, d)
-    if model.positions is not None:
-        x = x + model.positions(positions)
+    x = model.embed_inputs(ids, positions)  # (B, T, d)
     rope = model.rope(positions, x.dtype) if model.rope is not None else None
     mask = segment_mask(segments)
     for block in model.blocks:
         x = block(x, mask=mask, rope=rope)
-    return model.lm_head(model.final_norm(x))
+    return model.lm_head(model.head_input(x))
 
 
 def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
@@ -156,6 +161,27 @@ def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
     logits = packed_logits(model, batch.ids, batch.segments)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
                            ignore_index=IGNORE)
+
+
+def sft_loss_per_example(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
+    """Mean over rows of each row's mean assistant-token loss (the DP-SGD objective).
+
+    Each row must be one conversation, so that a conversation's gradient depends on it
+    alone (`sft_loss` divides by the batch's assistant-token count, which couples them;
+    a packed row would couple the conversations sharing it).
+
+    Raises:
+        ValueError: a row holds several conversations (packed rows).
+    """
+    if batch.segments.numel() and int(batch.segments.max()) > 1:
+        raise ValueError("a training row holds several packed conversations; under "
+                         "--dp-epsilon each row must be one conversation (the privacy unit)")
+    logits = packed_logits(model, batch.ids, batch.segments)  # (B, T, V)
+    targets = batch.labels[:, 1:]  # (B, T-1)
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                             ignore_index=IGNORE, reduction="none")  # (B, T-1)
+    counts = (targets != IGNORE).sum(1).clamp(min=1)  # (B,): a row without any: loss 0
+    return (losses.sum(1) / counts).mean()
 
 
 @torch.inference_mode()
@@ -198,8 +224,17 @@ class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
                 for e in examples]
 
     def for_training(self, features: list[SFTFeature], info: TaskInfo, *,
-                     pack: bool) -> list:
-        """With `pack`, conversations packed into rows of `info.max_length` tokens."""
+                     pack: bool, private: bool = False) -> list:
+        """With `pack`, conversations packed into rows of `info.max_length` tokens.
+
+        A `private` run never packs: one conversation per row, the privacy unit (each
+        was already cut to `info.max_length` as one unit by `encode`).
+        """
+        if private:
+            if pack:
+                log.warning("sft under --dp-epsilon: conversations are not packed (one "
+                            "conversation per row, the privacy unit; --pack is ignored)")
+            return features
         return pack_rows(features, info.max_length) if pack else features
 
     def collate(self, features: list, pad_id: int) -> TensorBatch:
@@ -210,6 +245,10 @@ class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
                   info: TaskInfo | None = None) -> Objective:
         """Next-token cross-entropy on assistant tokens."""
         return sft_loss
+
+    def private_objective(self, info: TaskInfo | None = None) -> Objective:
+        """Each conversation's mean assistant-token loss, averaged over conversations."""
+        return sft_loss_per_example
 
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> nn.Module:
         """The decoder itself: its LM head is the task head."""

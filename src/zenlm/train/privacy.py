@@ -398,8 +398,11 @@ def _pieces_loss(model: nn.Module, batch: PhysicalBatches,
         n = len(next(v for v in piece.values() if torch.is_tensor(v)))
         total, rows = total + loss.detach().float().cpu() * n, rows + n
         if index < len(batch) - 1:
-            loss.backward()
-            optimizer.clip_and_accumulate()
+            # The Trainer calls this under autocast, but backward and the optimizer's step
+            # run outside it: so do these, or grad samplers and clipping go bfloat16.
+            with torch.autocast(loss.device.type, enabled=False):
+                loss.backward()
+                optimizer.clip_and_accumulate()
             for param in optimizer.params:
                 param.grad_sample = None
     mean = (total / rows).to(device=loss.device, dtype=loss.dtype)
