@@ -137,3 +137,25 @@ def test_tokenizer_choice_follows_its_measurement(run):
     fair = [k for k, s in scores.items() if s["unk_rate"] <= best_unk + 0.001]
     assert tok["chosen"] == min(fair, key=lambda k: scores[k]["tokens_per_review"])
     assert Path(tok["folder"]) == out / "tokenizers" / tok["chosen"]
+
+
+def test_comparison_routes_run_on_the_same_split(run, minilm_folder, smollm2_gguf, tmp_path):
+    _, first_out, _, _ = run
+    out = tmp_path / "routes"
+    args = ["--data", str(first_out.parent / "data"), "--out", str(out),
+            "--routes", "minilm-extended,smollm2-lora", "--finetune-steps", "2",
+            "--eval-every", "0", "--ft-batch-size", "4", "--dev-size", "10", "--minutes", "5"]
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chinese_sentiment.py"),
+                           *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_csv(out / "validation.csv") == read_csv(first_out / "validation.csv")  # seeded
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert list(results["routes"]) == ["minilm-extended", "smollm2-lora"]
+    for name, route in results["routes"].items():
+        command = route["finetune"]["command"]
+        assert command[command.index("--train") + 1] == str(out / "train.csv"), name
+        assert str(out / "validation.csv") not in command
+        assert route["finetune"]["steps"] == 2 and route["n"] == N_REVIEWS // 10
+    assert "--extend-vocab" in results["routes"]["minilm-extended"]["finetune"]["command"]
+    assert "--lora" in results["routes"]["smollm2-lora"]["finetune"]["command"]
