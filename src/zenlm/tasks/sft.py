@@ -148,14 +148,12 @@ def packed_logits(model: DecoderLM, ids: torch.Tensor, segments: torch.Tensor) -
     block-diagonal mask and per-segment positions.
     """
     positions = segment_positions(segments)
-    x = model.embed(ids)  # (B, T, d)
-    if model.positions is not None:
-        x = x + model.positions(positions)
+    x = model.embed_inputs(ids, positions)  # (B, T, d)
     rope = model.rope(positions, x.dtype) if model.rope is not None else None
     mask = segment_mask(segments)
     for block in model.blocks:
         x = block(x, mask=mask, rope=rope)
-    return model.lm_head(model.final_norm(x))
+    return model.lm_head(model.head_input(x))
 
 
 def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
