@@ -360,6 +360,10 @@ def test_physical_batches_give_the_same_private_step(tmp_path, clipping):
         optimizer.step()
         results.append((float(loss), {n: p.detach().clone() for n, p in
                                       model.named_parameters()}))
+    with torch.no_grad():  # an evaluation through the private objective clips nothing
+        expected = classify_losses(model, collate(features(8))).mean()
+        got = privacy.objective(classify_losses)(model, collate(features(8)))
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
     (whole_loss, whole), (pieces_loss, pieces) = results
     assert pieces_loss == pytest.approx(whole_loss, rel=1e-5)  # the draw's mean loss
     for name, value in whole.items():

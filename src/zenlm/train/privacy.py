@@ -313,6 +313,8 @@ class PrivateTraining:
         def private(model: nn.Module, batch: Any) -> torch.Tensor:
             if isinstance(batch, EmptyBatch):
                 return self._empty(model)
+            if not torch.is_grad_enabled():  # an evaluation: nothing to clip
+                return objective(model, batch).mean()
             pieces = batch if isinstance(batch, PhysicalBatches) else [batch]
             if self.clipping == "ghost":
                 return ghost_pieces_loss(model, pieces, objective, self.hooks,
