@@ -61,6 +61,9 @@ FINETUNE_HELP = {
     "dp_accountant": "DP: privacy accountant, rdp or prv",
     "dp_physical_batch": "DP: rows per forward pass; each Poisson batch is sorted by length "
                          "and computed in pieces this big (0: all at once)",
+    "dp_clipping": "DP: per-example clipping by ghost clipping (gradient norms from two "
+                   "backward passes, no per-example gradients held) or exact (per-example "
+                   "gradients materialised); the same clipped update",
 }
 
 

@@ -60,6 +60,12 @@ def classify_loss(
     return F.cross_entropy(logits.float(), batch.labels, weight=weight)
 
 
+def classify_losses(model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+    """Each row's cross-entropy (B,) of `model(ids, mask)` logits (the DP-SGD objective)."""
+    logits = model(batch.ids, batch.attention_mask)
+    return F.cross_entropy(logits.float(), batch.labels, reduction="none")
+
+
 def class_weights_from_counts(labels: Sequence[int], n_labels: int) -> torch.Tensor:
     """Inverse-frequency weights (n_labels,), mean 1: rare classes count more in the loss."""
     counts = torch.bincount(torch.tensor(list(labels)), minlength=n_labels).float()
@@ -143,8 +149,8 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
         return functools.partial(classify_loss, class_weights=class_weights)
 
     def private_objective(self, info: TaskInfo | None = None) -> Objective:
-        """Unweighted cross-entropy: already a mean of per-example losses."""
-        return classify_loss
+        """Each row's unweighted cross-entropy (B,)."""
+        return classify_losses
 
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> SequenceClassifier:
         """A pooled linear head with one output per label."""

@@ -103,7 +103,7 @@ def token_loss(model: nn.Module, batch: TensorBatch,
 
 
 def token_loss_per_example(model: nn.Module, batch: TensorBatch) -> torch.Tensor:
-    """Mean over sentences of each sentence's mean token cross-entropy (for DP-SGD).
+    """Each sentence's mean token cross-entropy (B,) (the DP-SGD objective).
 
     A sentence's gradient then depends on it alone (`token_loss` divides by the batch's
     token count, which couples the sentences of a batch).
@@ -112,7 +112,7 @@ def token_loss_per_example(model: nn.Module, batch: TensorBatch) -> torch.Tensor
     losses = F.cross_entropy(logits.float().transpose(1, 2), batch.labels,
                              ignore_index=IGNORE, reduction="none")  # (B, T)
     counts = (batch.labels != IGNORE).sum(1).clamp(min=1)  # (B,)
-    return (losses.sum(1) / counts).mean()
+    return losses.sum(1) / counts
 
 
 def predict_tags(
@@ -204,7 +204,7 @@ class NERTask(TaskSpec[readers.TaggedSentence, TokenFeature]):
         return functools.partial(token_loss, class_weights=class_weights)
 
     def private_objective(self, info: TaskInfo | None = None) -> Objective:
-        """Per-sentence mean token loss, averaged over sentences."""
+        """Each sentence's mean token loss (B,)."""
         return token_loss_per_example
 
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> TokenClassifier:

@@ -84,6 +84,7 @@ class FinetuneOptions:
     dp_max_grad_norm: float = 1.0  # per-example clipping bound C (not the global clip)
     dp_accountant: str = "rdp"  # rdp | prv
     dp_physical_batch: int = 32  # rows per forward pass of a Poisson batch (0: all at once)
+    dp_clipping: str = "ghost"  # ghost (per-example gradient norms) | exact (materialised)
 
 
 # -------------------------------------------------------------- training

@@ -201,9 +201,9 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         """(model, batch) -> scalar loss, the Trainer's objective (`info`: the run's settings)."""
 
     def private_objective(self, info: TaskInfo | None = None) -> Objective:
-        """The loss for DP-SGD: a mean over examples of each example's own loss.
+        """The loss for DP-SGD: (model, batch of B rows) -> each example's own loss (B,).
 
-        Each example's gradient must depend on that example alone (a token mean over the
+        Each example's loss must depend on that example alone (a token mean over the
         whole batch would couple them). Tasks without one refuse DP by name.
         """
         raise ValueError(f"differentially private fine-tuning is not available for task "
