@@ -22,7 +22,9 @@ import torch
 
 import zenlm
 from zenlm.cpu import LEVELS, cpu_info
+from zenlm.generate.compile import compile_decoding
 from zenlm.generate.core import decode_step, prefill
+from zenlm.nn.attention import sdpa
 from zenlm.quant.fused_step import ENV_SWITCH, FusedStep, unsupported
 
 from ..models.tiny_hf import tiny_hf_model
@@ -124,6 +126,12 @@ def test_other_steps_run_the_eager_forward(tiny_int4):
         fresh = model.new_cache(1, 16)
         assert not step.covers(torch.tensor([[3, 4]]), fresh)  # two tokens: a prompt
         assert step.covers(torch.tensor([[3]]), fresh)
+        attn, kernel = model.blocks[1].attn, model.blocks[1].attn.kernel
+        attn.kernel = lambda *args: None  # e.g. one recording attention probabilities
+        assert not step.covers(torch.tensor([[3]]), fresh)
+        attn.kernel = sdpa  # a standard kernel: still covered
+        assert step.covers(torch.tensor([[3]]), fresh)
+        attn.kernel = kernel
         model.blocks[0].mlp.down = torch.nn.Linear(128, 64)
         assert not step.covers(torch.tensor([[3]]), fresh)
     finally:
@@ -146,3 +154,10 @@ def test_models_it_does_not_compute_keep_their_eager_step(tmp_path, monkeypatch)
     tiny_llama(tied, 2)
     monkeypatch.setenv(ENV_SWITCH, "0")
     assert zenlm.load(tied, quantize="int4").model.step_fn is None
+
+
+def test_compiling_keeps_the_fused_step_for_the_steps_it_covers(tiny_int4):
+    """compile_decoding hands the compiled step the others (compiled lazily: not run here)."""
+    step = tiny_int4.step_fn
+    compile_decoding(tiny_int4)
+    assert tiny_int4.step_fn is step and step.fallback is not None
