@@ -24,9 +24,10 @@ from zenlm.cpu import cpu_info
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-#: Compiled together into one library; HEADERS only change the build key.
-SOURCES = (HERE / "int4_linear.cpp", HERE / "fused_step.cpp")
-HEADERS = (HERE / "int4_core.h",)
+#: One translation unit (torch's headers, most of a build's time, parsed once); the
+#: headers it includes change the build key too.
+SOURCES = (HERE / "int4_linear.cpp",)
+HEADERS = (HERE / "int4_core.h", HERE / "fused_step.h")
 TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
 #: Set to 0 to never build or load the kernels (int4 then runs on PyTorch's int4 kernel).
 ENV_SWITCH = "ZENLM_KERNELS"

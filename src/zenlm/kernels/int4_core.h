@@ -1,6 +1,5 @@
-// The int4 kernel's inner routines, shared by zenlm::int4_linear (int4_linear.cpp) and
-// the fused decode step (fused_step.cpp). Each source file is its own translation unit
-// and gets its own copy (everything here is in an anonymous namespace).
+// The int4 kernel's inner routines, used by zenlm::int4_linear (int4_linear.cpp) and the
+// fused decode step (fused_step.h), both in int4_linear.cpp's one translation unit.
 #pragma once
 
 // zenlm::int4_linear: y = x W^T with W in 4-bit groups of 32, for decoding on a CPU.

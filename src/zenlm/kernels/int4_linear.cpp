@@ -32,8 +32,10 @@
 //     does on AVX-512, as llama.cpp's Q4_1 x Q8_1 does on AVX2;
 // A CPU with neither uses PyTorch's own int4 kernel instead (zenlm/quant/weights.py).
 
-// The inner routines are in int4_core.h (shared with fused_step.cpp).
+// The inner routines are in int4_core.h; fused_step.h (zenlm::int4_decode_step, a whole
+// decode step in one call) uses them too.
 
+#include "fused_step.h"
 #include "int4_core.h"
 
 namespace {
@@ -79,11 +81,16 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
 TORCH_LIBRARY(zenlm, m) {
   m.def("int4_linear(Tensor x, Tensor codes, Tensor scales, Tensor mins) -> Tensor");
   m.def("int4_dequantize(Tensor codes, Tensor scales, Tensor mins, ScalarType dtype) -> Tensor");
+  m.def(
+      "int4_decode_step(Tensor ids, Tensor(a!)[] keys, Tensor(b!)[] values, int position, "
+      "Tensor[] weights, Tensor inv_freq, float rope_factor, int heads, int kv_heads, "
+      "float eps, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(zenlm, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int4_dequantize", &int4_dequantize);
+  m.impl("int4_decode_step", &int4_decode_step);
 }
 
 // The path this build multiplies with, as a tag build.py reads from the file's bytes

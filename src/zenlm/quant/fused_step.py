@@ -3,7 +3,7 @@
 At batch 1 an int4 decode step of a small model is mostly not arithmetic: SmolLM2-135M's
 eager step ran ~20 small PyTorch ops per layer around its int4 matmuls, ~4.7 ms of a
 token's ~12 ms in Python and dispatch. `zenlm::int4_decode_step`
-(zenlm/kernels/fused_step.cpp) runs the whole step (embedding, every layer's norms,
+(zenlm/kernels/fused_step.h) runs the whole step (embedding, every layer's norms,
 projections, RoPE, cache write, attention, SwiGLU and residuals, final norm and head)
 with the int4 kernel's own matmuls, in one call.
 

@@ -16,9 +16,13 @@
 // which is what DecoderLM's eager forward computes for such a model (zenlm/quant/
 // fused_step.py decides which models and calls qualify; the rest decode as before).
 
-#include "int4_core.h"
+// Included by int4_linear.cpp (one translation unit: torch's headers, which take most of
+// a build's time, are parsed once), which registers the op.
+#pragma once
 
 #include <algorithm>
+
+#include "int4_core.h"
 
 namespace {
 
@@ -298,12 +302,3 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(zenlm, m) {
-  m.def(
-      "int4_decode_step(Tensor ids, Tensor(a!)[] keys, Tensor(b!)[] values, int position, "
-      "Tensor[] weights, Tensor inv_freq, float rope_factor, int heads, int kv_heads, "
-      "float eps, float scale) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(zenlm, CPU, m) { m.impl("int4_decode_step", &int4_decode_step); }
