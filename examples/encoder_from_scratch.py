@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = finetune(FinetuneOptions(
         task="classify", model=str(folder), train=str(out / "train.tsv"),
         val=str(out / "val.tsv"), output=str(out), epochs=args.epochs,
-        max_steps=args.max_steps, lr=1e-3, max_length=160, seed=args.seed))
+        max_steps=args.max_steps, lr=1e-3, max_length=160, seed=args.seed,
+        # classify's defaults freeze the embeddings of a pretrained model; this one's were
+        # trained for a few minutes only, so they keep learning here
+        freeze_embeddings=False))
     scores = summary["validation"]
     print(f"validation: accuracy {scores['accuracy']:.4f}, macro F1 {scores['f1']:.4f} on "
           f"{scores['n']} reviews after {summary['steps']} steps "

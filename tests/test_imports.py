@@ -183,3 +183,28 @@ def test_config_imports_without_torch():
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_commands_import_no_distributed_training_machinery():
+    """Every `zenlm` command builds the whole parser; generating must not pay for FSDP.
+
+    torch.distributed.checkpoint and torch.distributed.fsdp pull in sympy (~48 MB
+    resident and ~1 s): measured, they were 12% of an int4 model's RSS while it
+    generated (benchmarks/int4_memory.py). zenlm.train.fsdp imports them where used.
+    """
+    code = textwrap.dedent("""
+        import sys
+        from zenlm.cli import build_parser
+        import zenlm.api, zenlm.bench, zenlm.train.fsdp, zenlm.train.trainer
+
+        build_parser()
+        heavy = [m for m in ("sympy", "torch.distributed.checkpoint", "torch.distributed.fsdp")
+                 if m in sys.modules]
+        print(heavy)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -27,6 +27,7 @@ from zenlm.io.gguf import (
     read_gguf,
     read_gguf_header,
 )
+from zenlm.io.gguf.reader import GGUFFile
 
 from .gguf_fixtures import (
     CHATML,
@@ -870,3 +871,40 @@ def test_smollm2_tokenizer_round_trips(smol):
 
 def test_smollm2_header_agrees_with_gguf_reader(smollm2_gguf):
     _assert_header_matches_reader(smollm2_gguf)
+
+
+def _mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path`, as the OS counts them."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc")
+def test_released_tensors_leave_the_resident_set_and_stay_readable(tmp_path):
+    """A read tensor's file pages stop counting in RSS (a load's peak held the whole file)."""
+    path = tmp_path / "big.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    rng = np.random.default_rng(0)
+    expected = {"a": rng.standard_normal((512, 1024)).astype(np.float32),
+                "b": rng.standard_normal((256, 1024)).astype(np.float16)}
+    for name, values in expected.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    file = GGUFFile.open(path)
+    infos = list(file.header.tensors.values())
+    first = [file.values(info, torch.float32)[0].copy() for info in infos]
+    assert _mapped_rss_kb(path) > 2 * 1024  # both tensors' 2.5 MB were touched
+    for info in infos:
+        file.release(info)
+    assert _mapped_rss_kb(path) <= 8  # the header's page or two
+    for info, values, name in zip(infos, first, expected, strict=True):
+        again = file.values(info, torch.float32)[0]
+        assert np.array_equal(again, values) and np.array_equal(values, expected[name])

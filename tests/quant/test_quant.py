@@ -128,6 +128,30 @@ def test_quantized_model_computes_with_its_dequantized_weights(mode, tmp_path):
     assert len(generate(fast.model, prompt, GenerationConfig(max_new_tokens=8)).token_ids) == 8
 
 
+def test_an_int4_model_holds_each_weight_once_in_4_bits_plus_fp16_groups(tmp_path):
+    """What "weights" are for docs/benchmarks.md's memory target, counted from the config.
+
+    Each weight matrix is 4-bit codes (0.5 byte a weight) plus a float16 scale and min per
+    group of 32 (4 bytes / 32 weights); the tied embedding is the head's codes, not a
+    copy; only the norms (and RoPE's frequencies) stay float32. No float matrix is kept.
+    """
+    hf = tiny_hf_model("llama-tied-mqa", intermediate_size=128)  # every K a multiple of 64
+    hf.save_pretrained(tmp_path)
+    c = hf.config
+    d, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    per_block = d * (d + 2 * kv) + d * d + 2 * c.intermediate_size * d + d * c.intermediate_size
+    matrices = c.vocab_size * d + c.num_hidden_layers * per_block  # the embedding counted once
+    floats = (2 * c.num_hidden_layers + 1) * d + (d // c.num_attention_heads) // 2
+    model = zenlm.load(tmp_path, quantize="int4").model
+    storages = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storages[tensor.untyped_storage().data_ptr()] = tensor
+        assert tensor.ndim < 2 or not tensor.is_floating_point() or tensor.dtype == torch.float16
+    assert sum(t.untyped_storage().nbytes() for t in storages.values()) == (
+        matrices // 2 + matrices // 32 * 2 * 2 + 4 * floats)
+    assert model.embed.weight.data_ptr() == model.lm_head.codes.data_ptr()
+
+
 def test_unknown_quantize_mode_names_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="int4"):
         zenlm.load(tmp_path, quantize="int3")

@@ -32,10 +32,10 @@ def minilm(minilm_folder):
     return zenlm.load(minilm_folder)
 
 
-def _tiny_decoder(vocab):
+def _tiny_decoder(vocab, **family):
     torch.manual_seed(0)
     return build_model(ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4,
-                                   n_kv_heads=2, d_ff=48, max_seq_len=256)).eval()
+                                   n_kv_heads=2, d_ff=48, max_seq_len=256, **family)).eval()
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -144,14 +144,21 @@ def test_sft_only_assistant_tokens_carry_loss(minilm):
                              if lab == IGNORE]).count("hi there") == 1
 
 
-def test_packing_gives_each_conversation_its_own_logits_and_loss(minilm):
+# Llama's defaults, and a family that scales its embeddings and output and offsets learned
+# positions: packed rows must run the same parts as the model's own forward.
+FAMILIES = [{}, {"scale_embeddings": True, "scale_output": True, "positions": "learned",
+                 "position_offset": 2}]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packing_gives_each_conversation_its_own_logits_and_loss(minilm, family):
     tokenizer = _chat_tokenizer(minilm)
     conversations = [[{"role": "user", "content": f"question {i} " * (i + 1)},
                       {"role": "assistant", "content": f"answer {i}"}] for i in range(4)]
     features = [encode_conversation(tokenizer, c) for c in conversations]
     rows = pack(features, max_length=60)
     assert len(rows) < len(features)  # something was packed
-    model = _tiny_decoder(tokenizer.vocab_size)
+    model = _tiny_decoder(tokenizer.vocab_size, **family)
     batch = collate_sft(rows, pad_id=0)
     with torch.no_grad():
         packed = packed_logits(model, batch.ids, batch.segments)

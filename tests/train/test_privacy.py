@@ -22,7 +22,12 @@ from zenlm.models.build import build_model
 from zenlm.models.heads import SequenceClassifier
 from zenlm.nn.lora import apply_lora
 from zenlm.tasks.batching import TensorBatch
-from zenlm.tasks.classify import ClassifyFeature, classify_loss, collate_classify
+from zenlm.tasks.classify import (
+    ClassifyFeature,
+    classify_loss,
+    classify_losses,
+    collate_classify,
+)
 from zenlm.train.config import LoopConfig, OptimConfig
 from zenlm.train.privacy import PrivacyError, PrivateTraining, plan_privacy
 from zenlm.train.trainer import Trainer, adamw
@@ -64,9 +69,10 @@ def collate(rows: list) -> TensorBatch:
 
 
 def private_trainer(tmp_path: Path, plan, *, steps: int, lora: bool = False,
-                    save_every: int = 0, objective=classify_loss,
-                    secret: bytes = SECRET) -> tuple[Trainer, PrivateTraining]:
-    privacy = PrivateTraining(plan, secret=secret)
+                    save_every: int = 0, objective=classify_losses,
+                    secret: bytes = SECRET, clipping: str = "ghost"
+                    ) -> tuple[Trainer, PrivateTraining]:
+    privacy = PrivateTraining(plan, secret=secret, clipping=clipping)
     loop = LoopConfig(out_dir=str(tmp_path), max_steps=steps, batch_size=8, eval_every=0,
                       eval_batches=0, save_every=save_every, keep_last=2, progress=False,
                       export_hf=False, dtype="float32", seed=3)
@@ -88,15 +94,17 @@ def small_plan(accountant: str = "rdp", steps: int = 6):
 
 
 # ------------------------------------------------------------------ accounting
-@pytest.mark.parametrize("accountant", ["rdp", "prv"])
-def test_noise_and_final_epsilon_equal_opacus_accountant(tmp_path, accountant):
+@pytest.mark.parametrize(("accountant", "clipping"), [("rdp", "ghost"), ("prv", "ghost"),
+                                                     ("rdp", "exact")])
+def test_noise_and_final_epsilon_equal_opacus_accountant(tmp_path, accountant, clipping):
     plan = small_plan(accountant)
     rate = 8 / N
     assert plan.sample_rate == rate
     assert plan.noise_multiplier == get_noise_multiplier(
         target_epsilon=3.0, target_delta=1e-3, sample_rate=rate, steps=6, accountant=accountant)
-    trainer, privacy = private_trainer(tmp_path, plan, steps=6)
+    trainer, privacy = private_trainer(tmp_path, plan, steps=6, clipping=clipping)
     trainer.fit(resume="none")
+    assert privacy.summary()["clipping"] == clipping
     oracle = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     for _ in range(6):
         oracle.step(noise_multiplier=plan.noise_multiplier, sample_rate=rate)
@@ -127,7 +135,7 @@ def test_per_sample_gradients_are_exact_and_clipped(setting):
     model.zero_grad()
     clip = 0.05
     plan = plan_privacy(8.0, 1e-5, clip, batch_size=6, dataset_size=1000, steps=10)
-    privacy = PrivateTraining(plan, secret=SECRET)
+    privacy = PrivateTraining(plan, secret=SECRET, clipping="exact")
     privacy.transform_model(model)
     optimizer = privacy.make_optimizer(adamw)(model, OptimConfig(lr=1e-3))
     model.train()
@@ -168,9 +176,10 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_keeps_the_accountant_exactly(tmp_path):
+@pytest.mark.parametrize("clipping", ["ghost", "exact"])
+def test_resume_after_a_kill_keeps_the_accountant_exactly(tmp_path, clipping):
     plan = small_plan(steps=8)
-    whole, whole_dp = private_trainer(tmp_path / "whole", plan, steps=8)
+    whole, whole_dp = private_trainer(tmp_path / "whole", plan, steps=8, clipping=clipping)
     whole.fit(resume="none")
 
     calls = {"n": 0}
@@ -179,17 +188,17 @@ def test_resume_after_a_kill_keeps_the_accountant_exactly(tmp_path):
         calls["n"] += 1
         if calls["n"] == 6:
             raise Killed
-        return classify_loss(model, batch)
+        return classify_losses(model, batch)
 
     first, _ = private_trainer(tmp_path / "cut", plan, steps=8, save_every=4,
-                               objective=dies_at_step_6)
+                               objective=dies_at_step_6, clipping=clipping)
     with pytest.raises(Killed):
         first.fit(resume="none")
     saved = json.loads((tmp_path / "cut/checkpoints/step-00000004/privacy.json").read_text())
     assert saved["history"] == [[plan.noise_multiplier, plan.sample_rate, 4]]
     # a fresh process: another secret until the checkpoint's is restored
     again, again_dp = private_trainer(tmp_path / "cut", plan, steps=8, save_every=4,
-                                      secret=b"x" * 32)
+                                      secret=b"x" * 32, clipping=clipping)
     again.fit(resume="auto")
     assert again_dp.accountant.history == whole_dp.accountant.history
     assert again_dp.epsilon() == whole_dp.epsilon()
@@ -261,13 +270,20 @@ def test_frozen_and_trainable_mismatches_are_refused():
         privacy.make_optimizer(head_only)(model, OptimConfig())
     unused = tiny_classifier()
     unused.spare = nn.Linear(2, 2)  # trainable, never in the forward pass
-    privacy = PrivateTraining(small_plan(), secret=SECRET)
+    privacy = PrivateTraining(small_plan(), secret=SECRET, clipping="exact")
     privacy.transform_model(unused)
     optimizer = privacy.make_optimizer(adamw)(unused, OptimConfig())
     unused.train()
     classify_loss(unused, collate(features(4))).backward()
     with pytest.raises(PrivacyError, match="'spare.weight' got no per-sample gradient"):
         optimizer.step()
+    unused = tiny_classifier()
+    unused.spare = nn.Linear(2, 2)
+    ghost = PrivateTraining(small_plan(), secret=SECRET, clipping="ghost")
+    ghost.transform_model(unused)
+    ghost.make_optimizer(adamw)(unused, OptimConfig())
+    with pytest.raises(PrivacyError, match="'spare.weight' got no per-example gradient norm"):
+        ghost.objective(classify_losses)(unused, collate(features(4)))
 
 
 def test_finetune_options_that_break_the_guarantee_are_refused():
@@ -286,9 +302,12 @@ def test_finetune_options_that_break_the_guarantee_are_refused():
     assert "--extend-vocab" in refused(dp_epsilon=1.0, extend_vocab=10)
     assert "task 'qa'" in refused("qa", dp_epsilon=1.0)  # sft has its per-example loss
     assert "--dp-delta applies to private runs only" in refused(dp_delta=1e-6)
+    assert "--dp-clipping applies to private runs only" in refused(dp_clipping="exact")
+    assert "--dp-clipping must be ghost or exact, got 'fast'" in refused(dp_epsilon=1.0,
+                                                                        dp_clipping="fast")
 
 
-def test_ner_private_loss_is_a_mean_of_per_sentence_losses():
+def test_ner_private_loss_is_each_sentence_own_loss():
     from zenlm.tasks.ner import IGNORE, token_loss_per_example
 
     torch.manual_seed(0)
@@ -303,7 +322,8 @@ def test_ner_private_loss_is_a_mean_of_per_sentence_losses():
         terms = [-(logits[row, t, labels[row, t]] - logits[row, t].exp().sum().log())
                  for t in range(5) if labels[row, t] != IGNORE]
         per_sentence.append(sum(terms) / len(terms))
-    assert float(got) == pytest.approx(float(sum(per_sentence) / 3), rel=1e-6)
+    assert got.shape == (3,)
+    torch.testing.assert_close(got.double(), torch.stack(per_sentence), rtol=1e-6, atol=0)
 
 
 def test_a_sentence_split_into_pieces_is_refused():
@@ -316,12 +336,13 @@ def test_a_sentence_split_into_pieces_is_refused():
         check_units([*whole, TokenFeature([1], [0], [0], sentence=1, first_word=5)])
 
 
-def test_physical_batches_give_the_same_private_step(tmp_path):
+@pytest.mark.parametrize("clipping", ["ghost", "exact"])
+def test_physical_batches_give_the_same_private_step(tmp_path, clipping):
     """Length-sorted pieces of a Poisson draw: same per-sample grads, so the same update."""
     plan = small_plan()
     results = []
     for physical in (0, 3):
-        privacy = PrivateTraining(plan, secret=SECRET)
+        privacy = PrivateTraining(plan, secret=SECRET, clipping=clipping)
         model = tiny_classifier()
         privacy.transform_model(model)
         optimizer = privacy.make_optimizer(adamw)(model, OptimConfig(lr=1e-2, grad_clip=0.0))
@@ -329,14 +350,20 @@ def test_physical_batches_give_the_same_private_step(tmp_path):
         batch = data.batch(8 * 5, 8)  # step 5's draw
         assert physical == 0 or len(batch) > 1  # really cut into pieces
         model.train()
-        loss = privacy.objective(classify_loss)(model, batch)
+        loss = privacy.objective(classify_losses)(model, batch)
         loss.backward()
-        if physical:  # earlier pieces were clipped and dropped: one piece's rows are held
-            held = [p.grad_sample for p in model.parameters() if p.requires_grad]
+        held = [getattr(p, "grad_sample", None) for p in model.parameters() if p.requires_grad]
+        if clipping == "ghost":  # no per-example gradient is left over, only norms were
+            assert all(g is None for g in held)
+        elif physical:  # earlier pieces were clipped and dropped: one piece's rows are held
             assert all(torch.is_tensor(g) and len(g) <= physical for g in held)
         optimizer.step()
         results.append((float(loss), {n: p.detach().clone() for n, p in
                                       model.named_parameters()}))
+    with torch.no_grad():  # an evaluation through the private objective clips nothing
+        expected = classify_losses(model, collate(features(8))).mean()
+        got = privacy.objective(classify_losses)(model, collate(features(8)))
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
     (whole_loss, whole), (pieces_loss, pieces) = results
     assert pieces_loss == pytest.approx(whole_loss, rel=1e-5)  # the draw's mean loss
     for name, value in whole.items():
@@ -362,7 +389,8 @@ def test_poisson_draws_depend_on_the_secret_and_step_and_may_be_empty(tmp_path):
     assert not torch.equal(trainer.model.head.weight, before["head.weight"])
 
 
-def test_pieces_under_bfloat16_autocast_clip_in_float32_as_the_last_piece():
+@pytest.mark.parametrize("clipping", ["ghost", "exact"])
+def test_pieces_under_bfloat16_autocast_clip_in_float32_as_the_last_piece(clipping):
     """The Trainer runs the objective under autocast; earlier pieces' clipping must not be.
 
     Their per-example gradients and clipped sums are what the last piece's get from the
@@ -371,7 +399,7 @@ def test_pieces_under_bfloat16_autocast_clip_in_float32_as_the_last_piece():
     plan = small_plan()
     updates = []
     for physical in (0, 3):
-        privacy = PrivateTraining(plan, secret=SECRET)
+        privacy = PrivateTraining(plan, secret=SECRET, clipping=clipping)
         model = tiny_classifier()
         privacy.transform_model(model)
         optimizer = privacy.make_optimizer(adamw)(model, OptimConfig(lr=1e-2, grad_clip=0.0))
@@ -379,7 +407,7 @@ def test_pieces_under_bfloat16_autocast_clip_in_float32_as_the_last_piece():
                                 physical_batch=physical).batch(8 * 5, 8)
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16):  # as Trainer._train_step
-            loss = privacy.objective(classify_loss)(model, batch)
+            loss = privacy.objective(classify_losses)(model, batch)
         loss.backward()
         optimizer.step()
         assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -135,6 +135,10 @@ def _add_finetuned_options(group: Any) -> None:
                        help="translate/summarize: aligned target file")
     group.add_argument("--num-beams", type=int, default=None,
                        help="translate/summarize: beam width (default: the model's task.json)")
+    group.add_argument("--n-best", type=int, default=None,
+                       help="qa: span candidates per window (default: the model's task.json)")
+    group.add_argument("--max-answer-length", type=int, default=None,
+                       help="qa: longest answer in tokens (default: the model's task.json)")
     group.add_argument("--plot", default=None, metavar="PATH",
                        help="classify/ner: also write the confusion matrix's heat map to PATH "
                        "(PNG, SVG or PDF; --report DIR writes it with the rest)")

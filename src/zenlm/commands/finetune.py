@@ -29,6 +29,8 @@ FINETUNE_HELP = {
     "weight_decay": "AdamW weight decay",
     "max_length": "tokens per example (longer inputs are truncated or windowed)",
     "stride": "qa: overlap in tokens between windows of a long context",
+    "n_best": "qa: start and end candidates per window when choosing the answer span",
+    "max_answer_length": "qa: longest answer span in tokens",
     "pooling": "classify: cls | mean | last (default: the model's own)",
     "class_weights": "classify/ner: inverse-frequency weights in the loss",
     "freeze_layers": "freeze the embeddings and this many lowest blocks",
@@ -59,6 +61,9 @@ FINETUNE_HELP = {
     "dp_accountant": "DP: privacy accountant, rdp or prv",
     "dp_physical_batch": "DP: rows per forward pass; each Poisson batch is sorted by length "
                          "and computed in pieces this big (0: all at once)",
+    "dp_clipping": "DP: per-example clipping by ghost clipping (gradient norms from two "
+                   "backward passes, no per-example gradients held) or exact (per-example "
+                   "gradients materialised); the same clipped update",
 }
 
 
@@ -70,6 +75,7 @@ def finetune_command(**options: Any) -> int:
         options["lora_targets"] = [t for t in options["lora_targets"].split(",") if t]
     summary = finetune(FinetuneOptions(**options))
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    sys.stderr.write(summary["line"] + "\n")  # stdout stays one JSON document
     return 0
 
 
@@ -95,10 +101,12 @@ def predict_command(task: str, model: str, input: str, output: str | None = None
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `finetune` and `predict`."""
-    from zenlm.tasks.registry import task_names
+    from zenlm.tasks.defaults import GENERIC, default_help
+    from zenlm.tasks.registry import get_task, task_names
     from zenlm.tasks.runner import FinetuneOptions
 
     tasks = task_names()
+    specs = [get_task(name) for name in tasks]
     tune = commands.add_parser("finetune", help="fine-tune a model on a task (full or LoRA)")
     tune.add_argument("--task", choices=tasks, required=True, help="what to fine-tune for")
     tune.add_argument("--model", required=True, help="model folder, .gguf file or short name")
@@ -111,6 +119,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         missing = spec.default is dataclasses.MISSING
         default = spec.default_factory() if missing else spec.default
         text = FINETUNE_HELP.get(name)
+        if name in GENERIC:  # per task: absent stays None, the task's default fills it in
+            _add_tuned(tune, flag, GENERIC[name], f"{text} ({default_help(name, specs)})")
+            continue
         if isinstance(default, bool):
             tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                               help=text)
@@ -129,3 +140,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     pred.add_argument("--output", default=None, help="JSON Lines file (default: stdout)")
     pred.add_argument("--max-new-tokens", type=int, default=256, help="sft replies")
     pred.set_defaults(handler=predict_command)
+
+
+def _add_tuned(parser: argparse.ArgumentParser, flag: str, generic: Any, text: str) -> None:
+    """A flag whose default is the task's own (`zenlm.tasks.defaults`): absent means None."""
+    if isinstance(generic, bool):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                            help=text)
+    else:
+        parser.add_argument(flag, type=type(generic), default=None, help=text)

@@ -130,13 +130,7 @@ class DecoderLM(nn.Module):
             cross = cache.cross
         if position_ids is None:
             position_ids = default_positions(ids, cache, attention_mask)
-        x = self.embed(ids)  # (B, T, d)
-        if self.config.scale_embeddings:
-            x = x * math.sqrt(self.config.d_model)
-        if self.positions is not None:
-            x = x + self.positions(position_ids + self.config.position_offset).to(x.dtype)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
+        x = self.embed_inputs(ids, position_ids)  # (B, T, d)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask, is_causal = self._mask(position_ids, cache, attention_mask, x.dtype)
         for index, block in enumerate(self.blocks):
@@ -145,6 +139,25 @@ class DecoderLM(nn.Module):
                       cross_kv=cross_kv, cross_mask=None if cross is None else cross.mask)
         if cache is not None:
             cache.advance(T)
+        return self.head_input(x)
+
+    def embed_inputs(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The first block's input (B, T, d_model) of ids (B, T) at position_ids (B, T).
+
+        Token embeddings (scaled where the family scales them), absolute positions, and
+        the embedding norm (BART).
+        """
+        x = self.embed(ids)  # (B, T, d)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        if self.positions is not None:
+            x = x + self.positions(position_ids + self.config.position_offset).to(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return x
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads (B, T, d_model) from the last block's output `x`."""
         if self.final_norm is not None:
             x = self.final_norm(x)
         if self.config.scale_output:  # T5: a tied head reads d_model^-0.5 x the hidden state

@@ -11,7 +11,9 @@ from zenlm.eval.report import Report, save_figure
 
 def evaluate_finetuned(task: str, model: str, data: str | None, source: str | None = None,
                        target: str | None = None, num_beams: int | None = None,
-                       plot: str | None = None, bins: int = DEFAULT_BINS) -> Report:
+                       plot: str | None = None, bins: int = DEFAULT_BINS,
+                       n_best: int | None = None,
+                       max_answer_length: int | None = None) -> Report:
     """Score a fine-tuned model with its own head on a labelled file.
 
     Args:
@@ -24,6 +26,8 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
         plot: classify/ner: also draw the confusion matrix to this image path (PNG, SVG
             or PDF by suffix; the same heat map `--report` writes).
         bins: classify/ner/qa: equal-width bins of the calibration (ECE, reliability).
+        n_best: qa: span candidates per window (default: the model's task.json).
+        max_answer_length: qa: longest answer in tokens (default: the model's task.json).
     """
     from zenlm.tasks.checkpoint import backbone_of, load_task_model
     from zenlm.tasks.registry import get_task, task_names
@@ -39,6 +43,7 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
     check_task(task, info.task)
     if num_beams is not None:
         info.options["num_beams"] = num_beams
+    _override_options(spec, info.options, n_best=n_best, max_answer_length=max_answer_length)
     data, where = _evaluation_data(spec, data, source, target)
     examples = spec.read(data, info.labels or None)
     report = spec.report(network, tokenizer, info, examples,
@@ -53,6 +58,25 @@ def evaluate_finetuned(task: str, model: str, data: str | None, source: str | No
     report.settings = {"model": model, "data": where, "examples": report.metrics.get("n"),
                        **report.settings}
     return report
+
+
+def _override_options(spec: Any, options: dict[str, Any], **given: int | None) -> None:
+    """Given settings over the model's task.json options (qa's --n-best...).
+
+    A task whose `options` does not keep a setting refuses it by name.
+    """
+    for name, value in given.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name not in spec.options({name: value}):
+            from zenlm.tasks.registry import get_task, task_names
+
+            owners = [t for t in task_names() if name in get_task(t).options({name: value})]
+            raise ValueError(f"{flag} applies to --task {', '.join(owners)}, not {spec.name}")
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+        options[name] = value
 
 
 def _calibrated(spec: Any) -> bool:

@@ -39,7 +39,7 @@ def example_losses(model_dir: str, path: str) -> list[float]:
     pad = pad_id(tokenizer, backbone_of(network).config)
     features = spec.encode(tokenizer, spec.read(path, info.labels), info)
     with torch.inference_mode():
-        return [float(loss(network, spec.collate([f], pad))) for f in features]
+        return [float(loss(network, spec.collate([f], pad))[0]) for f in features]
 
 
 def run(model: str, data: str | None = None, quantize: str = "none", *,

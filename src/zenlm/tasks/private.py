@@ -28,7 +28,8 @@ def check_options(opts: Any, spec: TaskSpec) -> None:
     """
     if opts.dp_epsilon is None:
         for name, default in (("dp_delta", 1e-5), ("dp_max_grad_norm", 1.0),
-                              ("dp_accountant", "rdp"), ("dp_physical_batch", 32)):
+                              ("dp_accountant", "rdp"), ("dp_physical_batch", 32),
+                              ("dp_clipping", "ghost")):
             if getattr(opts, name) != default:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} applies to private runs only; add --dp-epsilon E")
@@ -44,6 +45,8 @@ def check_options(opts: Any, spec: TaskSpec) -> None:
     for name, why in refused.items():
         if getattr(opts, name):
             raise ValueError(f"refused under --dp-epsilon: {why}")
+    if opts.dp_clipping not in ("ghost", "exact"):
+        raise ValueError(f"--dp-clipping must be ghost or exact, got {opts.dp_clipping!r}")
     if opts.dp_physical_batch < 0:
         raise ValueError(f"--dp-physical-batch must be >= 0, got {opts.dp_physical_batch}")
     spec.private_objective()  # raises, naming the task, when it has no per-example loss
@@ -84,7 +87,7 @@ def private_training(opts: Any, n_train: int, steps: int) -> Any:
                         dp_float(opts.dp_max_grad_norm, "--dp-max-grad-norm"),
                         batch_size=opts.batch_size, dataset_size=n_train, steps=steps,
                         accountant=opts.dp_accountant)
-    return PrivateTraining(plan)
+    return PrivateTraining(plan, clipping=opts.dp_clipping)
 
 
 def planned_steps(opts: Any, n_train: int) -> int:

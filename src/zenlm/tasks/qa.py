@@ -15,7 +15,7 @@ import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tokenizers
 import torch
@@ -29,6 +29,7 @@ from zenlm.eval.report import Report
 from zenlm.models.heads import SpanQA
 from zenlm.tasks.batching import TensorBatch
 from zenlm.tasks.collate import pad_ids, pad_labels
+from zenlm.tasks.defaults import GENERIC
 from zenlm.tasks.spec import Objective, TaskInfo, TaskSpec, text_input
 from zenlm.tokenizer import Tokenizer
 
@@ -53,8 +54,18 @@ class QAFeature:
 def windows_tokenizer(tokenizer: Tokenizer, max_length: int, stride: int) -> tokenizers.Tokenizer:
     """A copy of the backend that cuts only the context, with `stride` tokens of overlap."""
     backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
-    backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    try:
+        backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise _stride_error(stride, max_length, str(exc)) from exc
     return backend
+
+
+def _stride_error(stride: int, max_length: int, detail: str) -> ValueError:
+    """The flags to change when the window overlap leaves no room for new context."""
+    return ValueError(f"--stride {stride} is not below the room left for the context in a "
+                      f"--max-length {max_length} window ({detail}); give a smaller --stride "
+                      "or a larger --max-length")
 
 
 def qa_features(
@@ -66,7 +77,12 @@ def qa_features(
     features = []
     for index, example in enumerate(examples):
         question = _clip_question(tokenizer, example.question, max_question_tokens)
-        encoding = backend.encode(question, example.context)
+        try:
+            encoding = backend.encode(question, example.context)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            if "stride" not in str(exc):
+                raise
+            raise _stride_error(stride, max_length, f"question {example.id!r}: {exc}") from exc
         for window in [encoding, *encoding.overflowing]:
             feature = _feature(index, window)
             if labelled and example.answers:
@@ -242,11 +258,28 @@ def span_logits(model: nn.Module, features: Sequence[QAFeature], pad_id: int, *,
     return logits
 
 
+SPAN_OPTIONS = ("n_best", "max_answer_length")  # how answers are chosen (task.json options)
+
+
+def span_options(info: TaskInfo) -> dict[str, int]:
+    """n_best and max_answer_length of a model's task.json (older models: the defaults)."""
+    return {name: int(info.options.get(name, GENERIC[name])) for name in SPAN_OPTIONS}
+
+
 class QATask(TaskSpec[QAExample, QAFeature]):
     """Extractive QA: SQuAD in, start/end scores per token, F1 first."""
 
     name = "qa"
     headline = "f1"
+    # Interim: the best settings measured so far (docs/benchmarks.md, "Fine-tuning",
+    # all-MiniLM-L6-v2), until benchmarks/finetune_sweep.py's sweep replaces them.
+    # SQuAD sample: lr 1e-4, 2 epochs, 256-token windows, stride 96, batch 16,
+    # embeddings frozen -> F1 69.0 on held-out articles.
+    defaults: ClassVar[dict[str, Any]] = {
+        "lr": 1e-4, "epochs": 2.0, "batch_size": 16, "max_length": 256, "stride": 96,
+        "freeze_embeddings": True, "eval_every": 350, "patience": 3,
+        "n_best": 20, "max_answer_length": 30,
+    }
 
     def read(self, path: str | Path, labels: Sequence[str] | None = None, *,
              labelled: bool = True) -> list[QAExample]:
@@ -280,10 +313,15 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         """Two scores per token: answer start and end."""
         return SpanQA(backbone)
 
+    def options(self, values: dict[str, Any]) -> dict[str, Any]:
+        """n_best and max_answer_length: evaluate and predict choose spans as validation did."""
+        return {name: values[name] for name in SPAN_OPTIONS if values.get(name) is not None}
+
     def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
                  examples: list[QAExample], pad_id: int) -> dict[str, Any]:
         """SQuAD exact match and F1."""
-        answers = predict_qa(model, examples, self.encode(tokenizer, examples, info), pad_id)
+        answers = predict_qa(model, examples, self.encode(tokenizer, examples, info), pad_id,
+                             **span_options(info))
         refs = {e.id: [a for a, _ in e.answers] for e in examples}
         return {**metrics.squad_scores(answers, refs), "n": len(examples)}
 
@@ -291,7 +329,8 @@ class QATask(TaskSpec[QAExample, QAFeature]):
                examples: list[QAExample], pad_id: int, *, bins: int) -> Report:
         """EM/F1, calibration of the answer's probability against exact match, F1 spread."""
         features = self.encode(tokenizer, examples, info)
-        scored = scored_answers(examples, features, span_logits(model, features, pad_id))
+        scored = scored_answers(examples, features, span_logits(model, features, pad_id),
+                                **span_options(info))
         refs = {e.id: [a for a, _ in e.answers] for e in examples}
         parts = qa_report.answers_report({q: a for q, (a, _) in scored.items()},
                                          {q: c for q, (_, c) in scored.items()}, refs, bins)
@@ -318,7 +357,7 @@ class QATask(TaskSpec[QAExample, QAFeature]):
         """
         features = self.encode(tokenizer, examples, info, labelled=False)
         logits = span_logits(model, features, pad_id)
-        spans = best_answer_spans(examples, features, logits)
+        spans = best_answer_spans(examples, features, logits, **span_options(info))
         for example, (score, first, last) in zip(examples, spans, strict=True):
             yield {"id": example.id, "answer": example.context[first:last], "start": first,
                    "end": last, "score": round(score, 4)}

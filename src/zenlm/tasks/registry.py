@@ -23,12 +23,15 @@ then serve the new task with no other change.
 from __future__ import annotations
 
 from zenlm.tasks import classify, ner, qa, sft, summarize, translate
+from zenlm.tasks.defaults import check_defaults
 from zenlm.tasks.spec import TaskSpec
 
 _MODULES = (classify, ner, qa, sft, translate, summarize)
 _SPECS: dict[str, TaskSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
 if len(_SPECS) != len(_MODULES):  # two modules registered the same name
     raise RuntimeError(f"task names are not unique: {[m.SPEC.name for m in _MODULES]}")
+for _spec in _SPECS.values():  # a typo in a task's defaults fails at import, by name
+    check_defaults(_spec.name, _spec.defaults)
 
 
 def task_names() -> tuple[str, ...]:

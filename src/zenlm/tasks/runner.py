@@ -10,9 +10,10 @@ with `TaskSampler`s, then saves a task model folder with its `TaskInfo`.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from zenlm.api import load
 from zenlm.nn.lora import apply_lora
-from zenlm.tasks import private
+from zenlm.tasks import defaults, private
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.checkpoint import backbone_of, build_task_model, save_task_model
 from zenlm.tasks.classify import class_weights_from_counts
@@ -42,20 +43,23 @@ class FinetuneOptions:
     val_target: str | None = None  # likewise for --val
     output: str = "runs/finetune"
     val_fraction: float = 0.1  # held out of --train when --val is not given
-    epochs: float = 1.0
+    # None: the task's own default (`TaskSpec.defaults`, else `zenlm.tasks.defaults.GENERIC`)
+    epochs: float | None = None
     max_steps: int = 0  # overrides epochs when > 0
     max_minutes: float = 0.0  # stop after this wall-clock (the schedule still runs by steps)
     minutes: float = 0.0  # a budget: the schedule (warm-up, decay) fits it; only it ends the run
-    batch_size: int = 32
-    lr: float = 5e-5
-    warmup_fraction: float = 0.06
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup_fraction: float | None = None
     weight_decay: float = 0.01
-    max_length: int = 128
-    stride: int = 128  # qa: overlap of context windows
+    max_length: int | None = None
+    stride: int | None = None  # qa: overlap of context windows
+    n_best: int | None = None  # qa: span candidates per window when choosing the answer
+    max_answer_length: int | None = None  # qa: longest answer in tokens
     pooling: str | None = None  # classify: cls | mean | last
     class_weights: bool = False  # classify/ner: inverse-frequency loss weights
-    freeze_layers: int = 0  # freeze the embeddings and this many lowest blocks
-    freeze_embeddings: bool = False  # freeze the embeddings only (a third of MiniLM's weights)
+    freeze_layers: int | None = None  # freeze the embeddings and this many lowest blocks
+    freeze_embeddings: bool | None = None  # the embeddings only (a third of MiniLM's weights)
     group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
     extend_vocab: int = 0  # add up to this many unknown characters of --train as tokens
     lora: bool = False
@@ -64,8 +68,8 @@ class FinetuneOptions:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
     pack: bool = True  # sft: pack conversations into max_length rows
-    eval_every: int = 0  # steps between validation-metric evaluations (0: at the end only)
-    patience: int = 0  # stop after this many evaluations without improvement (0: never)
+    eval_every: int | None = None  # steps between validation evaluations (0: at the end only)
+    patience: int | None = None  # stop after this many evaluations without gain (0: never)
     label_smoothing: float = 0.1  # translate/summarize: of the target-token loss
     num_beams: int = 1  # translate/summarize: beams when validating (and in task.json)
     long_inputs: str = "truncate"  # translate/summarize: or "error" past --max-length
@@ -80,6 +84,7 @@ class FinetuneOptions:
     dp_max_grad_norm: float = 1.0  # per-example clipping bound C (not the global clip)
     dp_accountant: str = "rdp"  # rdp | prv
     dp_physical_batch: int = 32  # rows per forward pass of a Poisson batch (0: all at once)
+    dp_clipping: str = "ghost"  # ghost (per-example gradient norms) | exact (materialised)
 
 
 # -------------------------------------------------------------- training
@@ -106,9 +111,21 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
             param.requires_grad_(False)
 
 
+def resolve_options(opts: FinetuneOptions) -> tuple[FinetuneOptions, list[str]]:
+    """`opts` with every unset (None) tuned setting taken from the task's defaults.
+
+    Returns:
+        (the options the run uses, the names that came from the task's own defaults).
+    """
+    values, from_task = defaults.resolve(asdict(opts), get_task(opts.task))
+    return replace(opts, **values), from_task
+
+
 def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     """Train, select the best model on the validation split, save; returns a summary."""
     spec = get_task(opts.task)
+    opts, from_task = resolve_options(opts)
+    used = {name: getattr(opts, name) for name in defaults.GENERIC}
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     private.check_options(opts, spec)
@@ -123,7 +140,8 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     info = TaskInfo(task=opts.task, labels=spec.label_set(train_examples),
                     max_length=opts.max_length, stride=opts.stride, pooling=opts.pooling,
                     arch=lm.config.arch, base_model=str(opts.model),
-                    options=spec.options(asdict(opts)))
+                    options=spec.options(asdict(opts)),
+                    training={"settings": used, "from_task_defaults": from_task})
     spec.check_labels(info.labels, val_examples)
     if opts.extend_vocab:
         texts = [spec.text_of(e) for e in train_examples]
@@ -161,7 +179,10 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
                "train_minutes": train_s / 60, "train_examples": len(train_examples),
                "val_examples": len(val_examples), "best_step": trainer.best_step,
                "history": trainer.history, "validation": scores,
+               "settings": used, "from_task_defaults": from_task,
                "model_dir": str(out / "model")}
+    summary["line"] = summary_line(opts.task, spec.headline, scores[spec.headline],
+                                   trainer.best_step, result.steps, train_s / 60)
     if privacy is not None:
         summary["dp"] = private.write_public_record(privacy, out / "model")
     return summary
@@ -219,8 +240,24 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999,
                           grad_clip=0.0 if privacy is not None else 1.0),
         loop=loop, run_config={"finetune": asdict(opts)},
-        metric=metric, patience=opts.patience, **extra,
+        metric=metric, patience=opts.patience,
+        on_eval=functools.partial(_progress, spec=get_task(opts.task)), **extra,
     )
+
+
+def _progress(step: int, score: float, minutes: float, *, spec: TaskSpec) -> None:
+    """One line on stderr after each validation (stdout carries the summary's JSON)."""
+    from tqdm import tqdm  # the Trainer's progress bar: write above it, not into it
+
+    value = score if spec.higher_is_better else -score
+    tqdm.write(f"{spec.name}: step {step}, validation {spec.headline} {value:.4f} "
+               f"({minutes:.1f} min)", file=sys.stderr)
+
+
+def summary_line(task: str, metric: str, value: float, best_step: int, steps: int,
+                 minutes: float) -> str:
+    """The run in one line: `classify: accuracy 0.912 at step 700 of 758 (17.2 min)`."""
+    return f"{task}: {metric} {value:.3f} at step {best_step} of {steps} ({minutes:.1f} min)"
 
 
 def _headline(model: nn.Module, *, spec: TaskSpec, tokenizer: Any, info: TaskInfo,

@@ -26,13 +26,16 @@ class MetricTrainer(Trainer):
         *args: As for Trainer.
         metric: model -> score on the validation data (higher is better).
         patience: Evaluations without improvement before stopping (0: never stop early).
+        on_eval: Called as on_eval(step, score, elapsed minutes) after each evaluation
+            (`zenlm finetune` prints the validation metric with it).
         **kwargs: As for Trainer.
     """
 
     def __init__(self, *args: Any, metric: Callable[[nn.Module], float], patience: int = 0,
+                 on_eval: Callable[[int, float, float], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.metric, self.patience = metric, patience
+        self.metric, self.patience, self.on_eval = metric, patience, on_eval
         self.best_score: float | None = None
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -46,6 +49,8 @@ class MetricTrainer(Trainer):
         score = float(self.metric(self.model))
         self.model.train()
         self.history.append((self.step, score))
+        if self.on_eval is not None:
+            self.on_eval(self.step, score, self.elapsed_s / 60)
         self._log({"step": self.step, "metric": score, "val_loss": loss,
                    **self.eval_extras()})
         if self.best_score is None or score > self.best_score:

@@ -10,7 +10,7 @@ conversation the logits it would get alone. `SPEC` is the sft task.
 Under differential privacy (`--dp-epsilon`) the privacy unit is one conversation: rows are
 not packed (one conversation per row), a conversation longer than `--max-length` is
 truncated as one unit (never split into rows), and the loss is each conversation's mean
-over its own assistant tokens, averaged over conversations (`sft_loss_per_example`).
+over its own assistant tokens, one loss per conversation (`sft_loss_per_example`).
 """
 
 from __future__ import annotations
@@ -148,14 +148,12 @@ def packed_logits(model: DecoderLM, ids: torch.Tensor, segments: torch.Tensor) -
     block-diagonal mask and per-segment positions.
     """
     positions = segment_positions(segments)
-    x = model.embed(ids)  # (B, T, d)
-    if model.positions is not None:
-        x = x + model.positions(positions)
+    x = model.embed_inputs(ids, positions)  # (B, T, d)
     rope = model.rope(positions, x.dtype) if model.rope is not None else None
     mask = segment_mask(segments)
     for block in model.blocks:
         x = block(x, mask=mask, rope=rope)
-    return model.lm_head(model.final_norm(x))
+    return model.lm_head(model.head_input(x))
 
 
 def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
@@ -166,7 +164,7 @@ def sft_loss(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
 
 
 def sft_loss_per_example(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
-    """Mean over rows of each row's mean assistant-token loss (the DP-SGD objective).
+    """Each row's mean assistant-token loss (B,) (the DP-SGD objective).
 
     Each row must be one conversation, so that a conversation's gradient depends on it
     alone (`sft_loss` divides by the batch's assistant-token count, which couples them;
@@ -183,7 +181,7 @@ def sft_loss_per_example(model: DecoderLM, batch: TensorBatch) -> torch.Tensor:
     losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
                              ignore_index=IGNORE, reduction="none")  # (B, T-1)
     counts = (targets != IGNORE).sum(1).clamp(min=1)  # (B,): a row without any: loss 0
-    return (losses.sum(1) / counts).mean()
+    return losses.sum(1) / counts
 
 
 @torch.inference_mode()
@@ -249,7 +247,7 @@ class SFTTask(TaskSpec[readers.ChatExample, SFTFeature]):
         return sft_loss
 
     def private_objective(self, info: TaskInfo | None = None) -> Objective:
-        """Each conversation's mean assistant-token loss, averaged over conversations."""
+        """Each conversation's mean assistant-token loss (B,)."""
         return sft_loss_per_example
 
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -46,6 +46,8 @@ class TaskInfo:
         dropout: Dropout of the task head while training.
         options: Settings of a task's own (JSON values, e.g. a translation's language
             pair), read only by that task's module.
+        training: How it was fine-tuned: "settings" (the per-task settings used, see
+            `zenlm.tasks.defaults`) and "from_task_defaults" (those the user did not give).
     """
 
     task: str
@@ -58,6 +60,7 @@ class TaskInfo:
     added_tokens: int = 0
     dropout: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """task.json text: the fields plus the layout version."""
@@ -119,6 +122,8 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         higher_is_better: Whether a larger headline value is better (False for a loss).
         weighted: Whether the loss takes inverse-frequency class weights.
         parallel: Whether its data may come as two aligned files (source and target).
+        defaults: Its own defaults of `zenlm.tasks.defaults.GENERIC`'s settings (lr,
+            epochs, frozen layers, ...); the settings it leaves out take GENERIC's.
     """
 
     name: str
@@ -126,6 +131,7 @@ class TaskSpec(ABC, Generic[Example, Feature]):
     higher_is_better: bool = True
     weighted: bool = False
     parallel: bool = False
+    defaults: ClassVar[dict[str, Any]] = {}
 
     # ------------------------------------------------------------- data
     @abstractmethod
@@ -195,9 +201,9 @@ class TaskSpec(ABC, Generic[Example, Feature]):
         """(model, batch) -> scalar loss, the Trainer's objective (`info`: the run's settings)."""
 
     def private_objective(self, info: TaskInfo | None = None) -> Objective:
-        """The loss for DP-SGD: a mean over examples of each example's own loss.
+        """The loss for DP-SGD: (model, batch of B rows) -> each example's own loss (B,).
 
-        Each example's gradient must depend on that example alone (a token mean over the
+        Each example's loss must depend on that example alone (a token mean over the
         whole batch would couple them). Tasks without one refuse DP by name.
         """
         raise ValueError(f"differentially private fine-tuning is not available for task "

@@ -17,21 +17,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import fully_shard
 
-GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch.distributed.checkpoint and torch.distributed.fsdp are imported where they are
+# used: they pull in sympy (~48 MB resident, ~1 s), and every `zenlm` command imports
+# this module through the task registry, generation and serving included.
+
 StateDict = dict[str, Any]
 
 
 def shard_model(model: nn.Module) -> nn.Module:
     """Shard `model` in place: one FSDP unit per block (`model.blocks`), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
     for block in getattr(model, "blocks", []):
         fully_shard(block)
     fully_shard(model)
@@ -67,8 +64,15 @@ def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer,
         (weights without tied duplicates, optimizer state dict indexed by position) on
         the main process; empty dicts elsewhere.
     """
-    weights = get_model_state_dict(model, options=GATHER)
-    optim = get_optimizer_state_dict(model, optimizer, options=GATHER)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    gather = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=gather)
+    optim = get_optimizer_state_dict(model, optimizer, options=gather)
     if not is_main:
         return {}, {}
     tied = tied_names(model)
@@ -84,6 +88,12 @@ def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer,
 def load_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, weights: StateDict,
                optim: StateDict | None) -> None:
     """Fill a sharded model (and optimizer) from full state dicts every rank has read."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     weights = dict(weights)
     for name, keep in tied_names(model).items():
         weights.setdefault(name, weights[keep])

@@ -2,10 +2,13 @@
 
 `PrivateTraining` hands the Trainer four things instead of copying its loop:
 
-- the model, with Opacus's per-sample-gradient hooks installed (`GradSampleModule` in its
-  exact hooks mode; zenlm's own layers get exact grad samplers registered below);
-- the optimizer, wrapped in Opacus's `DPOptimizer` (per-example clipping to
-  `max_grad_norm`, Gaussian noise of `noise_multiplier * max_grad_norm`);
+- the model, with Opacus's hooks installed: per-example gradient norms by ghost clipping
+  (`clipping="ghost"`, the default) or per-example gradients (`clipping="exact"`, hooks
+  mode); both clip each example's gradient to `max_grad_norm` exactly, see
+  `zenlm.train.dp_clipping` (zenlm's own layers get exact grad samplers in `dp_samplers`);
+- the optimizer, wrapped in Opacus's `DPOptimizer` or `DPOptimizerFastGradientClipping`
+  (Gaussian noise of `noise_multiplier * max_grad_norm` on the clipped sum);
+- the objective: the task's per-example losses (B,), clipped piece by piece;
 - the data: `PoissonBatches`, Opacus's Poisson sampler (`UniformWithReplacementSampler`,
   what `DPDataLoader` uses) drawing each step's batch, every example with probability
   `sample_rate`;
@@ -23,7 +26,6 @@ is exact; the released model folder does not hold it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import secrets
@@ -36,20 +38,24 @@ import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from zenlm.errors import ZenlmError
 from zenlm.nn.lora import LoRALinear
 from zenlm.train import dp_samplers  # noqa: F401  (registers zenlm's grad samplers)
+from zenlm.train.dp_clipping import (
+    CLIPPING,
+    GhostClippingHooks,
+    PrivacyError,
+    SeededDPOptimizer,
+    SeededGhostOptimizer,
+    derive_seed,
+    exact_pieces_loss,
+    ghost_pieces_loss,
+)
 
 ACCOUNTANTS = ("rdp", "prv")
 STATE_FILE = "privacy.json"
-
-
-class PrivacyError(ZenlmError):
-    """A setting that would break (or cannot give) the differential-privacy guarantee."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ class PoissonBatches:
 
     def indices(self, step: int) -> list[int]:
         """The examples of step `step` (0-based)."""
-        generator = torch.Generator().manual_seed(_derive_seed(self.secret, "sample", step))
+        generator = torch.Generator().manual_seed(derive_seed(self.secret, "sample", step))
         sampler = UniformWithReplacementSampler(num_samples=len(self.features),
                                                 sample_rate=self.sample_rate,
                                                 generator=generator, steps=1)
@@ -194,12 +200,6 @@ class PoissonBatches:
         chosen.sort(key=lambda i: len(getattr(self.features[i], "ids", ())))
         return PhysicalBatches(self.collate([self.features[i] for i in chosen[at:at + size]])
                                for at in range(0, len(chosen), size))
-
-
-def _derive_seed(secret: bytes, purpose: str, step: int) -> int:
-    """A 63-bit seed from (secret, purpose, step) via SHA-256."""
-    digest = hashlib.sha256(secret + f"/{purpose}/{step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass
@@ -222,10 +222,18 @@ class PrivateTraining:
     Args:
         plan: The solved plan (`plan_privacy`).
         secret: The run's secret (default: 32 fresh random bytes).
+        clipping: "ghost" (per-example gradient norms, two backward passes) or "exact"
+            (per-example gradients materialised); the same clipped sum either way.
+
+    Raises:
+        PrivacyError: an unknown `clipping`.
     """
 
-    def __init__(self, plan: PrivacyPlan, secret: bytes | None = None) -> None:
-        self.plan = plan
+    def __init__(self, plan: PrivacyPlan, secret: bytes | None = None, *,
+                 clipping: str = "ghost") -> None:
+        if clipping not in CLIPPING:
+            raise PrivacyError(f"--dp-clipping must be one of {CLIPPING}, got {clipping!r}")
+        self.plan, self.clipping = plan, clipping
         self.secret = secret if secret is not None else secrets.token_bytes(32)
         self.accountant = create_accountant(plan.accountant)
         self.hooks: Any = None
@@ -260,10 +268,13 @@ class PrivateTraining:
         """
         check_layers(model)
         self.names = {id(p): n for n, p in model.named_parameters()}
-        # GradSampleModule's hooks live on the submodules: calling `model` computes
-        # grad samples, and checkpoints keep the model's own parameter names.
-        self.hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean",
-                                      strict=True)
+        # The hooks live on the submodules: calling `model` computes grad samples (or
+        # their norms), and checkpoints keep the model's own parameter names.
+        if self.clipping == "ghost":
+            self.hooks = GhostClippingHooks(model, max_grad_norm=self.plan.max_grad_norm)
+        else:
+            self.hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean",
+                                          strict=True)
         return model
 
     def make_optimizer(self, factory: Callable[[nn.Module, Any], torch.optim.Optimizer]
@@ -273,11 +284,11 @@ class PrivateTraining:
         def build(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
             inner = factory(model, optim)
             _check_trainable(model, inner)
-            dp = _SeededDPOptimizer(inner, noise_multiplier=self.plan.noise_multiplier,
-                                    max_grad_norm=self.plan.max_grad_norm,
-                                    expected_batch_size=max(1, round(
-                                        self.plan.expected_batch_size)),
-                                    loss_reduction="mean")
+            kind = SeededGhostOptimizer if self.clipping == "ghost" else SeededDPOptimizer
+            dp = kind(inner, noise_multiplier=self.plan.noise_multiplier,
+                      max_grad_norm=self.plan.max_grad_norm,
+                      expected_batch_size=max(1, round(self.plan.expected_batch_size)),
+                      loss_reduction="mean")
             dp.setup(self.secret, self.names)
             dp.attach_step_hook(lambda _: self.accountant.step(
                 noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate))
@@ -288,19 +299,37 @@ class PrivateTraining:
 
     def objective(self, objective: Callable[[nn.Module, Any], torch.Tensor]
                   ) -> Callable[[nn.Module, Any], torch.Tensor]:
-        """The task's objective, plus empty Poisson draws (zero per-sample grads, noise only)."""
+        """The Trainer's objective from a task's per-example losses.
+
+        Args:
+            objective: (model, batch of B rows) -> losses (B,), each example's own loss
+                (`TaskSpec.private_objective`).
+
+        Returns:
+            (model, batch) -> the mean loss of the Poisson draw (its pieces clipped); an
+            empty draw gives zero gradients (the step adds noise only).
+        """
 
         def private(model: nn.Module, batch: Any) -> torch.Tensor:
             if isinstance(batch, EmptyBatch):
-                for param in model.parameters():
-                    if param.requires_grad:
-                        param.grad_sample = param.new_zeros((0, *param.shape))
-                return torch.zeros((), requires_grad=True)
-            if not isinstance(batch, PhysicalBatches):
-                return objective(model, batch)
-            return _pieces_loss(model, batch, objective, self.optimizer)
+                return self._empty(model)
+            if not torch.is_grad_enabled():  # an evaluation: nothing to clip
+                return objective(model, batch).mean()
+            pieces = batch if isinstance(batch, PhysicalBatches) else [batch]
+            if self.clipping == "ghost":
+                return ghost_pieces_loss(model, pieces, objective, self.hooks,
+                                         self.optimizer, self.names)
+            return exact_pieces_loss(model, pieces, objective, self.optimizer)
 
         return private
+
+    def _empty(self, model: nn.Module) -> torch.Tensor:
+        for param in model.parameters():
+            if param.requires_grad and self.clipping == "ghost":
+                param.grad = torch.zeros_like(param)
+            elif param.requires_grad:
+                param.grad_sample = param.new_zeros((0, *param.shape))
+        return torch.zeros((), requires_grad=True)
 
     def sampler(self, features: Sequence[Any], collate: Callable[[list], Any], *,
                 block_size: int, physical_batch: int = 0) -> PoissonBatches:
@@ -332,7 +361,7 @@ class PrivateTraining:
                 "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
                 "steps": self.steps, "planned_steps": plan.steps,
                 "sample_rate": plan.sample_rate, "dataset_size": plan.dataset_size,
-                "accountant": plan.accountant}
+                "accountant": plan.accountant, "clipping": self.clipping}
 
     def eval_record(self) -> dict[str, Any]:
         """Merged into each evaluation's log line: epsilon spent so far."""
@@ -381,34 +410,6 @@ class PrivateTraining:
         return {**self.summary(), "history": [list(h) for h in self.accountant.history]}
 
 
-def _pieces_loss(model: nn.Module, batch: PhysicalBatches,
-                 objective: Callable[[nn.Module, Any], torch.Tensor],
-                 optimizer: DPOptimizer) -> torch.Tensor:
-    """Backward on every piece but the last; return the last's loss for the Trainer.
-
-    Each earlier piece's per-example gradients are clipped and summed into the optimizer's
-    `summed_grad` at once, then dropped: only one piece's per-example gradients (rows x
-    trainable weights) are held at a time, not the whole draw's (GBs for a full encoder).
-    The last piece's are clipped by the optimizer's own step. Its value is the mean over
-    the whole draw (for the log), its gradient the last piece's.
-    """
-    total, rows = torch.zeros(()), 0
-    for index, piece in enumerate(batch):
-        loss = objective(model, piece)
-        n = len(next(v for v in piece.values() if torch.is_tensor(v)))
-        total, rows = total + loss.detach().float().cpu() * n, rows + n
-        if index < len(batch) - 1:
-            # The Trainer calls this under autocast, but backward and the optimizer's step
-            # run outside it: so do these, or grad samplers and clipping go bfloat16.
-            with torch.autocast(loss.device.type, enabled=False):
-                loss.backward()
-                optimizer.clip_and_accumulate()
-            for param in optimizer.params:
-                param.grad_sample = None
-    mean = (total / rows).to(device=loss.device, dtype=loss.dtype)
-    return loss + (mean - loss.detach())
-
-
 def check_layers(model: nn.Module) -> None:
     """Refuse trainable layers without an exact per-sample gradient in Opacus's hooks mode.
 
@@ -450,41 +451,3 @@ def _check_trainable(model: nn.Module, optimizer: torch.optim.Optimizer) -> None
             if not param.requires_grad:
                 raise PrivacyError(f"parameter {names.get(id(param), '?')!r} is in the "
                                    "optimizer but frozen (requires_grad=False)")
-
-
-class _SeededDPOptimizer(DPOptimizer):
-    """Opacus's DPOptimizer whose noise at step t comes from (secret, t): exact resume."""
-
-    def setup(self, secret: bytes, names: dict[int, str], step: int = 0) -> None:
-        """The run's secret, parameter names (for errors) and the next step's number."""
-        self.secret, self.names, self.noise_step = secret, names, step
-
-    def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
-        """Opacus's clip, noise and accounting, first naming a parameter without grad samples.
-
-        (Opacus itself only says that one is missing.)
-        """
-        for param in self.params:
-            if param.grad_sample is None:
-                name = self.names.get(id(param), "?")
-                raise PrivacyError(
-                    f"trainable parameter {name!r} got no per-sample gradient (unused in the "
-                    "forward pass?); freeze it, since noise alone would update it")
-        return super().pre_step(closure)
-
-    def scale_grad(self) -> None:
-        """Divide by the expected logical batch q * N only.
-
-        Opacus also divides by the number of backward passes (its virtual steps, where
-        `expected_batch_size` is the physical batch); here pieces of one Poisson draw
-        (`PhysicalBatches`) make up the logical batch, whose size is already the divisor.
-        """
-        for param in self.params:
-            param.grad /= self.expected_batch_size
-
-    def add_noise(self) -> None:
-        """Opacus's noise, drawn from a generator seeded by (secret, step)."""
-        seed = _derive_seed(self.secret, "noise", self.noise_step)
-        self.generator = torch.Generator(device=self.params[0].device).manual_seed(seed)
-        self.noise_step += 1
-        super().add_noise()

@@ -86,6 +86,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
         values, bits = file.values(item.info, dtype)
         values = item.layout.to_hf(values, hf_config)
         state_dict[item.hf_name] = _to_torch(file, values, bits, dtype)
+        file.release(item.info)  # its values are copied out
     metadata = {k: v for k, v in file.header.metadata.items() if not isinstance(v, list)}
     return GGUFCheckpoint(hf_config, state_dict, tokenizer, metadata)
 

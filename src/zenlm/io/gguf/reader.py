@@ -348,6 +348,18 @@ class GGUFFile:
         """The tensor's bytes, uint8, still in the file (no copy; keeps the map alive)."""
         return np.frombuffer(self.buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release(self, info: GGUFTensorInfo) -> None:
+        """Drop the tensor's pages of the file from this process's resident set.
+
+        Call it once the tensor's values are copied out. Mapped pages count in RSS for
+        as long as the map lives: without this, reading a whole file raised a load's
+        peak RSS by the file's size. The bytes stay readable (the map is read-only and
+        file-backed: a later read pages them back in from the page cache).
+        """
+        start = info.offset - info.offset % mmap.PAGESIZE  # madvise takes whole pages
+        if info.nbytes > 0 and hasattr(mmap, "MADV_DONTNEED"):
+            self.buf.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+
     def values(self, info: GGUFTensorInfo, dtype: torch.dtype) -> tuple[np.ndarray, torch.dtype]:
         """The tensor as numpy values in GGUF's layout (possibly still in the file).
 
