@@ -6,7 +6,11 @@ do not mix), one after another, for several rounds; the table reports each peer'
 median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
 
     .venv/bin/python benchmarks/decode.py [--rounds 3] [--new-tokens 128] [--threads 2]
-        [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16]
+        [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16] [--modes auto,...]
+
+Modes: zenlm's --quantize modes, with "+compile" (torch.compile the decode step) and/or
+"+unfused" (int4 decodes through the eager forward instead of the fused C++ step), e.g.
+`--modes auto,auto+unfused` for the fused step's before and after in one run.
 
 transformers runs a Hugging Face folder of the same weights (dequantized to float32,
 written once by zenlm's own exporter) in --hf-dtype (default: bfloat16 where the CPU has
@@ -36,6 +40,9 @@ from pathlib import Path
 MODEL = "smollm2-135m-instruct"
 LLAMA = "llama.cpp Q4_1"
 ZENLM_MODES = ("auto", "auto+compile", "none", "bf16", "int8", "int4", "int4+compile")
+#: A mode's suffixes: "+compile" (torch.compile the decode step), "+unfused" (int4 decodes
+#: with the eager forward, not the fused C++ step: ZENLM_FUSED_STEP=0), e.g. "auto+unfused".
+SUFFIXES = ("compile", "unfused")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -112,9 +119,18 @@ def peer_envs(args: argparse.Namespace) -> dict[str, dict[str, str]]:
 def zenlm_cmd(mode: str, args: argparse.Namespace) -> list[str]:
     """The real CLI: `zenlm bench MODEL --quantize MODE [--compile] --json`."""
     zenlm = str(Path(sys.executable).parent / "zenlm")
-    quantize, _, compiled = mode.partition("+")
+    quantize, *suffixes = mode.split("+")
+    unknown = set(suffixes) - set(SUFFIXES)
+    if unknown:
+        raise SystemExit(f"mode {mode!r}: unknown suffix {sorted(unknown)}; valid: {SUFFIXES}")
     return [zenlm, "bench", MODEL, "--quantize", quantize, "--new-tokens", str(args.new_tokens),
-            "--threads", str(args.threads), "--json", *(["--compile"] if compiled else [])]
+            "--threads", str(args.threads), "--json",
+            *(["--compile"] if "compile" in suffixes else [])]
+
+
+def zenlm_env(mode: str, base: dict[str, str]) -> dict[str, str]:
+    """A zenlm peer's environment: `base`, and ZENLM_FUSED_STEP=0 for "+unfused"."""
+    return {**base, **({"ZENLM_FUSED_STEP": "0"} if "unfused" in mode.split("+") else {})}
 
 
 def hf_folder(gguf: Path, out: Path) -> Path:
@@ -153,7 +169,8 @@ def main() -> None:
     gguf = resolve_model(MODEL)
     envs = peer_envs(args)
     peers: dict[str, tuple[list[str], dict]] = {
-        f"zenlm {m}": (zenlm_cmd(m, args), envs["zenlm"]) for m in args.modes.split(",")
+        f"zenlm {m}": (zenlm_cmd(m, args), zenlm_env(m, envs["zenlm"]))
+        for m in args.modes.split(",")
     }
     common = [str(args.new_tokens), str(args.threads)]
     peers[LLAMA] = ([sys.executable, "-c", PEER_SCRIPT, "llamacpp", str(gguf), *common],

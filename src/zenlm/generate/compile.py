@@ -42,10 +42,16 @@ def compile_decoding(model: DecoderLM) -> DecoderLM:
     swapping one afterwards (quantizing, adding LoRA) needs a new `compile_decoding`.
     Shapes that change every step (the cache length) are compiled as symbolic sizes,
     so the step compiles once, not once per length. If compilation fails (no C++
-    compiler, an unsupported op), the step falls back to eager and logs why.
+    compiler, an unsupported op), the step falls back to eager and logs why. A model with
+    the fused int4 step keeps it for the steps it covers (one C++ call, faster than the
+    compiled graph); the compiled step serves the others (ragged rows, larger batches).
     """
     compiled = torch.compile(_own_step(model), dynamic=True, options=INDUCTOR_OPTIONS)
-    model.step_fn = _with_fallback(model, compiled)
+    step = _with_fallback(model, compiled)
+    if hasattr(model.step_fn, "fallback"):  # a fused int4 step (zenlm.quant.fused_step):
+        model.step_fn.fallback = step  # it keeps the steps it covers, compiled code the rest
+    else:
+        model.step_fn = step
     return model
 
 

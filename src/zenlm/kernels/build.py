@@ -23,7 +23,11 @@ from zenlm.cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int4_linear.cpp")
+HERE = Path(__file__).parent
+#: One translation unit (torch's headers, most of a build's time, parsed once); the
+#: headers it includes change the build key too.
+SOURCES = (HERE / "int4_linear.cpp",)
+HEADERS = (HERE / "int4_core.h", HERE / "fused_step.h")
 TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
 #: Set to 0 to never build or load the kernels (int4 then runs on PyTorch's int4 kernel).
 ENV_SWITCH = "ZENLM_KERNELS"
@@ -155,7 +159,7 @@ def _register_shapes() -> None:
 def _compile_command(compiler: str, level: str, output: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        compiler, str(SOURCE), "-o", str(output),
+        compiler, *map(str, SOURCES), "-o", str(output),
         "-shared", "-fPIC", "-std=c++20", "-O3",
         *LEVEL_FLAGS[level],
         # torch's parallel_for is an inline `#pragma omp parallel`; the library then
@@ -168,8 +172,10 @@ def _compile_command(compiler: str, level: str, output: Path) -> list[str]:
 
 
 def _build_key(compiler: str, level: str) -> str:
-    """Changes with the source, torch (version and install), the compiler, the level, the CPU."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    """Changes with the sources, torch (version and install), the compiler, the level, the CPU."""
+    digest = hashlib.sha256()
+    for source in (*SOURCES, *HEADERS):
+        digest.update(source.read_bytes())
     for part in (torch.__version__, str(TORCH_DIR), compiler, level, sysconfig.get_platform(),
                  " ".join(cpu_info().features)):
         digest.update(part.encode())

@@ -13,6 +13,7 @@ from torch import nn
 from zenlm.kernels.layout import K_MULTIPLE
 from zenlm.models import DecoderLM
 from zenlm.quant.auto import resolve_mode
+from zenlm.quant.fused_step import use_fused_step
 from zenlm.quant.weights import Int4Linear, Int8Linear, QuantizedEmbedding
 
 QUANTIZE_MODES = ("auto", "none", "bf16", "int8", "int4")
@@ -32,6 +33,8 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
             output head and the embedding tied to it included (the head is a third of
             the bytes a decode step reads); layers whose inputs are not a multiple of
             64 stay int8. The matmuls quantize their float32 inputs to int8 blocks.
+            Llama-family decoders decode with one fused C++ step per token
+            (zenlm.quant.fused_step).
 
     Raises:
         ValueError: an unknown mode, naming the valid ones.
@@ -54,6 +57,8 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
         model.to(torch.bfloat16)  # embeddings, norms and head
     elif make is not None:
         _quantize_head(model, make)
+    if mode == "int4":  # one C++ call per decode step where the model qualifies
+        use_fused_step(model)
     return model
 
 
