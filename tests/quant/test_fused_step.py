@@ -33,6 +33,12 @@ CHECK = Path(__file__).with_name("fused_check.py")
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.fixture(autouse=True)
+def fused_step_on(monkeypatch):
+    """The fused step is opt-in (ZENLM_FUSED_STEP=1); these tests are about it."""
+    monkeypatch.setenv(ENV_SWITCH, "1")
+
+
 def kernel_levels() -> list[str]:
     """The levels with a kernel build that this CPU runs (avx2 up to the detected one)."""
     detected = cpu_info().detected
