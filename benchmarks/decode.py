@@ -9,8 +9,8 @@ median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
         [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16] [--modes auto,...]
 
 Modes: zenlm's --quantize modes, with "+compile" (torch.compile the decode step) and/or
-"+unfused" (int4 decodes through the eager forward instead of the fused C++ step), e.g.
-`--modes auto,auto+unfused` for the fused step's before and after in one run.
+"+fused" (int4 decodes through the fused C++ step, opt-in) or "+unfused" (the eager
+forward), e.g. `--modes auto+fused,auto+unfused` for the fused step's before and after.
 
 transformers runs a Hugging Face folder of the same weights (dequantized to float32,
 written once by zenlm's own exporter) in --hf-dtype (default: bfloat16 where the CPU has
@@ -40,9 +40,10 @@ from pathlib import Path
 MODEL = "smollm2-135m-instruct"
 LLAMA = "llama.cpp Q4_1"
 ZENLM_MODES = ("auto", "auto+compile", "none", "bf16", "int8", "int4", "int4+compile")
-#: A mode's suffixes: "+compile" (torch.compile the decode step), "+unfused" (int4 decodes
-#: with the eager forward, not the fused C++ step: ZENLM_FUSED_STEP=0), e.g. "auto+unfused".
-SUFFIXES = ("compile", "unfused")
+#: A mode's suffixes: "+compile" (torch.compile the decode step), "+fused" (int4 decodes
+#: through the fused C++ step, opt-in: ZENLM_FUSED_STEP=1), "+unfused" (the eager forward,
+#: ZENLM_FUSED_STEP=0, the default), e.g. "auto+fused,auto+unfused".
+SUFFIXES = ("compile", "fused", "unfused")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -129,8 +130,11 @@ def zenlm_cmd(mode: str, args: argparse.Namespace) -> list[str]:
 
 
 def zenlm_env(mode: str, base: dict[str, str]) -> dict[str, str]:
-    """A zenlm peer's environment: `base`, and ZENLM_FUSED_STEP=0 for "+unfused"."""
-    return {**base, **({"ZENLM_FUSED_STEP": "0"} if "unfused" in mode.split("+") else {})}
+    """A zenlm peer's environment: `base`, ZENLM_FUSED_STEP=1 for "+fused", 0 for "+unfused"."""
+    parts = mode.split("+")
+    if "fused" in parts or "unfused" in parts:
+        return {**base, "ZENLM_FUSED_STEP": "1" if "fused" in parts else "0"}
+    return dict(base)
 
 
 def hf_folder(gguf: Path, out: Path) -> Path:
