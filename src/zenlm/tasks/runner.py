@@ -50,6 +50,7 @@ class FinetuneOptions:
     minutes: float = 0.0  # a budget: the schedule (warm-up, decay) fits it; only it ends the run
     batch_size: int | None = None
     lr: float | None = None
+    head_lr: float | None = None  # the new task head's peak learning rate (None: lr's)
     warmup_fraction: float | None = None
     weight_decay: float = 0.01
     max_length: int | None = None
@@ -142,6 +143,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     private.check_options(opts, spec)
+    head_lr_scale(opts)  # a bad --head-lr fails before the model loads
     torch.manual_seed(opts.seed)
     lm = load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
@@ -252,11 +254,25 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
         # Under DP the optimizer clips each example's gradient; no global clip on top.
         optim=OptimConfig(lr=opts.lr, min_lr=0.0, warmup_steps=int(opts.warmup_fraction * steps),
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999,
-                          grad_clip=0.0 if privacy is not None else 1.0),
+                          grad_clip=0.0 if privacy is not None else 1.0,
+                          lr_scales=head_lr_scale(opts)),
         loop=loop, run_config={"finetune": asdict(opts)},
         metric=metric, patience=opts.patience,
         on_eval=functools.partial(_progress, spec=get_task(opts.task)), **extra,
     )
+
+
+def head_lr_scale(opts: FinetuneOptions) -> dict[str, float]:
+    """`OptimConfig.lr_scales` giving the task head (`model.head`) `--head-lr`.
+
+    Raises:
+        ValueError: --head-lr is not positive.
+    """
+    if opts.head_lr is None:
+        return {}
+    if not opts.head_lr > 0:
+        raise ValueError(f"--head-lr must be > 0, got {opts.head_lr}")
+    return {"head.": opts.head_lr / opts.lr}
 
 
 def _progress(step: int, score: float, minutes: float, *, spec: TaskSpec) -> None:
