@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 #: One translation unit (torch's headers, most of a build's time, parsed once); the
 #: headers it includes change the build key too.
-SOURCES = (HERE / "int4_linear.cpp",)
+SOURCES = (HERE / "int4_linear.cpp",
+           # SwiGLU's fused elementwise ops for training (light headers: ~7 s more)
+           HERE / "elementwise.cpp")
 HEADERS = (HERE / "int4_core.h", HERE / "fused_step.h")
 TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
 #: Set to 0 to never build or load the kernels (int4 then runs on PyTorch's int4 kernel).

@@ -8,6 +8,7 @@ from torch import nn
 
 from zenlm.config import Activation
 from zenlm.nn.fused import stack_linears
+from zenlm.nn.swiglu import swiglu
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -55,4 +56,6 @@ class MLP(nn.Module):
             return self.down(self.act(gate) * up)
         if self.gate is None:
             return self.down(self.act(self.up(x)))
+        if self.act is F.silu:  # SwiGLU: one pass each way when training in float32
+            return self.down(swiglu(self.gate(x), self.up(x)))
         return self.down(self.act(self.gate(x)) * self.up(x))
