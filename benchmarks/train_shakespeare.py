@@ -12,10 +12,12 @@ Usage:
     .venv/bin/python benchmarks/train_shakespeare.py --phase speed
     .venv/bin/python benchmarks/train_shakespeare.py --phase budget --minutes 15
     .venv/bin/python benchmarks/train_shakespeare.py --phase speed --cpu avx2
+    .venv/bin/python benchmarks/train_shakespeare.py --phase speed --ab ZENLM_FUSED_SWIGLU=0
 
 zenlm trains with its default dtype, `auto` (bfloat16 autocast where the CPU has native
 bfloat16, float32 elsewhere). `--cpu LEVEL` runs both loops as that narrower CPU level
-(zenlm.cpu narrows PyTorch's kernels before the first matmul).
+(zenlm.cpu narrows PyTorch's kernels before the first matmul). `--ab VAR=VALUE` adds a
+zenlm row run with that environment variable set, in the same rounds (a same-process A/B).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+# beside the repository (../shared/data), or set ZENLM_SHAKESPEARE (a git worktree lives elsewhere)
+DATA = Path(os.environ.get("ZENLM_SHAKESPEARE",
+                           REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 BLOCK, BATCH, LAYERS, HEADS, WIDTH = 256, 12, 6, 6, 384
 
 
@@ -135,25 +139,47 @@ def zenlm_tokens_per_s(out_dir: Path, iters: int, **train) -> float:
     return len(rates) / sum(1 / r for r in rates)  # tokens/s over the timed steps
 
 
-def speed(out_dir: Path, iters: int, rounds: int, compile_: bool) -> dict:
+def zenlm_with_env(out_dir: Path, iters: int, assignment: str) -> float:
+    """zenlm_tokens_per_s with the environment variable `assignment` (VAR=VALUE) set."""
+    name, _, value = assignment.partition("=")
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return zenlm_tokens_per_s(out_dir, iters)
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def speed(out_dir: Path, iters: int, rounds: int, compile_: bool, ab: str = "") -> dict:
     text = DATA.read_text(encoding="utf-8")
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
     results: dict[str, list[float]] = {"nanogpt_fp32_eager": [], "zenlm_auto": []}
     if compile_:
         results["zenlm_auto_compile"] = []
+    if ab:
+        results[f"zenlm_auto[{ab}]"] = []
     for _ in range(rounds):  # alternate, so that both see the same background load
         results["nanogpt_fp32_eager"].append(nanogpt_tokens_per_s(data, len(chars), iters))
         results["zenlm_auto"].append(zenlm_tokens_per_s(out_dir, iters))
         if compile_:
             results["zenlm_auto_compile"].append(zenlm_tokens_per_s(out_dir, iters,
                                                                     compile=True))
+        if ab:
+            results[f"zenlm_auto[{ab}]"].append(zenlm_with_env(out_dir, iters, ab))
     summary = {k: round(sum(v) / len(v)) for k, v in results.items()}
     summary["ratio_auto"] = round(summary["zenlm_auto"] / summary["nanogpt_fp32_eager"], 2)
     if compile_:
         summary["ratio_auto_compile"] = round(
             summary["zenlm_auto_compile"] / summary["nanogpt_fp32_eager"], 2)
-    return {"per_round": results, "mean_tokens_per_s": summary, "threads": torch.get_num_threads()}
+    if ab:
+        summary[f"ratio_auto[{ab}]"] = round(
+            summary[f"zenlm_auto[{ab}]"] / summary["nanogpt_fp32_eager"], 2)
+    return {"per_round": results, "mean_tokens_per_s": summary, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()}
 
 
 def budget(out_dir: Path, minutes: float, steps: int, compile_: bool) -> dict:
@@ -185,6 +211,8 @@ def main() -> None:
                         help="schedule length (budget); 0 = fitted to the speed just measured")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--cpu", default="", help="run as this zenlm.cpu level (narrower)")
+    parser.add_argument("--ab", default="", metavar="VAR=VALUE",
+                        help="also time zenlm with this environment variable set, each round")
     args = parser.parse_args()
     if args.cpu:  # before the first matmul: PyTorch reads these lazily
         os.environ["ZENLM_CPU"] = args.cpu
@@ -198,7 +226,9 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     steps = args.steps or 1000
     if args.phase in ("speed", "both"):
-        measured = speed(out, args.iters, args.rounds, args.compile)
+        if args.ab and "=" not in args.ab:
+            parser.error(f"--ab takes VAR=VALUE, got {args.ab!r}")
+        measured = speed(out, args.iters, args.rounds, args.compile, args.ab)
         print(json.dumps({"speed": measured}, indent=1), flush=True)
         rate = measured["mean_tokens_per_s"]["zenlm_auto_compile" if args.compile else "zenlm_auto"]
         # Fit the schedule to the budget as nanoGPT's was: ~90% of the steps that fit.

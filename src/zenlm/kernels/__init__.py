@@ -8,6 +8,16 @@ CPU without AVX2, it returns None and says why in one line; int4 layers then mul
 with PyTorch's own int4 kernel.
 """
 
+import functools
+
 from zenlm.kernels.build import build, load
 
-__all__ = ["build", "load"]
+__all__ = ["build", "has_op", "load"]
+
+
+@functools.cache
+def has_op(name: str) -> bool:
+    """Whether `torch.ops.zenlm.<name>` is loaded (building the kernels on first use)."""
+    import torch
+
+    return load() is not None and hasattr(torch.ops.zenlm, name)

@@ -1,4 +1,5 @@
-// zenlm::swiglu and zenlm::swiglu_backward: SwiGLU's elementwise part, one pass each way.
+// zenlm::swiglu and zenlm::swiglu_backward: SwiGLU's elementwise part, one pass each way;
+// zenlm::rope: RoPE's rotation (and its transpose, the backward) in one pass.
 //
 // Why: in a small model's float32 training step, silu(g) * u as PyTorch ops is three
 // passes over (B, T, d_ff) tensors forward (silu, mul, and autograd keeps silu(g) too)
@@ -17,6 +18,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -154,14 +156,71 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad, const
   return {grad_gate, grad_up};
 }
 
+// RoPE, "rotate half" layout, on rows of D = 2 h: out = x cos + R(x) sin with
+// R(x) = [-x2, x1], i.e. out1 = x1 c1 - x2 s1, out2 = x2 c2 + x1 s2. Its transpose (the
+// backward) is out = x cos + R^T(x sin), R^T(y) = [y2, -y1]: out1 = x1 c1 + x2 s2,
+// out2 = x2 c2 - x1 s1. `c`, `s`: the row's table entries (D each).
+void rope_row(const float* __restrict x, const float* __restrict c, const float* __restrict s,
+              float* __restrict out, int64_t h) {
+  for (int64_t i = 0; i < h; ++i) {
+    out[i] = x[i] * c[i] - x[i + h] * s[i];
+    out[i + h] = x[i + h] * c[i + h] + x[i] * s[i + h];
+  }
+}
+
+void rope_row_transposed(const float* __restrict x, const float* __restrict c,
+                         const float* __restrict s, float* __restrict out, int64_t h) {
+  for (int64_t i = 0; i < h; ++i) {
+    out[i] = x[i] * c[i] + x[i + h] * s[i + h];
+    out[i + h] = x[i + h] * c[i + h] - x[i] * s[i];
+  }
+}
+
+// x (B, T, H, D) rotated by the tables cos, sin (B or 1, T, 1, D); `transposed`: by
+// minus the angles, which is the backward of the rotation. All float32, contiguous.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                bool transposed) {
+  TORCH_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "rope: x must be (B, T, H, D) with D even, got ",
+              x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  check("rope", x, "x", x);
+  check("rope", sin, "sin", cos);
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous(),
+              "rope: cos must be float32 and contiguous");
+  TORCH_CHECK(cos.dim() == 4 && (cos.size(0) == B || cos.size(0) == 1) && cos.size(1) == T &&
+                  cos.size(2) == 1 && cos.size(3) == D,
+              "rope: cos and sin must be (", B, " or 1, ", T, ", 1, ", D, "), got ", cos.sizes());
+  at::Tensor out = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  const float* pc = cos.data_ptr<float>();
+  const float* ps = sin.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const int64_t table_rows = cos.size(0) * T;  // T or B T
+  at::parallel_for(0, B * T * H, std::max<int64_t>(1, kGrain / D), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t table = (r / H) % table_rows;  // (b, t) of row r, or t if one table
+      const float* c = pc + table * D;
+      const float* s = ps + table * D;
+      if (transposed) {
+        rope_row_transposed(px + r * D, c, s, po + r * D, D / 2);
+      } else {
+        rope_row(px + r * D, c, s, po + r * D, D / 2);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(zenlm, m) {
   m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
   m.def("swiglu_backward(Tensor grad, Tensor gate, Tensor up) -> (Tensor, Tensor)");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin, bool transposed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(zenlm, CPU, m) {
   m.impl("swiglu", &swiglu);
   m.impl("swiglu_backward", &swiglu_backward);
+  m.impl("rope", &rope);
 }

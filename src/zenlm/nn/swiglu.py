@@ -11,13 +11,14 @@ torch.compile, or no kernel on this machine) runs today's `F.silu(gate) * up`.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from zenlm import kernels
 
 #: Set to 0 to always use PyTorch's ops (for an A/B, or to rule the kernel out).
 ENV_SWITCH = "ZENLM_FUSED_SWIGLU"
@@ -53,12 +54,9 @@ def _fusable(gate: torch.Tensor, up: torch.Tensor) -> bool:
     )
 
 
-@functools.cache
 def kernel_available() -> bool:
     """Whether zenlm's C++ SwiGLU ops are loaded (built for this CPU on first use)."""
-    from zenlm import kernels
-
-    return kernels.load() is not None and hasattr(torch.ops.zenlm, "swiglu")
+    return kernels.has_op("swiglu")
 
 
 class _SwiGLU(torch.autograd.Function):

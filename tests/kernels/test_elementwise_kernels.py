@@ -1,4 +1,5 @@
-"""zenlm's fused SwiGLU (silu(gate) * up and its backward) against the float64 formula."""
+"""zenlm's one-pass elementwise ops for training against float64 formulas: SwiGLU
+(silu(gate) * up and its backward) and RoPE's rotation (and its transpose, the backward)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from zenlm import kernels
 from zenlm.cpu import cpu_info
+from zenlm.nn import rope as rope_module
 from zenlm.nn import swiglu as swiglu_module
 from zenlm.nn.mlp import MLP
+from zenlm.nn.rope import RotaryEmbedding, apply_rope
 from zenlm.nn.swiglu import swiglu
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,9 +132,60 @@ def test_a_gated_silu_mlp_trains_the_same_fused_or_not(kernel, monkeypatch):
         assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6)
 
 
+def rope_float64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, grad: torch.Tensor):
+    """(out, dx) in float64, rotate-half pairs (x1, x2) = (x[:h], x[h:]):
+    out = (x1 c1 - x2 s1, x2 c2 + x1 s2); dx = (g1 c1 + g2 s2, g2 c2 - g1 s1)."""
+    x, c, s, g = x.double(), cos.double(), sin.double(), grad.double()
+    h = x.shape[-1] // 2
+    x1, x2, g1, g2 = x[..., :h], x[..., h:], g[..., :h], g[..., h:]
+    c1, c2, s1, s2 = c[..., :h], c[..., h:], s[..., :h], s[..., h:]
+    return (torch.cat((x1 * c1 - x2 * s1, x2 * c2 + x1 * s2), -1),
+            torch.cat((g1 * c1 + g2 * s2, g2 * c2 - g1 * s1), -1))
+
+
+def check_rope(B: int, T: int, H: int, D: int, per_row: bool) -> None:
+    """Forward and backward of apply_rope on (B, T, H, D) against `rope_float64`; tables
+    (B, T, 1, D) with `per_row` positions (each row shifted), else one (1, T, 1, D)."""
+    gen = torch.Generator().manual_seed(D)
+    x = torch.randn(B, T, H, D, generator=gen).requires_grad_()
+    positions = torch.arange(T)[None] * 7
+    if per_row:
+        positions = positions + torch.arange(B)[:, None] * 1000
+    cos, sin = RotaryEmbedding(D, 10000.0)(positions, torch.float32)
+    switched_on = os.environ.get(rope_module.ENV_SWITCH, "1") != "0"
+    assert rope_module._fusable(x, cos) == (switched_on and kernels.has_op("rope"))
+    grad = torch.randn(B, T, H, D, generator=gen)
+    out = apply_rope(x, cos, sin)
+    out.backward(grad)
+    expected, expected_dx = rope_float64(x.detach(), cos, sin, grad)
+    # |out| <= |x1| + |x2| per pair: float32 rounding of a few products
+    assert (out.double() - expected).abs().max() <= 1e-6 * x.detach().abs().max() * 2
+    assert (x.grad.double() - expected_dx).abs().max() <= 1e-6 * grad.abs().max() * 2
+
+
+# D = 6: a half (3) that is no whole vector; tables per sequence or one for all
+@pytest.mark.parametrize("B,T,H,D,per_row", [(2, 9, 3, 64, False), (3, 17, 2, 64, True),
+                                             (1, 5, 4, 6, False), (12, 256, 6, 64, True)])
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_rope_equals_the_float64_formula_fused_or_not(monkeypatch, B, T, H, D, per_row, switch):
+    monkeypatch.setenv(rope_module.ENV_SWITCH, switch)
+    if switch == "1" and not kernels.has_op("rope"):
+        pytest.skip("zenlm's kernels are unavailable here")
+    check_rope(B, T, H, D, per_row)
+
+
+def test_rope_with_other_layouts_uses_pytorchs_ops(kernel):
+    x = torch.randn(2, 4, 3, 8).transpose(1, 2)  # not contiguous
+    cos, sin = RotaryEmbedding(8, 10000.0)(torch.arange(3)[None], torch.float32)
+    assert not rope_module._fusable(x, cos)
+    assert not rope_module._fusable(x.contiguous().double(), cos.double())
+    assert rope_module._fusable(x.contiguous(), cos)
+
+
 FORCED_CHECK = """
 import json, torch
-from tests.kernels.test_swiglu_kernel import assert_close_to_formula, inputs, run_swiglu
+from tests.kernels.test_elementwise_kernels import (assert_close_to_formula, check_rope, inputs,
+                                                    run_swiglu)
 from zenlm import kernels
 from zenlm.cpu import cpu_info
 fns = []
@@ -139,12 +194,15 @@ for shape in [(7,), (2, 5, 37), (4, 16385)]:
     out, d_gate, d_up, fn = run_swiglu(gate, up, grad)
     assert_close_to_formula(gate, up, grad, out, d_gate, d_up)
     fns.append(fn)
-print(json.dumps({"level": cpu_info().level, "path": kernels.load(), "fns": fns}))
+check_rope(3, 17, 2, 64, per_row=True)
+check_rope(1, 5, 4, 6, per_row=False)
+print(json.dumps({"level": cpu_info().level, "path": kernels.load(), "fns": fns,
+                  "rope": kernels.has_op("rope")}))
 """
 
 
-def test_the_avx2_build_computes_the_formula_too():
-    """Forced to AVX2 in a fresh process (ZENLM_CPU is read before torch loads): the
+def test_the_avx2_build_computes_the_formulas_too():
+    """SwiGLU and RoPE forced to AVX2 in a fresh process (ZENLM_CPU is read before torch loads): the
     library built with AVX2 instructions only gives the same numbers."""
     if cpu_info().detected in ("generic", "avx2"):
         pytest.skip("the native test above already ran this CPU's only kernel level")
@@ -155,4 +213,5 @@ def test_the_avx2_build_computes_the_formula_too():
                          text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report == {"level": "avx2", "path": "avx2", "fns": ["_SwiGLUBackward"] * 3}
+    assert report == {"level": "avx2", "path": "avx2", "fns": ["_SwiGLUBackward"] * 3,
+                      "rope": True}
