@@ -12,12 +12,13 @@ Usage:
     .venv/bin/python benchmarks/train_shakespeare.py --phase speed
     .venv/bin/python benchmarks/train_shakespeare.py --phase budget --minutes 15
     .venv/bin/python benchmarks/train_shakespeare.py --phase speed --cpu avx2
-    .venv/bin/python benchmarks/train_shakespeare.py --phase speed --ab ZENLM_FUSED_SWIGLU=0
+    .venv/bin/python benchmarks/train_shakespeare.py --phase speed \
+        --ab ZENLM_FUSED_SWIGLU=0,ZENLM_FUSED_ROPE=0
 
 zenlm trains with its default dtype, `auto` (bfloat16 autocast where the CPU has native
 bfloat16, float32 elsewhere). `--cpu LEVEL` runs both loops as that narrower CPU level
-(zenlm.cpu narrows PyTorch's kernels before the first matmul). `--ab VAR=VALUE` adds a
-zenlm row run with that environment variable set, in the same rounds (a same-process A/B).
+(zenlm.cpu narrows PyTorch's kernels before the first matmul). `--ab VAR=VALUE[,...]` adds a
+zenlm row run with those environment variables set, in the same rounds (a same-process A/B).
 """
 
 from __future__ import annotations
@@ -139,18 +140,19 @@ def zenlm_tokens_per_s(out_dir: Path, iters: int, **train) -> float:
     return len(rates) / sum(1 / r for r in rates)  # tokens/s over the timed steps
 
 
-def zenlm_with_env(out_dir: Path, iters: int, assignment: str) -> float:
-    """zenlm_tokens_per_s with the environment variable `assignment` (VAR=VALUE) set."""
-    name, _, value = assignment.partition("=")
-    before = os.environ.get(name)
-    os.environ[name] = value
+def zenlm_with_env(out_dir: Path, iters: int, assignments: str) -> float:
+    """zenlm_tokens_per_s with the environment variables `assignments` (VAR=VALUE,...) set."""
+    pairs = [item.partition("=")[::2] for item in assignments.split(",")]
+    before = {name: os.environ.get(name) for name, _ in pairs}
+    os.environ.update(dict(pairs))
     try:
         return zenlm_tokens_per_s(out_dir, iters)
     finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def speed(out_dir: Path, iters: int, rounds: int, compile_: bool, ab: str = "") -> dict:
@@ -211,8 +213,8 @@ def main() -> None:
                         help="schedule length (budget); 0 = fitted to the speed just measured")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--cpu", default="", help="run as this zenlm.cpu level (narrower)")
-    parser.add_argument("--ab", default="", metavar="VAR=VALUE",
-                        help="also time zenlm with this environment variable set, each round")
+    parser.add_argument("--ab", default="", metavar="VAR=VALUE[,...]",
+                        help="also time zenlm with these environment variables set, each round")
     args = parser.parse_args()
     if args.cpu:  # before the first matmul: PyTorch reads these lazily
         os.environ["ZENLM_CPU"] = args.cpu
@@ -226,8 +228,9 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     steps = args.steps or 1000
     if args.phase in ("speed", "both"):
-        if args.ab and "=" not in args.ab:
-            parser.error(f"--ab takes VAR=VALUE, got {args.ab!r}")
+        bad = [item for item in args.ab.split(",") if args.ab and "=" not in item]
+        if bad:
+            parser.error(f"--ab takes VAR=VALUE[,VAR=VALUE...], got {bad[0]!r}")
         measured = speed(out, args.iters, args.rounds, args.compile, args.ab)
         print(json.dumps({"speed": measured}, indent=1), flush=True)
         rate = measured["mean_tokens_per_s"]["zenlm_auto_compile" if args.compile else "zenlm_auto"]
