@@ -1,5 +1,6 @@
 """zenlm's one-pass elementwise ops for training against float64 formulas: SwiGLU
-(silu(gate) * up and its backward) and RoPE's rotation (and its transpose, the backward)."""
+(silu(gate) * up and its backward), RoPE's rotation (and its transpose, the backward) and
+RMSNorm's backward."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import torch
 
 from zenlm import kernels
 from zenlm.cpu import cpu_info
+from zenlm.nn import norm as norm_module
 from zenlm.nn import rope as rope_module
 from zenlm.nn import swiglu as swiglu_module
 from zenlm.nn.mlp import MLP
+from zenlm.nn.norm import RMSNorm
 from zenlm.nn.rope import RotaryEmbedding, apply_rope
 from zenlm.nn.swiglu import swiglu
 
@@ -182,10 +185,44 @@ def test_rope_with_other_layouts_uses_pytorchs_ops(kernel):
     assert rope_module._fusable(x.contiguous(), cos)
 
 
+def check_rms_norm(shape: tuple[int, ...], threads: int = 1) -> None:
+    """RMSNorm's gradients on x `shape` (..., D) against the float64 formula: with
+    r = (mean(x^2) + eps)^-1/2 per row, dx = r g w - x r^3 sum(g w x) / D and
+    dw = sum over rows of g x r."""
+    gen = torch.Generator().manual_seed(shape[-1])
+    norm = RMSNorm(shape[-1], eps=1e-5)
+    norm.weight.data = torch.randn(shape[-1], generator=gen)
+    x = (torch.randn(shape, generator=gen) * 3).requires_grad_()
+    grad = torch.randn(shape, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        norm(x).backward(grad)
+    finally:
+        torch.set_num_threads(before)
+    x64, w, g = x.detach().double(), norm.weight.detach().double(), grad.double()
+    r = 1 / torch.sqrt(x64.square().mean(-1, keepdim=True) + 1e-5)
+    dx = r * g * w - x64 * r**3 * (g * w * x64).sum(-1, keepdim=True) / shape[-1]
+    dw = (g * x64 * r).reshape(-1, shape[-1]).sum(0)
+    assert (x.grad.double() - dx).abs().max() <= 1e-6 * dx.abs().max()
+    assert (norm.weight.grad.double() - dw).abs().max() <= 1e-6 * dw.abs().max()
+
+
+# D = 13: rows that are no whole vector; 2 threads: dw summed over threads' partial sums
+@pytest.mark.parametrize("shape,threads", [((5, 13), 1), ((2, 7, 384), 1), ((12, 256, 384), 2)])
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_rms_norm_gradients_equal_the_float64_formula_fused_or_not(monkeypatch, shape, threads,
+                                                                   switch):
+    monkeypatch.setenv(norm_module.ENV_SWITCH, switch)
+    if switch == "1" and not kernels.has_op("rms_norm_backward"):
+        pytest.skip("zenlm's kernels are unavailable here")
+    check_rms_norm(shape, threads)
+
+
 FORCED_CHECK = """
 import json, torch
-from tests.kernels.test_elementwise_kernels import (assert_close_to_formula, check_rope, inputs,
-                                                    run_swiglu)
+from tests.kernels.test_elementwise_kernels import (assert_close_to_formula, check_rms_norm,
+                                                    check_rope, inputs, run_swiglu)
 from zenlm import kernels
 from zenlm.cpu import cpu_info
 fns = []
@@ -196,13 +233,16 @@ for shape in [(7,), (2, 5, 37), (4, 16385)]:
     fns.append(fn)
 check_rope(3, 17, 2, 64, per_row=True)
 check_rope(1, 5, 4, 6, per_row=False)
+check_rms_norm((5, 13))
+check_rms_norm((2, 7, 384), threads=2)
 print(json.dumps({"level": cpu_info().level, "path": kernels.load(), "fns": fns,
-                  "rope": kernels.has_op("rope")}))
+                  "rope": kernels.has_op("rope"),
+                  "rms_norm": kernels.has_op("rms_norm_backward")}))
 """
 
 
 def test_the_avx2_build_computes_the_formulas_too():
-    """SwiGLU and RoPE forced to AVX2 in a fresh process (ZENLM_CPU is read before torch loads): the
+    """SwiGLU, RoPE and RMSNorm's backward forced to AVX2 in a fresh process (ZENLM_CPU is read before torch loads): the
     library built with AVX2 instructions only gives the same numbers."""
     if cpu_info().detected in ("generic", "avx2"):
         pytest.skip("the native test above already ran this CPU's only kernel level")
@@ -214,4 +254,4 @@ def test_the_avx2_build_computes_the_formulas_too():
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"level": "avx2", "path": "avx2", "fns": ["_SwiGLUBackward"] * 3,
-                      "rope": True}
+                      "rope": True, "rms_norm": True}

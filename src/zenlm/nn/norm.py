@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm import kernels
 from zenlm.config import Norm
+
+#: Set to 0 to compute RMSNorm's backward with PyTorch's ops (for an A/B).
+ENV_SWITCH = "ZENLM_FUSED_RMSNORM"
 
 
 class RMSNorm(nn.Module):
@@ -44,7 +49,9 @@ class _RMSNorm(torch.autograd.Function):
     With gradients on, `F.rms_norm` falls back to its composite of small ops on CPU (no
     fused backward kernel there), which cost a small model's training step ~2%.
     y = x * r * w with r = (mean(x^2) + eps)^-1/2 over the last axis; then
-    dx = r * (g w - x r^2 mean(g w x)) and dw = sum over rows of g x r.
+    dx = r * (g w - x r^2 mean(g w x)) and dw = sum over rows of g x r: one pass of
+    zenlm's C++ op (`torch.ops.zenlm.rms_norm_backward`, zenlm/kernels/elementwise.cpp)
+    on CPU when it is built, ~8 of PyTorch's ops otherwise.
     """
 
     @staticmethod
@@ -58,6 +65,11 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor  # noqa: D102
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, weight, rstd = ctx.saved_tensors
+        if _fusable(x, rstd):
+            grad_x, grad_w = torch.ops.zenlm.rms_norm_backward(grad.contiguous(), x, weight,
+                                                               rstd)
+            return (grad_x if ctx.needs_input_grad[0] else None,
+                    grad_w if ctx.needs_input_grad[1] else None, None)
         normed = x * rstd  # (..., dim)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -67,6 +79,17 @@ class _RMSNorm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = (grad * normed).reshape(-1, x.shape[-1]).sum(0)
         return grad_x, grad_w, None
+
+
+def _fusable(x: torch.Tensor, rstd: torch.Tensor) -> bool:
+    """Whether zenlm's C++ backward takes x (..., dim) and rstd (..., 1) (float32 CPU)."""
+    return (
+        x.device.type == "cpu" and x.is_contiguous() and rstd.is_contiguous()
+        and rstd.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and os.environ.get(ENV_SWITCH, "1") != "0"
+        and kernels.has_op("rms_norm_backward")
+    )
 
 
 def make_norm(kind: Norm, dim: int, eps: float, bias: bool = True) -> nn.Module:
