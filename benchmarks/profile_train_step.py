@@ -5,20 +5,25 @@ Times the ops of a few forward + backward + AdamW steps of the same Llama-style 
 fused elementwise ops off and on, alternately in one process (the machine may be shared:
 only figures from the same rounds compare), and prints each op's self CPU time per step.
 
+`--time N` instead times N steps each way, alternating off and on step by step (the
+finest-grained A/B for a loaded machine), and prints the median and fastest step of each.
+
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_train_step.py --cpu avx2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_train_step.py --cpu avx2 --time 20
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections import defaultdict
 
 BLOCK, BATCH, VOCAB = 256, 12, 65
 #: The environment switches of the fused ops (zenlm.nn.swiglu, zenlm.nn.rope).
-SWITCHES = ("ZENLM_FUSED_SWIGLU", "ZENLM_FUSED_ROPE")
+SWITCHES = ("ZENLM_FUSED_SWIGLU", "ZENLM_FUSED_ROPE", "ZENLM_FUSED_RMSNORM")
 
 
 def main() -> None:
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--time", type=int, default=0, metavar="N",
+                        help="time N steps each way, alternating, instead of profiling")
     args = parser.parse_args()
     if args.cpu:  # before torch loads: it reads the level's variables lazily
         os.environ["ZENLM_CPU"] = args.cpu
@@ -54,16 +61,21 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def switch(setting: str) -> None:
+        for name in SWITCHES:
+            os.environ[name] = "1" if setting == "on" else "0"
+
+    if args.time:
+        time_steps(step, switch, args.time)
+        return
     op_ms: dict[str, dict[str, float]] = {"off": defaultdict(float), "on": defaultdict(float)}
     step_ms: dict[str, list[float]] = {"off": [], "on": []}
     for setting in ("off", "on"):  # warm-up (and the kernel build, if any)
-        for name in SWITCHES:
-            os.environ[name] = "1" if setting == "on" else "0"
+        switch(setting)
         step()
     for _ in range(args.rounds):
         for setting in ("off", "on"):
-            for name in SWITCHES:
-                os.environ[name] = "1" if setting == "on" else "0"
+            switch(setting)
             tick = time.perf_counter()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(args.steps):
@@ -83,6 +95,27 @@ def main() -> None:
         cells = [f"{op_ms[s][key] / n:8.1f} {100 * op_ms[s][key] / n / total[s]:5.1f}%"
                  for s in ("off", "on")]
         print(f"{key[:58]:<58} {cells[0]:>16} {cells[1]:>16}")
+
+
+def time_steps(step, switch, pairs: int) -> None:  # noqa: ANN001
+    """Alternate fused off and on step by step; print median and fastest of each."""
+    ms: dict[str, list[float]] = {"off": [], "on": []}
+    for setting in ("off", "on"):  # warm-up (and the kernel build, if any)
+        switch(setting)
+        step()
+    for index in range(2 * pairs):
+        setting = ("off", "on")[index % 2]
+        switch(setting)
+        tick = time.perf_counter()
+        step()
+        ms[setting].append((time.perf_counter() - tick) * 1000)
+    ratios = [off / on for off, on in zip(ms["off"], ms["on"], strict=True)]
+    for setting in ("off", "on"):
+        print(f"fused {setting:>3}: median {statistics.median(ms[setting]):7.1f} ms/step, "
+              f"fastest {min(ms[setting]):7.1f}")
+    print(f"speed-up (off / on): median of pairs {statistics.median(ratios):.3f}, "
+          f"fastest steps {min(ms['off']) / min(ms['on']):.3f}; "
+          f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
