@@ -6,6 +6,11 @@ once; `make` does it at install time with `python -m zenlm.kernels`), registers
 `torch.ops.zenlm.int4_linear` and returns the path in use. Without a compiler, or on a
 CPU without AVX2, it returns None and says why in one line; int4 layers then multiply
 with PyTorch's own int4 kernel.
+
+`elementwise.cpp` adds training's one-pass float32 ops (`torch.ops.zenlm.swiglu`,
+`swiglu_backward`, `rope`, `rms_norm_backward`; used by zenlm.nn's SwiGLU, RoPE and
+RMSNorm when gradients are on); `has_op(name)` says whether one is loaded. Without them
+those layers compute with PyTorch's ops, as they do for inference.
 """
 
 import functools

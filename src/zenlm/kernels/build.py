@@ -24,11 +24,10 @@ from zenlm.cpu import cpu_info
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-#: One translation unit (torch's headers, most of a build's time, parsed once); the
-#: headers it includes change the build key too.
-SOURCES = (HERE / "int4_linear.cpp",
-           # SwiGLU's fused elementwise ops for training (light headers: ~7 s more)
-           HERE / "elementwise.cpp")
+#: The int4 kernels are one translation unit (torch's headers, most of a build's time,
+#: parsed once); elementwise.cpp (training's fused SwiGLU, RoPE and RMSNorm backward)
+#: includes only light headers (~7 s more). Headers included change the build key too.
+SOURCES = (HERE / "int4_linear.cpp", HERE / "elementwise.cpp")
 HEADERS = (HERE / "int4_core.h", HERE / "fused_step.h")
 TORCH_DIR = Path(torch.__file__).parent  # headers to compile against, libraries to link
 #: Set to 0 to never build or load the kernels (int4 then runs on PyTorch's int4 kernel).
