@@ -255,3 +255,30 @@ def test_the_avx2_build_computes_the_formulas_too():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"level": "avx2", "path": "avx2", "fns": ["_SwiGLUBackward"] * 3,
                       "rope": True, "rms_norm": True}
+
+
+NO_KERNEL_CHECK = """
+import json, torch
+from tests.kernels.test_elementwise_kernels import (assert_close_to_formula, check_rms_norm,
+                                                    check_rope, inputs, run_swiglu)
+from zenlm import kernels
+gate, up, grad = inputs((2, 5, 37))
+out, d_gate, d_up, fn = run_swiglu(gate, up, grad)
+assert_close_to_formula(gate, up, grad, out, d_gate, d_up)
+check_rope(3, 17, 2, 64, per_row=True)
+check_rms_norm((2, 7, 384))
+print(json.dumps({"ops": [kernels.has_op(op) for op in ("swiglu", "rope", "rms_norm_backward")],
+                  "fn": fn}))
+"""
+
+
+def test_without_the_kernels_the_layers_compute_the_formulas_with_pytorch(tmp_path):
+    """ZENLM_KERNELS=0 (as with no compiler or a generic CPU): no op is loaded, and SwiGLU,
+    RoPE and RMSNorm train on PyTorch's ops with the same numbers."""
+    env = dict(os.environ, ZENLM_KERNELS="0", ZENLM_KERNEL_CACHE=str(tmp_path),
+               PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, "-c", NO_KERNEL_CHECK], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"ops": [False, False, False], "fn": "MulBackward0"}
