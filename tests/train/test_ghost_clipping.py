@@ -23,8 +23,8 @@ from zenlm.models.heads import SequenceClassifier, TokenClassifier
 from zenlm.nn.lora import LoRALinear, apply_lora
 from zenlm.tasks import classify, ner, sft
 from zenlm.tasks.classify import ClassifyFeature
-from zenlm.tasks.runner import freeze_all_but_biases_and_norms
 from zenlm.tasks.ner import TokenFeature
+from zenlm.tasks.runner import freeze_all_but_biases_and_norms
 from zenlm.tasks.sft import SFTFeature
 from zenlm.train.config import OptimConfig
 from zenlm.train.dp_clipping import linear_norm_sample
