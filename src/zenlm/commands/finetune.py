@@ -40,6 +40,8 @@ FINETUNE_HELP = {
     "freeze_embeddings": "freeze the token embeddings only",
     "group_by_length": "batch examples of similar length (less padding)",
     "extend_vocab": "add up to this many characters of --train unknown to the tokenizer",
+    "bitfit": "train only the biases, the norms' weights and the head (BitFit: a few "
+              "tenths of a percent of the weights; cheap, and little noise under DP)",
     "lora": "train low-rank adapters instead of every weight",
     "lora_rank": "LoRA rank r",
     "lora_alpha": "LoRA scale alpha (updates are scaled by alpha / r)",
