@@ -20,6 +20,14 @@
 // a build's time, are parsed once), which registers the op.
 #pragma once
 
+#include <ATen/ops/_softmax.h>
+#include <ATen/ops/cos.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/sin.h>
+
 #include <algorithm>
 
 #include "int4_core.h"
@@ -51,107 +59,75 @@ const float* norm_weight(at::TensorList w, int64_t at, int64_t d, const char* wh
   return t.data_ptr<float>();
 }
 
-// out = x / sqrt(mean(x^2) + eps) * w over one row of d.
+// The eager forward's float operations, to the bit. The int4 kernel rounds activations to
+// int8 codes, so a difference of one ulp before a rounding can move a code; the move then
+// grows over the layers (and through the KV cache over the steps) into a ~1-5% difference
+// of the logits, enough to change greedy replies. So each operation here computes what
+// the eager forward's PyTorch kernel computes, in the same order, with no fused
+// multiply-adds (build.py compiles with -ffp-contract=off); the attention's matmuls and
+// softmax and the SiLU are PyTorch's own calls on the same views (see `attention`).
+
+// The sum of x[i]^2 over one row of d as ATen's CPU sum reduces a contiguous row
+// (SumKernel.cpp: vectors of 8 floats, as torch's reduction kernels are built for AVX2
+// on x86 even at its AVX-512 level; 4 interleaved partial sums, each a cascade of 4
+// levels of 2^p vectors; then the scalar tail, then the 8 lanes in order).
+float sum_of_squares(const float* x, int64_t d) {
+  constexpr int64_t kLanesF = 8, kIlp = 4, kLevels = 4;
+  const int64_t vectors = d / kLanesF, size = vectors / kIlp;
+  auto square = [&](int64_t vector, int64_t lane) {
+    const float v = x[vector * kLanesF + lane];
+    return v * v;
+  };
+  int64_t ceil_log2 = 1;  // ATen's utils::CeilLog2: 1 for size <= 2
+  if (size > 2) ceil_log2 = 64 - __builtin_clzll(static_cast<uint64_t>(size - 1));
+  const int64_t power = std::max<int64_t>(4, ceil_log2 / kLevels);
+  const int64_t step = int64_t{1} << power, mask = step - 1;
+  float acc[kLevels][kIlp][kLanesF] = {};
+  auto add_row = [&](int64_t i) {  // row i: vectors kIlp * i .. kIlp * i + 3 into acc[0]
+    for (int64_t k = 0; k < kIlp; ++k)
+      for (int64_t l = 0; l < kLanesF; ++l) acc[0][k][l] += square(kIlp * i + k, l);
+  };
+  int64_t i = 0;
+  for (; i + step <= size;) {
+    for (int64_t j = 0; j < step; ++j, ++i) add_row(i);
+    for (int64_t j = 1; j < kLevels; ++j) {
+      for (int64_t k = 0; k < kIlp; ++k)
+        for (int64_t l = 0; l < kLanesF; ++l) acc[j][k][l] += acc[j - 1][k][l], acc[j - 1][k][l] = 0.f;
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i) add_row(i);
+  for (int64_t j = 1; j < kLevels; ++j)
+    for (int64_t k = 0; k < kIlp; ++k)
+      for (int64_t l = 0; l < kLanesF; ++l) acc[0][k][l] += acc[j][k][l];
+  float* partial = acc[0][0];
+  for (int64_t v = size * kIlp; v < vectors; ++v)
+    for (int64_t l = 0; l < kLanesF; ++l) partial[l] += square(v, l);
+  for (int64_t k = 1; k < kIlp; ++k)
+    for (int64_t l = 0; l < kLanesF; ++l) partial[l] += acc[0][k][l];
+  float total = 0.f;
+  for (int64_t t = vectors * kLanesF; t < d; ++t) total += x[t] * x[t];
+  for (int64_t l = 0; l < kLanesF; ++l) total += partial[l];
+  return total;
+}
+
+// out = x * r * w with r = 1 / sqrt(mean(x^2) + eps) over one row of d, as F.rms_norm's
+// CPU composite (pow, mean = sum / d, add_, rsqrt, mul, mul).
 void rms_norm(const float* x, const float* w, int64_t d, float eps, float* out) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < d; ++i) sum += x[i] * x[i];
-  const float r = 1.f / std::sqrt(sum / static_cast<float>(d) + eps);
+  const float r = 1.f / std::sqrt(sum_of_squares(x, d) / static_cast<float>(d) + eps);
 #pragma omp simd
   for (int64_t i = 0; i < d; ++i) out[i] = x[i] * r * w[i];
 }
 
-// Rotate-half RoPE of one head of D in place: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
+// Rotate-half RoPE of one head of D in place: x * cos + rotate_half(x) * sin, each
+// product rounded, as apply_rope's three elementwise ops.
 void rotate(float* x, const float* cos, const float* sin, int64_t D) {
   const int64_t half = D / 2;
 #pragma omp simd
   for (int64_t i = 0; i < half; ++i) {
     const float a = x[i], b = x[i + half];
     x[i] = a * cos[i] - b * sin[i];
-    x[i + half] = b * cos[i] + a * sin[i];
-  }
-}
-
-// exp of 8 floats (Cephes' expf: 2^n times a degree-6 polynomial of the remainder, ~1
-// ulp; inputs clamped to [-87.3, 88.7], so exp of a very negative number is ~1e-38, not
-// 0). glibc's expf a float at a time was ~0.5 ms of a SmolLM2 step (46k SiLUs).
-inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2, in two parts
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  // 2^n, split in two factors so that n = 128 (x near 88.7) does not overflow the exponent
-  const __m256i half = _mm256_srai_epi32(_mm256_cvtps_epi32(n), 1);
-  const __m256i rest = _mm256_sub_epi32(_mm256_cvtps_epi32(n), half);
-  const __m256 a = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
-  const __m256 b = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(rest, _mm256_set1_epi32(127)), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(p, a), b);
-}
-
-// out[i] = exp(x[i] - shift) for n floats; returns their sum.
-float exp_shifted(const float* x, float shift, int64_t n, float* out) {
-  int64_t i = 0;
-  __m256 sum = _mm256_setzero_ps();
-  const __m256 s = _mm256_set1_ps(shift);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
-    _mm256_storeu_ps(out + i, e);
-    sum = _mm256_add_ps(sum, e);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  float total = 0.f;
-  for (float lane : lanes) total += lane;
-  for (; i < n; ++i) total += (out[i] = std::exp(x[i] - shift));
-  return total;
-}
-
-// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
-void silu_times(const float* gate, const float* up, int64_t n, float* out) {
-  int64_t i = 0;
-  const __m256 one = _mm256_set1_ps(1.f);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gate + i);
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)),
-                                            _mm256_loadu_ps(up + i)));
-  }
-  for (; i < n; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
-}
-
-float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
-// One query head (D) against S cached keys and values (S, D); `scores` holds S floats.
-void attend(const float* q, const float* keys, const float* values, int64_t S, int64_t D,
-            float scale, float* scores, float* out) {
-  float top = -INFINITY;
-  for (int64_t s = 0; s < S; ++s) {
-    scores[s] = dot(q, keys + s * D, D) * scale;
-    top = std::max(top, scores[s]);
-  }
-  const float total = exp_shifted(scores, top, S, scores);
-  const float inverse = 1.f / total;
-  std::fill(out, out + D, 0.f);
-  for (int64_t s = 0; s < S; ++s) {
-    const float p = scores[s] * inverse;
-    const float* v = values + s * D;
-#pragma omp simd
-    for (int64_t i = 0; i < D; ++i) out[i] += p * v[i];
+    x[i + half] = b * cos[i + half] + a * sin[i + half];
   }
 }
 
@@ -171,6 +147,69 @@ void check_cache(const at::Tensor& t, const Shape& s, const char* what) {
               ", max_len, ", s.D, "), got ", t.sizes(), " ", t.scalar_type());
   TORCH_CHECK(t.size(2) == s.max_len && s.S <= s.max_len, "int4_decode_step: ", what,
               " hold ", t.size(2), " slots; position ", s.S - 1, " needs ", s.S);
+}
+
+// cos and sin (B, 1, 1, D) of `position`'s angles, as RotaryEmbedding makes them: float32
+// products of the position and inv_freq, repeated for the two halves, then PyTorch's cos
+// and sin of the same (B, 1, 1, D) tensor (its vectorized ones; std::cos differs by an ulp
+// at some angles), times the attention factor.
+struct RopeTables {
+  at::Tensor cos, sin;
+};
+
+RopeTables rope_tables(const at::Tensor& inv_freq, int64_t position, double factor, int64_t B,
+                       int64_t D) {
+  at::Tensor angles = at::empty({B, 1, 1, D}, inv_freq.options());
+  float* a = angles.data_ptr<float>();
+  const float* freq = inv_freq.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < D / 2; ++i) {
+      a[b * D + i] = a[b * D + i + D / 2] = static_cast<float>(position) * freq[i];
+    }
+  }
+  return {at::mul(at::cos(angles), factor), at::mul(at::sin(angles), factor)};
+}
+
+// softmax(q k^T x scale) v of every row's query heads (in `qkv`, (B, qkv_width)) over
+// slots 0..S-1 of its KV head, into out (B, H * D): small_query_attention's calls (one
+// matmul per KV head for its group of query heads, the scaling, a float32 softmax, the
+// matmul by the values) on the same views, so that PyTorch runs the same kernels. Its
+// matmuls are MKL's (or oneDNN's), whose order of sums is theirs; a matmul of ours
+// would round differently, and the int8 codes downstream would drift (see above).
+void attention(const float* qkv, const at::Tensor& keys, const at::Tensor& values,
+               const Shape& s, double scale, float* out) {
+  const int64_t group = s.H / s.Hkv, width = (s.H + 2 * s.Hkv) * s.D;
+  // The eager q: rotated q and k together (B, 1, H + Hkv, D) contiguous, its first H heads
+  // seen as (B, Hkv, group, D).
+  thread_local std::vector<float> qk;
+  qk.resize(s.B * (s.H + s.Hkv) * s.D);
+  for (int64_t b = 0; b < s.B; ++b) {
+    std::memcpy(qk.data() + b * (s.H + s.Hkv) * s.D, qkv + b * width,
+                (s.H + s.Hkv) * s.D * sizeof(float));
+  }
+  const auto options = keys.options();
+  const at::Tensor q = at::from_blob(qk.data(), {s.B, s.Hkv, group, s.D},
+                                     {(s.H + s.Hkv) * s.D, group * s.D, s.D, 1}, options);
+  const at::Tensor k = keys.narrow(2, 0, s.S);  // (B, Hkv, S, D) views of the cache
+  const at::Tensor v = values.narrow(2, 0, s.S);
+  at::Tensor scores = at::mul(at::matmul(q, k.transpose(-1, -2)), scale);  // (B, Hkv, group, S)
+  const at::Tensor probs = at::_softmax(scores, -1, false);
+  const at::Tensor result = at::matmul(probs, v);  // (B, Hkv, group, D): (B, H * D) rows
+  std::memcpy(out, result.data_ptr<float>(), s.B * s.H * s.D * sizeof(float));
+}
+
+// hidden (B, ff) = silu(gate) * up of gate_up (B, 2 ff) = [gate, up]: PyTorch's SiLU on
+// the same (B, ff) view of the gates (its vectorized exp), then the products.
+void silu_times_up(float* gate_up, int64_t B, int64_t ff, float* hidden) {
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor out = at::from_blob(hidden, {B, 1, ff}, options);
+  at::silu_out(out, at::from_blob(gate_up, {B, 1, ff}, {2 * ff, 2 * ff, 1}, options));
+  for (int64_t b = 0; b < B; ++b) {
+    const float* up = gate_up + b * 2 * ff + ff;
+    float* row = hidden + b * ff;
+#pragma omp simd
+    for (int64_t i = 0; i < ff; ++i) row[i] *= up[i];
+  }
 }
 
 constexpr int64_t kWeightsBefore = 7;  // embedding (3), final norm, head (3)
@@ -206,10 +245,9 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
 
   // Activations of the B rows, reused across calls (the worker threads read them).
   thread_local ActivationBuffers buffers;
-  thread_local std::vector<float> x, h, qkv, attn, gate_up, hidden, scores, angles;
+  thread_local std::vector<float> x, h, qkv, attn, gate_up, hidden;
   x.resize(s.B * d), h.resize(s.B * std::max(d, heads * D)), qkv.resize(s.B * qkv_width);
   attn.resize(s.B * heads * D), gate_up.resize(s.B * 2 * ff), hidden.resize(s.B * ff);
-  scores.resize(s.B * heads * s.S), angles.resize(2 * D);
 
   const int64_t* id = ids.data_ptr<int64_t>();
   for (int64_t b = 0; b < s.B; ++b) {
@@ -218,15 +256,9 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
     dequantize_rows(embed.codes + id[b] * (d / 2), embed.scales + id[b] * (d / kGroup),
                     embed.mins + id[b] * (d / kGroup), d, 0, 1, x.data() + b * d);
   }
-  // cos and sin of the position's angles (float32 products, as RotaryEmbedding makes them).
-  float* cos = angles.data();
-  float* sin = angles.data() + D;
-  const float* freq = inv_freq.data_ptr<float>();
-  for (int64_t i = 0; i < D / 2; ++i) {
-    const float angle = static_cast<float>(position) * freq[i];
-    cos[i] = cos[i + D / 2] = std::cos(angle) * static_cast<float>(rope_factor);
-    sin[i] = sin[i + D / 2] = std::sin(angle) * static_cast<float>(rope_factor);
-  }
+  const RopeTables rope = rope_tables(inv_freq, position, rope_factor, s.B, D);
+  const float* cos = rope.cos.data_ptr<float>();
+  const float* sin = rope.sin.data_ptr<float>();
 
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t at = kWeightsBefore + kWeightsPerLayer * l;
@@ -247,7 +279,7 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
     for (int64_t b = 0; b < s.B; ++b) {  // rows: H query heads, Hkv key heads, Hkv value heads
       float* row = qkv.data() + b * qkv_width;
       for (int64_t head_index = 0; head_index < heads + kv_heads; ++head_index) {
-        rotate(row + head_index * D, cos, sin, D);
+        rotate(row + head_index * D, cos + b * D, sin + b * D, D);
       }
       for (int64_t g = 0; g < kv_heads; ++g) {
         std::memcpy(cache_head(keys[l], s, b, g) + position * D, row + (heads + g) * D,
@@ -256,23 +288,7 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
                     row + (heads + kv_heads + g) * D, D * sizeof(float));
       }
     }
-    // One task per few query heads: small contexts are cheaper on one thread.
-    const int64_t grain = std::max<int64_t>(1, 16384 / (s.S * D));
-    const int64_t group = heads / kv_heads;
-    // Plain pointers: in a worker thread, the names of the thread_local buffers above
-    // would be that thread's own (empty) buffers.
-    const float* queries = qkv.data();
-    float* score_rows = scores.data();
-    float* attn_rows = attn.data();
-    const at::Tensor &layer_keys = keys[l], &layer_values = values[l];
-    at::parallel_for(0, s.B * heads, grain, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / heads, q_head = t % heads, g = q_head / group;
-        attend(queries + b * qkv_width + q_head * D, cache_head(layer_keys, s, b, g),
-               cache_head(layer_values, s, b, g), s.S, D, static_cast<float>(scale),
-               score_rows + t * s.S, attn_rows + t * D);
-      }
-    });
+    attention(qkv.data(), keys[l], values[l], s, scale, attn.data());
     int4_matmul(attn.data(), s.B, heads * D, wo.codes, wo.scales, wo.mins, d, h.data(),
                 buffers);
     for (int64_t i = 0; i < s.B * d; ++i) x[i] += h[i];
@@ -282,11 +298,7 @@ at::Tensor int4_decode_step(const at::Tensor& ids, at::TensorList keys, at::Tens
     }
     int4_matmul(h.data(), s.B, d, wgu.codes, wgu.scales, wgu.mins, 2 * ff, gate_up.data(),
                 buffers);
-    for (int64_t b = 0; b < s.B; ++b) {
-      const float* gate = gate_up.data() + b * 2 * ff;
-      const float* up = gate + ff;
-      silu_times(gate, up, ff, hidden.data() + b * ff);
-    }
+    silu_times_up(gate_up.data(), s.B, ff, hidden.data());
     int4_matmul(hidden.data(), s.B, ff, wdown.codes, wdown.scales, wdown.mins, d, h.data(),
                 buffers);
     for (int64_t i = 0; i < s.B * d; ++i) x[i] += h[i];
