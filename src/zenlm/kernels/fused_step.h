@@ -23,7 +23,7 @@
 #include <ATen/ops/_softmax.h>
 #include <ATen/ops/cos.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/matmul.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/sin.h>
@@ -171,31 +171,32 @@ RopeTables rope_tables(const at::Tensor& inv_freq, int64_t position, double fact
 }
 
 // softmax(q k^T x scale) v of every row's query heads (in `qkv`, (B, qkv_width)) over
-// slots 0..S-1 of its KV head, into out (B, H * D): small_query_attention's calls (one
-// matmul per KV head for its group of query heads, the scaling, a float32 softmax, the
-// matmul by the values) on the same views, so that PyTorch runs the same kernels. Its
-// matmuls are MKL's (or oneDNN's), whose order of sums is theirs; a matmul of ours
-// would round differently, and the int8 codes downstream would drift (see above).
+// slots 0..S-1 of its KV head, into out (B, H * D), as small_query_attention computes it:
+// its two matmuls are the batched matmuls (one per row and KV head, for its group of
+// query heads) that torch.matmul makes of its views, and the softmax is PyTorch's, so that
+// the same kernels run. The matmuls are MKL's (or oneDNN's), with their own order of
+// sums; a matmul of ours would round differently, and the int8 codes downstream drift.
 void attention(const float* qkv, const at::Tensor& keys, const at::Tensor& values,
                const Shape& s, double scale, float* out) {
-  const int64_t group = s.H / s.Hkv, width = (s.H + 2 * s.Hkv) * s.D;
-  // The eager q: rotated q and k together (B, 1, H + Hkv, D) contiguous, its first H heads
-  // seen as (B, Hkv, group, D).
-  thread_local std::vector<float> qk;
-  qk.resize(s.B * (s.H + s.Hkv) * s.D);
-  for (int64_t b = 0; b < s.B; ++b) {
-    std::memcpy(qk.data() + b * (s.H + s.Hkv) * s.D, qkv + b * width,
-                (s.H + s.Hkv) * s.D * sizeof(float));
+  const int64_t group = s.H / s.Hkv, width = (s.H + 2 * s.Hkv) * s.D, L = s.max_len;
+  const int64_t batch = s.B * s.Hkv;
+  thread_local std::vector<float> q, scores, probs;
+  q.resize(s.B * s.H * s.D), scores.resize(batch * group * s.S), probs.resize(scores.size());
+  for (int64_t b = 0; b < s.B; ++b) {  // (B, H, D): matmul's contiguous (B Hkv, group, D)
+    std::memcpy(q.data() + b * s.H * s.D, qkv + b * width, s.H * s.D * sizeof(float));
   }
   const auto options = keys.options();
-  const at::Tensor q = at::from_blob(qk.data(), {s.B, s.Hkv, group, s.D},
-                                     {(s.H + s.Hkv) * s.D, group * s.D, s.D, 1}, options);
-  const at::Tensor k = keys.narrow(2, 0, s.S);  // (B, Hkv, S, D) views of the cache
-  const at::Tensor v = values.narrow(2, 0, s.S);
-  at::Tensor scores = at::mul(at::matmul(q, k.transpose(-1, -2)), scale);  // (B, Hkv, group, S)
-  const at::Tensor probs = at::_softmax(scores, -1, false);
-  const at::Tensor result = at::matmul(probs, v);  // (B, Hkv, group, D): (B, H * D) rows
-  std::memcpy(out, result.data_ptr<float>(), s.B * s.H * s.D * sizeof(float));
+  // The cache's (B, Hkv, S, D) slots, rows and KV heads merged (B Hkv, S, D), as a view.
+  const at::Tensor k = keys.as_strided({batch, s.D, s.S}, {L * s.D, 1, s.D});  // k^T
+  const at::Tensor v = values.as_strided({batch, s.S, s.D}, {L * s.D, s.D, 1});
+  at::Tensor score_t = at::from_blob(scores.data(), {batch, group, s.S}, options);
+  at::bmm_out(score_t, at::from_blob(q.data(), {batch, group, s.D}, options), k);
+  const float factor = static_cast<float>(scale);  // `* scale`: one float product each
+  for (float& value : scores) value *= factor;
+  at::Tensor prob_t = at::from_blob(probs.data(), {batch, group, s.S}, options);
+  at::_softmax_out(prob_t, score_t, -1, false);
+  at::Tensor out_t = at::from_blob(out, {batch, group, s.D}, options);
+  at::bmm_out(out_t, prob_t, v);
 }
 
 // hidden (B, ff) = silu(gate) * up of gate_up (B, 2 ff) = [gate, up]: PyTorch's SiLU on
