@@ -3,7 +3,9 @@
 // Why: at batch 1 the int4 matmuls of a SmolLM2-135M step take ~6 ms, and the ~20 small
 // eager ops around them per layer (norms, RoPE, cache writes, attention, SiLU, residuals)
 // took ~4.7 ms more in Python and PyTorch's dispatch. Here each of them is a loop over a
-// few hundred floats, between the int4 kernel's own matmuls (int4_core.h).
+// few hundred floats (or one PyTorch call where only PyTorch's kernel gives its exact
+// result), between the int4 kernel's own matmuls (int4_core.h's `int4_matmul`, the very
+// routine, activation quantization included, that zenlm::int4_linear runs).
 //
 // The step, for B rows that all hold `position` tokens in the cache, token ids (B):
 //   x = embedding rows (the int4 table, dequantized as Int4Linear.rows does)
@@ -13,8 +15,8 @@
 //     softmax in float32); x += attn Wo^T; h = rmsnorm(x) w_mlp; [g, u] = h Wgu^T;
 //     x += (silu(g) * u) Wdown^T
 //   logits = (rmsnorm(x) w_final) Whead^T
-// which is what DecoderLM's eager forward computes for such a model (zenlm/quant/
-// fused_step.py decides which models and calls qualify; the rest decode as before).
+// which is what DecoderLM's eager forward computes for such a model, to the bit (zenlm/
+// quant/fused_step.py decides which models and calls qualify; the rest decode as before).
 
 // Included by int4_linear.cpp (one translation unit: torch's headers, which take most of
 // a build's time, are parsed once), which registers the op.
@@ -167,6 +169,7 @@ RopeTables rope_tables(const at::Tensor& inv_freq, int64_t position, double fact
       a[b * D + i] = a[b * D + i + D / 2] = static_cast<float>(position) * freq[i];
     }
   }
+  if (factor == 1.0) return {at::cos(angles), at::sin(angles)};  // x * 1 is x
   return {at::mul(at::cos(angles), factor), at::mul(at::sin(angles), factor)};
 }
 
@@ -187,8 +190,10 @@ void attention(const float* qkv, const at::Tensor& keys, const at::Tensor& value
   }
   const auto options = keys.options();
   // The cache's (B, Hkv, S, D) slots, rows and KV heads merged (B Hkv, S, D), as a view.
-  const at::Tensor k = keys.as_strided({batch, s.D, s.S}, {L * s.D, 1, s.D});  // k^T
-  const at::Tensor v = values.as_strided({batch, s.S, s.D}, {L * s.D, s.D, 1});
+  const at::Tensor k = at::from_blob(keys.data_ptr<float>(), {batch, s.D, s.S},  // k^T
+                                     {L * s.D, 1, s.D}, options);
+  const at::Tensor v = at::from_blob(values.data_ptr<float>(), {batch, s.S, s.D},
+                                     {L * s.D, s.D, 1}, options);
   at::Tensor score_t = at::from_blob(scores.data(), {batch, group, s.S}, options);
   at::bmm_out(score_t, at::from_blob(q.data(), {batch, group, s.D}, options), k);
   const float factor = static_cast<float>(scale);  // `* scale`: one float product each

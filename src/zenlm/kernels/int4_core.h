@@ -114,7 +114,9 @@ inline float quantize_block(const float* block, int8_t* codes, int32_t& total) {
   return scale;
 }
 
-// Activation rows [m0, m1) of x (M, K) into codes (M, K), scales and sums (M, G).
+// Activation rows [m0, m1) of x (M, K) into codes (M, K), scales and sums (M, G). The one
+// activation quantization of zenlm::int4_linear and the fused decode step (both through
+// int4_matmul): the same floats in give the same codes out.
 void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int8_t* codes,
                    float* scales, float* sums) {
   const int64_t groups = K / kGroup, chunk_groups = K / kChunkInputs * kLanes;
