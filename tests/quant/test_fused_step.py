@@ -46,8 +46,9 @@ def kernel_levels() -> list[str]:
 
 
 def fused_check(path: Path, level: str, prompt_len: int, rows: int, steps: int,
-                twin: bool, free: int = 0) -> dict:
-    env = dict(os.environ, ZENLM_CPU=level, PYTHONPATH=str(ROOT / "src"))
+                twin: bool, free: int = 0, attention: str = "") -> dict:
+    env = dict(os.environ, ZENLM_CPU=level, PYTHONPATH=str(ROOT / "src"),
+               ZENLM_FUSED_ATTENTION=attention)
     env.pop(ENV_SWITCH, None)
     args = [str(path), str(prompt_len), str(rows), str(steps), str(int(twin)), str(free)]
     out = subprocess.run([sys.executable, str(CHECK), *args], env=env, capture_output=True,
@@ -91,6 +92,14 @@ def test_fused_step_equals_the_eager_int4_step(tiny_folders, level, kv_heads, pr
     1 and 3 rows, 6 steps each, on every kernel build the CPU runs."""
     report = fused_check(tiny_folders[kv_heads], level, prompt_len, rows, 6, twin=True)
     assert report["level"] == level
+    assert_agrees(report)
+
+
+def test_fused_step_with_torch_bmm_attention_equals_eager(tiny_folders):
+    """Where the step's own attention matmuls differ from torch.bmm's (another BLAS or CPU
+    path; its check then picks torch.bmm), forced here: still the eager step's logits."""
+    report = fused_check(tiny_folders[2], kernel_levels()[-1], 7, 3, 6, twin=False,
+                         attention="torch")
     assert_agrees(report)
 
 

@@ -22,6 +22,8 @@ kernel rounds activations to int8 codes, where one ulp of difference upstream ca
 code and grow over the layers and steps into a ~1-5% difference of the logits, so the
 step computes every float operation as the eager forward's PyTorch kernels do (see
 fused_step.h). It is on by default; ZENLM_FUSED_STEP=0 turns it off.
+(ZENLM_FUSED_ATTENTION=torch makes its attention call torch.bmm even where its own
+matmuls were found equal to it; for tests.)
 """
 
 from __future__ import annotations
