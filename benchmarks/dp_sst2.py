@@ -112,7 +112,8 @@ def finetune(out: Path, train: Path, val: Path, args: argparse.Namespace, name: 
              "--freeze-layers", str(args.freeze_layers), "--freeze-embeddings",
              "--warmup-fraction", "0.05",
              "--max-minutes", str(args.max_minutes), "--autocast", args.autocast,
-             "--max-length", str(args.max_length)]
+             "--max-length", str(args.max_length), "--eval-every", str(args.eval_every),
+             *(["--head-lr", str(args.head_lr)] if args.head_lr else [])]
     if epsilon is not None:
         flags += ["--dp-epsilon", str(epsilon), "--dp-delta", "1e-5",
                   "--dp-max-grad-norm", str(args.clip)]
@@ -167,6 +168,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--head-lr", type=float, default=None,
+                        help="the new head's learning rate (default: --lr)")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="steps between validation scores (0: at the end only)")
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--freeze-layers", type=int, default=3,
                         help="6 with --no-lora: the head alone (a private linear probe)")
@@ -215,7 +220,8 @@ def main() -> int:
             merged["membership"] += part["membership"]
             merged.setdefault("split", part["split"])
         (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
-        trained = "LoRA, top blocks" if args.lora else "head only (linear probe)"
+        trained = ("LoRA, top blocks" if args.lora else "head only (linear probe)"
+                   if args.freeze_layers == 6 else "full fine-tuning")
         plot(merged, out / "accuracy.png", f"all-MiniLM-L6-v2, {trained}: same steps, batch")
     if "membership" in args.only:
         rng = random.Random(1)

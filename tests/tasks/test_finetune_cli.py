@@ -30,7 +30,7 @@ def run(minilm_folder, tmp_path_factory):
     try:
         code = main(["finetune", "--task", "classify", "--model", str(minilm_folder), "--train",
                      str(data), "--output", str(out), "--max-steps", STEPS, "--batch-size", "8",
-                     "--lr", "3e-3",
+                     "--lr", "3e-3", "--head-lr", "1.5e-2",
                      "--lora", "--lora-targets", "q,v", "--freeze-layers", "2"])
     finally:
         capture.undo()
@@ -43,6 +43,12 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     data, model_dir, summary = run
     assert summary["steps"] == int(STEPS) and summary["val_examples"] == 4
     assert (model_dir / "adapter.safetensors").is_file()
+    # --head-lr 1.5e-2 over --lr 3e-3: the head's weight and bias step 5x the others
+    optimizer = json.loads(next(model_dir.parent.glob("run/checkpoints/*/optimizer.json"))
+                           .read_text())
+    scales = sorted((group["lr_scale"], len(group["params"]))
+                    for group in optimizer["param_groups"])
+    assert scales[-2:] == [(5.0, 1), (5.0, 1)] and {s for s, _ in scales[:-2]} == {1.0}
     assert main(["evaluate", "--task", "classify", "--model", str(model_dir), "--data", str(data),
                  "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
@@ -70,6 +76,13 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     assert classifier(texts[0]) == records[0]
     with pytest.raises(ValueError, match="task 'classify' predicts on a text"):
         classifier.predict([3])
+
+
+def test_head_lr_must_be_positive(run, tmp_path, capsys):
+    data, _, _ = run
+    assert main(["finetune", "--task", "classify", "--model", "unused", "--train", str(data),
+                 "--output", str(tmp_path), "--head-lr", "0"]) == 2
+    assert "--head-lr must be > 0, got 0.0" in capsys.readouterr().err
 
 
 def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):

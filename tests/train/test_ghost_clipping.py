@@ -24,6 +24,7 @@ from zenlm.nn.lora import LoRALinear, apply_lora
 from zenlm.tasks import classify, ner, sft
 from zenlm.tasks.classify import ClassifyFeature
 from zenlm.tasks.ner import TokenFeature
+from zenlm.tasks.runner import freeze_all_but_biases_and_norms
 from zenlm.tasks.sft import SFTFeature
 from zenlm.train.config import OptimConfig
 from zenlm.train.dp_clipping import linear_norm_sample
@@ -103,6 +104,8 @@ def case(name: str) -> tuple[nn.Module, list, Callable, Callable, Callable]:
             model = encoder(2, SequenceClassifier)
         if method.endswith("lora"):
             model = with_lora(model, model.backbone, ["q", "v", "ff1"])
+        if method.endswith("bitfit"):
+            freeze_all_but_biases_and_norms(model.backbone)
         rows = [ClassifyFeature(ids_of(gen, 3 + i % 5), i % 2) for i in range(7)]
         collate = lambda r: classify.collate_classify(r, pad_id=0)  # noqa: E731
         spec, own = classify.SPEC, classify_own
@@ -165,7 +168,8 @@ def dp_update(model: nn.Module, batch: object, objective: Callable, clip: float,
     return {n: model.get_parameter(n).detach() - before[n] for n in before}
 
 
-CASES = ["classify-encoder-full", "classify-encoder-lora", "classify-decoder-full",
+CASES = ["classify-encoder-full", "classify-encoder-lora", "classify-encoder-bitfit",
+         "classify-decoder-full",
          "ner-full", "ner-lora", "sft-full-tied", "sft-lora"]
 
 
@@ -235,3 +239,18 @@ def test_an_unknown_clipping_mode_is_refused():
     with pytest.raises(PrivacyError, match=r"--dp-clipping must be one of \('ghost', "
                                            r"'exact'\), got 'fast'"):
         PrivateTraining(plan, clipping="fast")
+
+
+def test_bitfit_leaves_only_biases_norms_and_the_head_trainable():
+    model = encoder(2, SequenceClassifier)
+    freeze_all_but_biases_and_norms(model.backbone)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(".bias") or "norm" in n or n.startswith("head.")
+                             for n in trainable)
+    assert {"head.weight", "head.bias", "backbone.blocks.0.attn.q.bias"} <= trainable
+    assert not any(n.endswith("q.weight") or n.startswith("backbone.embed.") for n in trainable)
+    llama = decoder(tied=True)  # no biases: the RMSNorm gains alone
+    freeze_all_but_biases_and_norms(llama)
+    assert {n for n, p in llama.named_parameters() if p.requires_grad} == {
+        "blocks.0.attn_norm.weight", "blocks.0.mlp_norm.weight", "blocks.1.attn_norm.weight",
+        "blocks.1.mlp_norm.weight", "final_norm.weight"}

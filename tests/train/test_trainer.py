@@ -165,3 +165,28 @@ def test_schedule_by_time_fits_warmup_and_decay_to_the_budget(tmp_path, monkeypa
         assert lrs[-1] > 0.9e-2
     with pytest.raises(ValueError, match="schedule_by_time needs train.max_minutes > 0"):
         LoopConfig(schedule_by_time=True)
+
+
+def test_lr_scales_multiply_the_scheduled_rate_per_prefix(tmp_path):
+    """Adam's first step moves each weight with a gradient by exactly the learning rate
+    (m/sqrt(v) = sign(g) after bias correction): so a scaled prefix moves `scale` times more."""
+    tokens = periodic_tokens()
+    scales = {"blocks.0.mlp.": 30.0, "blocks.0.mlp.down.": 7.0}  # the longest prefix wins
+    trainer = Trainer(tiny_model(), causal_lm_loss, BlockSampler(tokens[:3500], 8),
+                      BlockSampler(tokens[3500:], 8, shuffle=False),
+                      optim=OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant",
+                                        weight_decay=0.0, eps=1e-12, lr_scales=scales),
+                      loop=LoopConfig(out_dir=str(tmp_path), max_steps=1, batch_size=4,
+                                      eval_every=0, save_every=0, progress=False))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    expected = {"blocks.0.mlp.gate.weight": 30.0, "blocks.0.mlp.up.weight": 30.0,
+                "blocks.0.mlp.down.weight": 7.0, "blocks.0.attn.q.weight": 1.0,
+                "final_norm.weight": 1.0}
+    for name, param in trainer.model.named_parameters():
+        if name in expected:
+            moved = (param.detach() - before[name]).abs().double()
+            moved = moved[moved > 0]
+            assert moved.numel() > 0, name
+            torch.testing.assert_close(moved, torch.full_like(moved, 1e-4 * expected[name]),
+                                       rtol=1e-3, atol=0)

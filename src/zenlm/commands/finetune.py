@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from typing import Any
 
 # Help of each `zenlm finetune` flag (the fields of FinetuneOptions; a test checks that
@@ -25,6 +26,8 @@ FINETUNE_HELP = {
     "minutes": "a time budget: the schedule (warm-up, decay) is planned to fit it",
     "batch_size": "examples per optimizer step",
     "lr": "peak learning rate (AdamW)",
+    "head_lr": "peak learning rate of the new task head (default: --lr); a fresh head "
+               "often wants a larger one, notably under --dp-epsilon",
     "warmup_fraction": "share of the schedule spent warming the learning rate up",
     "weight_decay": "AdamW weight decay",
     "max_length": "tokens per example (longer inputs are truncated or windowed)",
@@ -37,6 +40,8 @@ FINETUNE_HELP = {
     "freeze_embeddings": "freeze the token embeddings only",
     "group_by_length": "batch examples of similar length (less padding)",
     "extend_vocab": "add up to this many characters of --train unknown to the tokenizer",
+    "bitfit": "train only the biases, the norms' weights and the head (BitFit: a few "
+              "tenths of a percent of the weights; cheap, and little noise under DP)",
     "lora": "train low-rank adapters instead of every weight",
     "lora_rank": "LoRA rank r",
     "lora_alpha": "LoRA scale alpha (updates are scaled by alpha / r)",
@@ -112,6 +117,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--model", required=True, help="model folder, .gguf file or short name")
     tune.add_argument("--train", required=True, help="training file")
     defaults = {f.name: f for f in dataclasses.fields(FinetuneOptions)}
+    hints = typing.get_type_hints(FinetuneOptions)
     for name, spec in defaults.items():
         if name in ("task", "model", "train"):
             continue
@@ -128,7 +134,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         elif isinstance(default, list):
             tune.add_argument(flag, default=",".join(default), help=text)
         else:
-            kind = type(default) if default is not None else str
+            kind = type(default) if default is not None else _optional_type(hints[name])
             tune.add_argument(flag, type=kind, default=default, help=text)
     tune.set_defaults(handler=finetune_command)
 
@@ -140,6 +146,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     pred.add_argument("--output", default=None, help="JSON Lines file (default: stdout)")
     pred.add_argument("--max-new-tokens", type=int, default=256, help="sft replies")
     pred.set_defaults(handler=predict_command)
+
+
+def _optional_type(hint: Any) -> type:
+    """The parser type of an `X | None` option (`float | None` -> float; else str)."""
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float, str) else str
 
 
 def _add_tuned(parser: argparse.ArgumentParser, flag: str, generic: Any, text: str) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from zenlm.api import load
 from zenlm.nn.lora import apply_lora
+from zenlm.nn.norm import RMSNorm
 from zenlm.tasks import defaults, private
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.checkpoint import backbone_of, build_task_model, save_task_model
@@ -50,6 +51,7 @@ class FinetuneOptions:
     minutes: float = 0.0  # a budget: the schedule (warm-up, decay) fits it; only it ends the run
     batch_size: int | None = None
     lr: float | None = None
+    head_lr: float | None = None  # the new task head's peak learning rate (None: lr's)
     warmup_fraction: float | None = None
     weight_decay: float = 0.01
     max_length: int | None = None
@@ -62,6 +64,7 @@ class FinetuneOptions:
     freeze_embeddings: bool | None = None  # the embeddings only (a third of MiniLM's weights)
     group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
     extend_vocab: int = 0  # add up to this many unknown characters of --train as tokens
+    bitfit: bool = False  # train only the biases, the norms' gains and the head (BitFit)
     lora: bool = False
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -91,6 +94,8 @@ class FinetuneOptions:
 def prepare_model(opts: FinetuneOptions, info: TaskInfo, backbone: nn.Module) -> nn.Module:
     """The task model: fresh head, optional frozen layers and LoRA on the backbone."""
     model = build_task_model(info, backbone)
+    if opts.bitfit:
+        freeze_all_but_biases_and_norms(backbone_of(model))
     if opts.lora:
         apply_lora(backbone_of(model), opts.lora_rank, opts.lora_alpha, opts.lora_dropout,
                    opts.lora_targets)
@@ -109,6 +114,26 @@ def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
     for module in frozen:
         for param in module.parameters():
             param.requires_grad_(False)
+
+
+def freeze_all_but_biases_and_norms(backbone: nn.Module) -> None:
+    """BitFit (Ben Zaken et al., 2022): only biases and normalisation gains stay trainable.
+
+    A few tenths of a percent of the weights: under DP the noise, whose norm grows with the
+    square root of the trainable count, stays small against the clipped gradients.
+
+    Raises:
+        ValueError: the backbone has no bias or norm weight to train.
+    """
+    kept = 0
+    for module in backbone.modules():
+        norm = isinstance(module, (nn.LayerNorm, RMSNorm))
+        for name, param in module.named_parameters(recurse=False):
+            keep = norm or name == "bias"
+            param.requires_grad_(keep)
+            kept += param.numel() if keep else 0
+    if not kept:
+        raise ValueError("--bitfit: the model has no biases or norm weights to train")
 
 
 def check_max_length(max_length: int, config: Any, model: str) -> None:
@@ -142,6 +167,9 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     private.check_options(opts, spec)
+    head_lr_scale(opts)  # a bad --head-lr fails before the model loads
+    if opts.bitfit and opts.lora:
+        raise ValueError("--bitfit and --lora each choose which weights train: give one")
     torch.manual_seed(opts.seed)
     lm = load(opts.model, dtype=opts.dtype if opts.dtype != "float32" else None,
                     quantize=None)  # trained: the weights as stored
@@ -252,11 +280,25 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
         # Under DP the optimizer clips each example's gradient; no global clip on top.
         optim=OptimConfig(lr=opts.lr, min_lr=0.0, warmup_steps=int(opts.warmup_fraction * steps),
                           schedule="linear", weight_decay=opts.weight_decay, beta2=0.999,
-                          grad_clip=0.0 if privacy is not None else 1.0),
+                          grad_clip=0.0 if privacy is not None else 1.0,
+                          lr_scales=head_lr_scale(opts)),
         loop=loop, run_config={"finetune": asdict(opts)},
         metric=metric, patience=opts.patience,
         on_eval=functools.partial(_progress, spec=get_task(opts.task)), **extra,
     )
+
+
+def head_lr_scale(opts: FinetuneOptions) -> dict[str, float]:
+    """`OptimConfig.lr_scales` giving the task head (`model.head`) `--head-lr`.
+
+    Raises:
+        ValueError: --head-lr is not positive.
+    """
+    if opts.head_lr is None:
+        return {}
+    if not opts.head_lr > 0:
+        raise ValueError(f"--head-lr must be > 0, got {opts.head_lr}")
+    return {"head.": opts.head_lr / opts.lr}
 
 
 def _progress(step: int, score: float, minutes: float, *, spec: TaskSpec) -> None:

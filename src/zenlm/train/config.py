@@ -58,6 +58,9 @@ class OptimConfig:
     beta2: float = 0.99  # 0.99, not 0.999: few tokens per step in small runs
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # Parameter-name prefix -> multiple of the scheduled learning rate, e.g. {"head.": 50.0}:
+    # a freshly initialised task head needs larger steps than pretrained weights.
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

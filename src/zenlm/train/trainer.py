@@ -64,15 +64,34 @@ class TrainResult:
 
 
 def adamw(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, biases, 1-D gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    """AdamW with weight decay on matrices only (not norms, biases, 1-D gains).
+
+    Parameters named under a prefix of `optim.lr_scales` get their own groups, whose
+    `lr_scale` multiplies the scheduled learning rate (`Trainer._train_step`).
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (param.ndim >= 2, lr_scale(name, optim.lr_scales))
+            groups.setdefault(key, []).append(param)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": params, "weight_decay": optim.weight_decay if decay else 0.0,
+          "lr_scale": scale}
+         for (decay, scale), params in sorted(groups.items(), key=_decay_first)],
         lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=True,
     )  # fused: one kernel for the whole update (CPU and CUDA)
+
+
+def _decay_first(item: tuple[tuple[bool, float], list]) -> tuple[bool, float]:
+    """Group order: decayed before not, then by scale (stable across runs, for resuming)."""
+    (decay, scale), _ = item
+    return (not decay, scale)
+
+
+def lr_scale(name: str, scales: dict[str, float]) -> float:
+    """The multiple of the learning rate for parameter `name`: its longest matching prefix's."""
+    matches = [prefix for prefix in scales if name.startswith(prefix)]
+    return scales[max(matches, key=len)] if matches else 1.0
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
@@ -274,7 +293,7 @@ class Trainer:
                    warmup_steps=self.optim.warmup_steps, max_steps=self.loop.max_steps,
                    schedule=self.optim.schedule)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.step_model.train()
         total = torch.zeros((), dtype=torch.float32)
         for micro, batch in enumerate(self._micro_batches()):
