@@ -9,7 +9,7 @@ median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
         [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16] [--modes auto,...]
 
 Modes: zenlm's --quantize modes, with "+compile" (torch.compile the decode step) and/or
-"+fused" (int4 decodes through the fused C++ step, opt-in) or "+unfused" (the eager
+"+fused" (int4 decodes through the fused C++ step, the default) or "+unfused" (the eager
 forward), e.g. `--modes auto+fused,auto+unfused` for the fused step's before and after.
 
 transformers runs a Hugging Face folder of the same weights (dequantized to float32,
@@ -41,8 +41,8 @@ MODEL = "smollm2-135m-instruct"
 LLAMA = "llama.cpp Q4_1"
 ZENLM_MODES = ("auto", "auto+compile", "none", "bf16", "int8", "int4", "int4+compile")
 #: A mode's suffixes: "+compile" (torch.compile the decode step), "+fused" (int4 decodes
-#: through the fused C++ step, opt-in: ZENLM_FUSED_STEP=1), "+unfused" (the eager forward,
-#: ZENLM_FUSED_STEP=0, the default), e.g. "auto+fused,auto+unfused".
+#: through the fused C++ step: ZENLM_FUSED_STEP=1, the default), "+unfused" (the eager
+#: forward, ZENLM_FUSED_STEP=0), e.g. "auto+fused,auto+unfused".
 SUFFIXES = ("compile", "fused", "unfused")
 PEER_SCRIPT = r'''
 import json, random, resource, sys, time

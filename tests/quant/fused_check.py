@@ -1,12 +1,13 @@
 """Run in a fresh process (so that ZENLM_CPU applies): the fused int4 decode step against
 the eager int4 step and the float32 model holding the same dequantized weights.
 
-    python tests/quant/fused_check.py MODEL_PATH PROMPT_LEN ROWS STEPS TWIN
+    python tests/quant/fused_check.py MODEL_PATH PROMPT_LEN ROWS STEPS TWIN [FREE]
 
 Prints one JSON line: the level, whether the fused step ran, the relative logit errors
 (fused vs eager, and with TWIN=1 eager vs float and fused vs float) of every step, the
-largest relative difference of a layer's cache slot written (fused vs eager), and the
-greedy tokens of both int4 steps.
+largest relative difference of a layer's cache slot written (fused vs eager), the
+greedy tokens of both int4 steps, and with FREE > 0 (a model with a chat template) the
+FREE greedy tokens each step generates on its own from each of CONVERSATIONS.
 """
 
 from __future__ import annotations
@@ -33,14 +34,45 @@ def float_twin(path: str, fast: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
+#: Chats to reply to greedily: the chatbot recipe's (tests/examples/test_recipes.py), whose
+#: reply once changed with the fused step, and two more.
+CONVERSATIONS = [
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Hello! My name is Ada."}],
+    [{"role": "user", "content": "Write a short poem about the sea."}],
+    [{"role": "user", "content": "What is the capital of France? Explain its history."}],
+]
+
+
+def free_greedy(lm: zenlm.LM, fused: FusedStep, tokens: int) -> list[dict[str, list[int]]]:
+    """Each conversation's `tokens` greedy tokens by the eager and by the fused step."""
+    model = lm.model
+    runs = []
+    for conversation in CONVERSATIONS:
+        prompt = lm.encode_chat(conversation)
+        run = {}
+        for name, step_fn in (("eager", None), ("fused", fused)):
+            model.step_fn = step_fn
+            cache = model.new_cache(1, len(prompt) + tokens)
+            token = prefill(model, [prompt], cache).argmax(-1)
+            run[name] = [token.item()]
+            for _ in range(tokens - 1):
+                token = decode_step(model, token, cache).argmax(-1)
+                run[name].append(token.item())
+        runs.append(run)
+    model.step_fn = fused
+    return runs
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def main(path: str, prompt_len: int, rows: int, steps: int, twin: int) -> None:
+def main(path: str, prompt_len: int, rows: int, steps: int, twin: int, free: int = 0) -> None:
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
-    fast = zenlm.load(path, quantize="int4").model
+    lm = zenlm.load(path, quantize="int4")
+    fast = lm.model
     fused = fast.step_fn
     reference = float_twin(path, fast) if twin else None
     vocab = fast.config.vocab_size
@@ -81,8 +113,9 @@ def main(path: str, prompt_len: int, rows: int, steps: int, twin: int) -> None:
     report["lengths"] = [caches[n].lengths.tolist() for n in ("eager", "fused")]
     fast.step_fn = fused
     report["greedy"] = greedy
+    report["free"] = free_greedy(lm, fused, free) if free else []
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *map(int, sys.argv[2:6]))
+    main(sys.argv[1], *map(int, sys.argv[2:]))

@@ -162,6 +162,9 @@ def _compile_command(compiler: str, level: str, output: Path) -> list[str]:
     return [
         compiler, *map(str, SOURCES), "-o", str(output),
         "-shared", "-fPIC", "-std=c++20", "-O3",
+        # a * b + c stays two roundings, as PyTorch's elementwise ops compute it: the fused
+        # decode step matches the eager forward to the bit (fused_step.h says why).
+        "-ffp-contract=off",
         *LEVEL_FLAGS[level],
         # torch's parallel_for is an inline `#pragma omp parallel`; the library then
         # uses the OpenMP runtime torch already loaded (same soname), not a second one.

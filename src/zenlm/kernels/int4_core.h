@@ -114,7 +114,9 @@ inline float quantize_block(const float* block, int8_t* codes, int32_t& total) {
   return scale;
 }
 
-// Activation rows [m0, m1) of x (M, K) into codes (M, K), scales and sums (M, G).
+// Activation rows [m0, m1) of x (M, K) into codes (M, K), scales and sums (M, G). The one
+// activation quantization of zenlm::int4_linear and the fused decode step (both through
+// int4_matmul): the same floats in give the same codes out.
 void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int8_t* codes,
                    float* scales, float* sums) {
   const int64_t groups = K / kGroup, chunk_groups = K / kChunkInputs * kLanes;
@@ -454,11 +456,12 @@ inline void dequantize_group(const uint8_t* codes, float scale, float low, T* ou
     return;
   }
 #endif
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>) {  // rounded product, then sum: as Int4Linear.rows
     const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(low);
     for (int64_t eighth = 0; eighth < 4; ++eighth) {
       const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + 8 * eighth));
-      const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), s, z);
+      const __m256 w = _mm256_add_ps(
+          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), s), z);
       _mm256_storeu_ps(out + 8 * eighth, w);
     }
     return;

@@ -15,7 +15,15 @@ Each call then checks the step itself: one new token per row (at most `MAX_ROWS`
 all rows at the same cache length, a float32 cache, no encoder context, the modules
 still the ones it read. Anything else (a prompt, a speculative draft, ragged rows, a
 swapped module) runs the model's eager forward, as before, or the compiled step when
-`compile_decoding` made one (`FusedStep.fallback`). It is opt-in: ZENLM_FUSED_STEP=1 turns it on.
+`compile_decoding` made one (`FusedStep.fallback`).
+
+Its logits are the eager int4 step's to the bit (tests/quant/test_fused_step.py): the int4
+kernel rounds activations to int8 codes, where one ulp of difference upstream can move a
+code and grow over the layers and steps into a ~1-5% difference of the logits, so the
+step computes every float operation as the eager forward's PyTorch kernels do (see
+fused_step.h). It is on by default; ZENLM_FUSED_STEP=0 turns it off.
+(ZENLM_FUSED_ATTENTION=torch makes its attention call torch.bmm even where its own
+matmuls were found equal to it; for tests.)
 """
 
 from __future__ import annotations
@@ -37,10 +45,8 @@ from zenlm.quant.weights import Int4Linear, QuantizedEmbedding
 
 log = logging.getLogger(__name__)
 
-#: Set to 1 to decode int4 models through the fused step. Opt-in for now: its logits
-#: differ from the eager int4 step by ~1% (int8 activation codes rounding differently),
-#: enough to change a greedy reply in tests/examples (the chatbot recipe); to be
-#: settled before it becomes the default.
+#: Set to 0 to decode int4 models through the eager forward instead of the fused step
+#: (on by default: both give the same logits, the fused step in about half the time).
 ENV_SWITCH = "ZENLM_FUSED_STEP"
 
 #: Most rows one fused step takes: the int4 kernel's decode tiles serve up to 3 rows;
@@ -48,7 +54,8 @@ ENV_SWITCH = "ZENLM_FUSED_STEP"
 #: are matmul-bound (the eager ops around them are shared by the rows).
 MAX_ROWS = 8
 
-#: Attention kernels that compute plain softmax(q k^T x scale) v, as the fused step does.
+#: Attention kernels that compute plain softmax(q k^T x scale) v, as the fused step does
+#: (to the bit as `cpu_attention`'s small-query path, the one `zenlm.load` installs).
 STANDARD_KERNELS = (sdpa, cpu_attention)
 
 
@@ -59,7 +66,7 @@ def use_fused_step(model: nn.Module) -> bool:
         Whether the fused step was installed (else `model.step_fn` is left as it was;
         the reason is logged at debug level).
     """
-    if os.environ.get(ENV_SWITCH, "0") != "1":
+    if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
     reason = unsupported(model)
     if reason is not None:
