@@ -36,7 +36,8 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q
+	# --durations: the slowest tests in every CI log, to keep the suite inside its budget.
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks
