@@ -14,10 +14,11 @@ those layers compute with PyTorch's ops, as they do for inference.
 """
 
 import functools
+import os
 
 from zenlm.kernels.build import build, load
 
-__all__ = ["build", "has_op", "load"]
+__all__ = ["build", "fused_op_allowed", "has_op", "load"]
 
 
 @functools.cache
@@ -26,3 +27,15 @@ def has_op(name: str) -> bool:
     import torch
 
     return load() is not None and hasattr(torch.ops.zenlm, name)
+
+
+def fused_op_allowed(switch: str) -> bool:
+    """Whether a training layer may call one of zenlm's fused ops now.
+
+    Not under torch.compile (it fuses PyTorch's ops itself and has no fake kernel for
+    ours), and not when the layer's A/B environment variable `switch` is "0". Whether the
+    op is built at all is `has_op`'s question.
+    """
+    import torch
+
+    return not torch.compiler.is_compiling() and os.environ.get(switch, "1") != "0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -86,8 +85,7 @@ def _fusable(x: torch.Tensor, rstd: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu" and x.is_contiguous() and rstd.is_contiguous()
         and rstd.dtype == torch.float32
-        and not torch.compiler.is_compiling()
-        and os.environ.get(ENV_SWITCH, "1") != "0"
+        and kernels.fused_op_allowed(ENV_SWITCH)
         and kernels.has_op("rms_norm_backward")
     )
 

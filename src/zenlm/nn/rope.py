@@ -8,7 +8,6 @@ llama.cpp's interleaved layout; the GGUF loader undoes that, so one layout serve
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -120,8 +119,7 @@ def _fusable(x: torch.Tensor, table: torch.Tensor) -> bool:
         and x.dim() == 4 and table.dim() == 4
         and table.shape[0] in (1, x.shape[0]) and table.shape[1:] == (x.shape[1], 1, x.shape[3])
         and x.is_contiguous() and table.is_contiguous()
-        and not torch.compiler.is_compiling()
-        and os.environ.get(ENV_SWITCH, "1") != "0"
+        and kernels.fused_op_allowed(ENV_SWITCH)
         and kernels.has_op("rope")
     )
 

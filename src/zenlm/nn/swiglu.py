@@ -11,7 +11,6 @@ torch.compile, or no kernel on this machine) runs today's `F.silu(gate) * up`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -47,9 +46,7 @@ def _fusable(gate: torch.Tensor, up: torch.Tensor) -> bool:
         and gate.device.type == "cpu" and up.device.type == "cpu"
         and gate.shape == up.shape
         and gate.is_contiguous() and up.is_contiguous()
-        # torch.compile fuses the PyTorch ops itself (and needs no fake kernel)
-        and not torch.compiler.is_compiling()
-        and os.environ.get(ENV_SWITCH, "1") != "0"
+        and kernels.fused_op_allowed(ENV_SWITCH)
         and kernel_available()
     )
 
