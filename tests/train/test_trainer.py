@@ -190,3 +190,9 @@ def test_lr_scales_multiply_the_scheduled_rate_per_prefix(tmp_path):
             assert moved.numel() > 0, name
             torch.testing.assert_close(moved, torch.full_like(moved, 1e-4 * expected[name]),
                                        rtol=1e-3, atol=0)
+
+
+def test_an_lr_scale_naming_no_trainable_parameter_is_refused():
+    with pytest.raises(ValueError, match=r"'head\.': no trainable parameter is named so; "
+                                         r"the trainable ones start with \['blocks\.', "):
+        adamw(tiny_model(), OptimConfig(lr_scales={"head.": 10.0}))

@@ -68,12 +68,20 @@ def adamw(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
     Parameters named under a prefix of `optim.lr_scales` get their own groups, whose
     `lr_scale` multiplies the scheduled learning rate (`Trainer._train_step`).
+
+    Raises:
+        ValueError: a prefix of `optim.lr_scales` names no trainable parameter.
     """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for prefix in optim.lr_scales:
+        if not any(name.startswith(prefix) for name, _ in trainable):
+            tops = sorted({name.split(".")[0] + "." for name, _ in trainable})
+            raise ValueError(f"learning-rate scale for {prefix!r}: no trainable parameter "
+                             f"is named so; the trainable ones start with {tops}")
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = (param.ndim >= 2, lr_scale(name, optim.lr_scales))
-            groups.setdefault(key, []).append(param)
+    for name, param in trainable:
+        key = (param.ndim >= 2, lr_scale(name, optim.lr_scales))
+        groups.setdefault(key, []).append(param)
     return torch.optim.AdamW(
         [{"params": params, "weight_decay": optim.weight_decay if decay else 0.0,
           "lr_scale": scale}
