@@ -108,11 +108,13 @@ def finetune(out: Path, train: Path, val: Path, args: argparse.Namespace, name: 
              "--val", str(val), "--output", str(out / name), "--max-steps", str(steps),
              "--batch-size", str(batch), "--lr", str(lr),
              *(["--lora", "--lora-dropout", "0", "--lora-rank", "8"] if args.lora else []),
+             *(["--bitfit"] if args.bitfit else []),
              # 0 blocks: still the embeddings (a per-example copy of their gradient is GBs)
              "--freeze-layers", str(args.freeze_layers), "--freeze-embeddings",
              "--warmup-fraction", "0.05",
              "--max-minutes", str(args.max_minutes), "--autocast", args.autocast,
              "--max-length", str(args.max_length), "--eval-every", str(args.eval_every),
+             "--patience", "0",  # every run trains its planned steps (the budget it spends)
              *(["--head-lr", str(args.head_lr)] if args.head_lr else [])]
     if epsilon is not None:
         flags += ["--dp-epsilon", str(epsilon), "--dp-delta", "1e-5",
@@ -176,6 +178,8 @@ def main() -> int:
     parser.add_argument("--freeze-layers", type=int, default=3,
                         help="6 with --no-lora: the head alone (a private linear probe)")
     parser.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bitfit", action="store_true",
+                        help="train only biases, norm gains and the head (with --no-lora)")
     parser.add_argument("--epsilons", default="none,8,3,1")
     parser.add_argument("--mia-members", type=int, default=300)
     parser.add_argument("--mia-epochs", type=int, default=15)
@@ -220,8 +224,9 @@ def main() -> int:
             merged["membership"] += part["membership"]
             merged.setdefault("split", part["split"])
         (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
-        trained = ("LoRA, top blocks" if args.lora else "head only (linear probe)"
-                   if args.freeze_layers == 6 else "full fine-tuning")
+        trained = ("LoRA, top blocks" if args.lora else "BitFit" if args.bitfit
+                   else "head only (linear probe)" if args.freeze_layers == 6
+                   else "full fine-tuning")
         plot(merged, out / "accuracy.png", f"all-MiniLM-L6-v2, {trained}: same steps, batch")
     if "membership" in args.only:
         rng = random.Random(1)
