@@ -59,10 +59,11 @@ def fused_check(path: Path, level: str, prompt_len: int, rows: int, steps: int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def tiny_llama(folder: Path, kv_heads: int) -> Path:
+def tiny_llama(folder: Path, kv_heads: int, context: int = 128) -> Path:
     """A tied random Llama whose every matmul is int4 (widths multiples of 64), 4 query heads."""
     tiny_hf_model("llama", num_key_value_heads=kv_heads, intermediate_size=128,
-                  tie_word_embeddings=True, num_hidden_layers=3).save_pretrained(folder)
+                  tie_word_embeddings=True, num_hidden_layers=3,
+                  max_position_embeddings=context).save_pretrained(folder)
     return folder
 
 
@@ -94,6 +95,15 @@ def test_fused_step_equals_the_eager_int4_step(tiny_folders, level, kv_heads, pr
     1 and 3 rows, 6 steps each, on every kernel build the CPU runs."""
     report = fused_check(tiny_folders[kv_heads], level, prompt_len, rows, 6, twin=True)
     assert report["level"] == level
+    assert_agrees(report)
+
+
+def test_long_contexts_split_attention_over_threads_and_stay_exact(tmp_path):
+    """Past a few hundred slots the step's attention rows are split over threads (2 rows of
+    4 query heads, 700 slots of 16 dims: far above the split's threshold); each row's sums
+    keep their order, so the logits stay the eager step's."""
+    folder = tiny_llama(tmp_path / "long", 2, context=1024)
+    report = fused_check(folder, kernel_levels()[-1], 700, 2, 4, twin=False, threads=2)
     assert_agrees(report)
 
 

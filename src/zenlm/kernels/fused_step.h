@@ -189,6 +189,10 @@ struct AttentionShape {
   int64_t batch, group, S, D, stride;
 };
 
+// Multiply-adds of attention rows below which one thread does them all (~20 us of work:
+// more than a thread hand-off costs).
+constexpr int64_t kRowsWorkPerThread = 1 << 16;
+
 void qk_torch(const float* q, const float* keys, const AttentionShape& a, float* scores) {
   const auto o = at::TensorOptions().dtype(at::kFloat);
   at::Tensor out = at::from_blob(scores, {a.batch, a.group, a.S}, o);
@@ -222,32 +226,34 @@ inline float dot_parts(const float* a, const float* b, int64_t n) {
 // score in columns of four is 4 interleaved sums, one of the S % 4 last columns 8; the
 // small products PyTorch multiplies itself (D * group * S < 400) one sum in order; p v
 // always one sum in order over the slots.
-void qk_own(const float* q, const float* keys, const AttentionShape& a, float* scores) {
+//
+// Both work on query rows [r0, r1) of the batch * group rows (row r: item r / group), each
+// row's sums in the order above whichever thread computes it.
+void qk_own(const float* q, const float* keys, const AttentionShape& a, float* scores,
+            int64_t r0, int64_t r1) {
   const bool small = a.D * a.group * a.S < 400;
   const int64_t full = small || a.D % 4 != 0 ? 0 : a.S - a.S % 4;  // columns in fours
-  for (int64_t item = 0; item < a.batch; ++item) {
-    const float* k = keys + item * a.stride;
-    for (int64_t m = 0; m < a.group; ++m) {
-      const float* row = q + (item * a.group + m) * a.D;
-      float* out = scores + (item * a.group + m) * a.S;
-      // Two slots per vector: lanes 0-3 slot t's 4 partial sums, lanes 4-7 slot t + 1's.
-      for (int64_t t = 0; t < full; t += 2) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < a.D; i += 4) {
-          const __m128 x = _mm_loadu_ps(row + i);
-          const __m256 w = _mm256_insertf128_ps(
-              _mm256_castps128_ps256(_mm_loadu_ps(k + t * a.D + i)), _mm_loadu_ps(k + (t + 1) * a.D + i), 1);
-          acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set_m128(x, x), w));
-        }
-        // (p0 + p2) + (p1 + p3) in each half
-        acc = _mm256_add_ps(acc, _mm256_permute_ps(acc, 0x4E));
-        acc = _mm256_add_ps(acc, _mm256_permute_ps(acc, 0xB1));
-        out[t] = _mm256_cvtss_f32(acc);
-        out[t + 1] = _mm_cvtss_f32(_mm256_extractf128_ps(acc, 1));
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* k = keys + (r / a.group) * a.stride;
+    const float* row = q + r * a.D;
+    float* out = scores + r * a.S;
+    // Two slots per vector: lanes 0-3 slot t's 4 partial sums, lanes 4-7 slot t + 1's.
+    for (int64_t t = 0; t < full; t += 2) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < a.D; i += 4) {
+        const __m128 x = _mm_loadu_ps(row + i);
+        const __m256 w = _mm256_insertf128_ps(
+            _mm256_castps128_ps256(_mm_loadu_ps(k + t * a.D + i)), _mm_loadu_ps(k + (t + 1) * a.D + i), 1);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set_m128(x, x), w));
       }
-      for (int64_t t = full; t < a.S; ++t) {
-        out[t] = small ? dot_parts<1>(row, k + t * a.D, a.D) : dot_parts<8>(row, k + t * a.D, a.D);
-      }
+      // (p0 + p2) + (p1 + p3) in each half
+      acc = _mm256_add_ps(acc, _mm256_permute_ps(acc, 0x4E));
+      acc = _mm256_add_ps(acc, _mm256_permute_ps(acc, 0xB1));
+      out[t] = _mm256_cvtss_f32(acc);
+      out[t + 1] = _mm_cvtss_f32(_mm256_extractf128_ps(acc, 1));
+    }
+    for (int64_t t = full; t < a.S; ++t) {
+      out[t] = small ? dot_parts<1>(row, k + t * a.D, a.D) : dot_parts<8>(row, k + t * a.D, a.D);
     }
   }
 }
@@ -267,20 +273,19 @@ inline void pv_block(const float* p, const float* v, int64_t S, int64_t D, float
   for (int j = 0; j < kVecs; ++j) _mm256_storeu_ps(o + 8 * j, acc[j]);
 }
 
-void pv_own(const float* probs, const float* values, const AttentionShape& a, float* out) {
-  for (int64_t item = 0; item < a.batch; ++item) {
-    const float* v = values + item * a.stride;
-    for (int64_t m = 0; m < a.group; ++m) {
-      const float* p = probs + (item * a.group + m) * a.S;
-      float* o = out + (item * a.group + m) * a.D;
-      int64_t i = 0;
-      for (; i + 64 <= a.D; i += 64) pv_block<8>(p, v + i, a.S, a.D, o + i);
-      for (; i + 8 <= a.D; i += 8) pv_block<1>(p, v + i, a.S, a.D, o + i);
-      for (; i < a.D; ++i) {
-        float sum = 0.f;
-        for (int64_t t = 0; t < a.S; ++t) sum += p[t] * v[t * a.D + i];
-        o[i] = sum;
-      }
+void pv_own(const float* probs, const float* values, const AttentionShape& a, float* out,
+            int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* v = values + (r / a.group) * a.stride;
+    const float* p = probs + r * a.S;
+    float* o = out + r * a.D;
+    int64_t i = 0;
+    for (; i + 64 <= a.D; i += 64) pv_block<8>(p, v + i, a.S, a.D, o + i);
+    for (; i + 8 <= a.D; i += 8) pv_block<1>(p, v + i, a.S, a.D, o + i);
+    for (; i < a.D; ++i) {
+      float sum = 0.f;
+      for (int64_t t = 0; t < a.S; ++t) sum += p[t] * v[t * a.D + i];
+      o[i] = sum;
     }
   }
 }
@@ -309,10 +314,10 @@ bool own_matmuls_match(int64_t batch, int64_t group, int64_t D) {
   for (int64_t S : kContexts) {
     const AttentionShape a{batch, group, S, D, kSlots * D};
     std::vector<float> mine(batch * group * std::max(S, D)), theirs(mine.size());
-    qk_own(q.data(), kv.data(), a, mine.data());
+    qk_own(q.data(), kv.data(), a, mine.data(), 0, batch * group);
     qk_torch(q.data(), kv.data(), a, theirs.data());
     same = same && std::memcmp(mine.data(), theirs.data(), batch * group * S * 4) == 0;
-    pv_own(p.data(), kv.data(), a, mine.data());
+    pv_own(p.data(), kv.data(), a, mine.data(), 0, batch * group);
     pv_torch(p.data(), kv.data(), a, theirs.data());
     same = same && std::memcmp(mine.data(), theirs.data(), batch * group * D * 4) == 0;
   }
@@ -336,14 +341,34 @@ void attention(const float* qkv, const at::Tensor& keys, const at::Tensor& value
   const bool own = own_matmuls_match(a.batch, group, s.D);
   const float* k = keys.data_ptr<float>();
   const float* v = values.data_ptr<float>();
-  own ? qk_own(q.data(), k, a, scores.data()) : qk_torch(q.data(), k, a, scores.data());
+  // Rows split over threads once a context is long enough to pay for it (at 4,096 slots the
+  // two matmuls cost about what the weights do); each row's sums keep their order.
+  // (The lambdas take pointers: a thread_local named inside one is the worker's own.)
+  const int64_t rows = a.batch * group;
+  const int64_t grain = std::max<int64_t>(1, kRowsWorkPerThread / (s.S * s.D));
+  const float* query = q.data();
+  float* score = scores.data();
+  const float* prob = probs.data();
+  if (own) {
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      qk_own(query, k, a, score, r0, r1);
+    });
+  } else {
+    qk_torch(q.data(), k, a, scores.data());
+  }
   const float factor = static_cast<float>(scale);  // `* scale`
   for (float& value : scores) value *= factor;
   const auto options = keys.options();
   at::Tensor prob_t = at::from_blob(probs.data(), {a.batch, group, s.S}, options);
   at::_softmax_out(prob_t, at::from_blob(scores.data(), {a.batch, group, s.S}, options), -1,
                    false);
-  own ? pv_own(probs.data(), v, a, out) : pv_torch(probs.data(), v, a, out);
+  if (own) {
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      pv_own(prob, v, a, out, r0, r1);
+    });
+  } else {
+    pv_torch(probs.data(), v, a, out);
+  }
 }
 
 // exp of 8 floats as PyTorch's vectorized SiLU computes it: SLEEF's expf (u10) with
