@@ -4,7 +4,8 @@ Two parts, each peer in its own subprocess, one after another for several rounds
 other round in reverse order); the tables report medians and same-round ratios to llama.cpp:
 
 - `smollm2-4k`: SmolLM2-135M-Instruct (the Q4_1 GGUF), 64 greedy tokens decoded after a
-  prompt of 4,032 tokens, i.e. 4,096 tokens of context; each peer's prefill time too.
+  prompt of 4,032 tokens of tinyshakespeare (../shared/data, or $ZENLM_DATA), i.e. 4,096
+  tokens of context; each peer's prefill time too.
 - `tinyllama`: a random-weight Llama of TinyLlama-1.1B's shape (22 layers, d_model 2048,
   32 query / 4 KV heads, FFN 5632, vocab 32000, untied head) written as GGUF through the
   production path and run by both from the same file: Q4_1 and Q8_0; 64 greedy tokens
@@ -15,8 +16,9 @@ other round in reverse order); the tables report medians and same-round ratios t
 
 zenlm runs in its default mode (`zenlm.load(path)`: quantize="auto"), and for SmolLM2 also
 with compile=True. Both peers decode exactly 64 tokens (no stop token) from the same
-prompt ids. `--cpu` and `--llamacpp-path` work as in benchmarks/decode.py (zenlm gets
-ZENLM_CPU=LEVEL, llama.cpp is imported from DIR, a llama-cpp-python built for that level).
+prompt ids (the 1.1B part: random ids, its weights being random). `--cpu` and
+`--llamacpp-path` work as in benchmarks/decode.py (zenlm gets ZENLM_CPU=LEVEL, llama.cpp is
+imported from DIR, a llama-cpp-python built for that level).
 
 The 1.1B files are made once by benchmarks/scale_files.py and kept in `--work` (outside
 git; about 4 GB): build_model (the config's init, normal(0, 0.02)) with a byte-level BPE
@@ -39,6 +41,7 @@ from pathlib import Path
 from scale_files import TINYLLAMA  # benchmarks/, this script's folder
 
 SMOLLM2 = "smollm2-135m-instruct"
+DATA = Path(os.environ.get("ZENLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NEW_TOKENS = 64
 CONTEXT = 4096  # SmolLM2 part: prompt + new tokens
 SHORT_PROMPT = 32  # tinyllama part
@@ -48,6 +51,9 @@ import json, random, resource, sys, time
 kind, path = sys.argv[1], sys.argv[2]
 n_prompt, n_new, threads, compile_ = (int(a) for a in sys.argv[3:7])
 def prompt_ids(vocab):  # the same ids for both peers of one model
+    import os
+    if os.environ.get("SCALE_PROMPT_IDS"):  # tokens of real text, tokenized by the parent
+        return json.load(open(os.environ["SCALE_PROMPT_IDS"]))[:n_prompt]
     rng = random.Random(0)
     return [rng.randint(100, min(vocab, 40000) - 1) for _ in range(n_prompt)]
 def peak_mb():
@@ -152,8 +158,9 @@ def table_row(name: str, rows: list[dict], ref: list[dict]) -> str:
     ratio = statistics.median(r["decode_tokens_per_s"] / q["decode_tokens_per_s"]
                               for r, q in zip(rows, ref, strict=True))
     best = max(r["decode_tokens_per_s"] for r in rows)
-    # A check that both ran the same model, not a speed figure: random weights give
-    # flat logits, so rounding differences may make greedy choices part early.
+    # A check that both ran the same model, not a speed figure: random weights (and
+    # random prompt ids) give flat logits, so rounding differences may make greedy
+    # choices part early; after real text they should agree for a while.
     agree = min(leading_matches(r["first_tokens"], q["first_tokens"])
                 for r, q in zip(rows, ref, strict=True))
     return (f"| {name} | {rows[0]['mode']} | {median('decode_tokens_per_s'):.2f} | {best:.2f} "
@@ -175,6 +182,7 @@ def smollm2_part(args: argparse.Namespace) -> None:
 
     gguf = resolve_model(SMOLLM2)
     n_prompt = args.context - NEW_TOKENS
+    os.environ["SCALE_PROMPT_IDS"] = text_prompt(gguf, n_prompt, Path(args.work))
     peers: Peers = {"zenlm auto": peer_cmd("zenlm", gguf, n_prompt, args)}
     if not args.no_compile:
         peers["zenlm auto+compile"] = peer_cmd("zenlm", gguf, n_prompt, args, compile_=True)
@@ -183,6 +191,22 @@ def smollm2_part(args: argparse.Namespace) -> None:
     print_table(f"SmolLM2-135M-Instruct Q4_1, {NEW_TOKENS} tokens decoded after {n_prompt} "
                 f"({args.context} of context), {args.threads} threads",
                 results, {name: "llama.cpp Q4_1" for name in peers})
+
+
+def text_prompt(gguf: Path, n_prompt: int, work: Path) -> str:
+    """A JSON file of the first `n_prompt` tokens of tinyshakespeare under the model's own
+    tokenizer (both peers read the file: the same ids), so that the greedy tokens after
+    it compare two readings of real text rather than of noise."""
+    import zenlm
+
+    text = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    ids = zenlm.load(str(gguf), quantize=None).tokenizer.encode(text[:20 * n_prompt])
+    if len(ids) < n_prompt:
+        raise SystemExit(f"tinyshakespeare gave {len(ids)} tokens, fewer than {n_prompt}")
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"smollm2-prompt-{n_prompt}.json"
+    path.write_text(json.dumps(ids[:n_prompt]))
+    return str(path)
 
 
 def tinyllama_part(args: argparse.Namespace) -> None:
