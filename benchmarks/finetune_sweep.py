@@ -17,7 +17,8 @@ articles under several n-best and max-answer-length values, without retraining (
 windows' logits are computed once).
 
 Writes <out>/<task>/results.json (every run's settings and scores) and
-<out>/<task>/sweep.md (one table, the default's row marked).
+<out>/<task>/sweep.md (one table, the default's row marked). A run already in results.json
+(same name, no error) is not run again, so invocations with other grids grow one table.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ SST2_VAL = 1000  # validation sentences of the SST-2 split (as benchmarks/dp_sst
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
     "sst2": {
         "lr": [["--lr", v] for v in ("5e-5", "2e-4")],
-        "epochs": [["--epochs", v] for v in ("0.2", "0.8", "1.0")],
+        "epochs": [["--epochs", v] for v in ("0.2", "1.0", "2.0")],
         "minutes": [["--minutes", v] for v in ("10", "20")],
         "freeze": [["--no-freeze-embeddings"], ["--freeze-layers", "2"]],
         "length": [["--max-length", v] for v in ("48", "96")],
@@ -206,6 +207,14 @@ def markdown_table(results: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def earlier_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The successful runs of an earlier invocation's results.json, by name (none if new)."""
+    if not path.is_file():
+        return {}
+    return {run["name"]: run for run in json.loads(path.read_text())["runs"]
+            if "error" not in run}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", choices=list(TASKS))
@@ -244,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"sweep": args.sweep, "task": TASKS[args.sweep],
                                "cpu": info.summary(), "settings": vars(args), "runs": []}
+    done = earlier_runs(out / "results.json")
     for run in runs:
+        if run.name in done:  # measured by an earlier invocation: one table grows
+            results["runs"].append(done.pop(run.name))
+            continue
         results["runs"].append(train(args.sweep, run, args, data))
         print(markdown_table(results["runs"][-1:], run.name).splitlines()[-1], flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    results["runs"] += done.values()  # earlier runs of grids not chosen this time
     default = results["runs"][0]
     if "decode" in chosen and "model_dir" in default:
         results["decode"] = decode_grid(default["model_dir"], data)
