@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(results["runs"][-1:], run.name).splitlines()[-1], flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     results["runs"] += done.values()  # earlier runs of grids not chosen this time
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     default = results["runs"][0]
     if "decode" in chosen and "model_dir" in default:
         results["decode"] = decode_grid(default["model_dir"], data)

@@ -56,6 +56,35 @@ def test_unknown_grid_is_refused_with_the_valid_ones(sweep, capsys):
     assert "--grid colour: not a grid of sst2; valid: default, lr" in capsys.readouterr().err
 
 
+def test_runs_of_an_earlier_invocation_are_reused_and_kept(sweep, tmp_path, monkeypatch):
+    """A second invocation with another grid trains only its new runs; the table keeps the
+    earlier grid's runs; a failed earlier run is run again."""
+    trained = []
+
+    def fake_train(name, run, args, data):
+        trained.append(run.name)
+        return {"name": run.name, "grid": run.grid, "flags": run.flags,
+                "default": run.is_default, "metric": "f1", "score": 0.5, "best_step": 1,
+                "steps": 1, "train_minutes": 0.1}
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    out = ["--out", str(tmp_path)]
+    assert sweep.main(["conll", "--grid", "lr", *out]) == 0
+    assert trained == ["default", "lr 5e-5", "lr 2e-4"]
+    results = tmp_path / "conll" / "results.json"
+    earlier = json.loads(results.read_text())
+    earlier["runs"][2] = {"name": "lr 2e-4", "grid": "lr", "flags": [], "error": "killed"}
+    results.write_text(json.dumps(earlier))
+    trained.clear()
+    assert sweep.main(["conll", "--grid", "warmup", *out]) == 0
+    assert trained == ["warmup-fraction 0.0", "warmup-fraction 0.1"]
+    names = [run["name"] for run in json.loads(results.read_text())["runs"]]
+    assert names == ["default", "warmup-fraction 0.0", "warmup-fraction 0.1", "lr 5e-5"]
+    trained.clear()
+    assert sweep.main(["conll", "--grid", "lr", *out]) == 0
+    assert trained == ["lr 2e-4"]  # the failed one only
+
+
 def test_table_marks_the_default_row_only(sweep):
     rows = [{"name": "default", "grid": "default", "default": True, "metric": "accuracy",
              "score": 0.912, "best_step": 700, "steps": 758, "train_minutes": 17.2},
