@@ -113,7 +113,10 @@ def test_every_stage_leaves_its_artefacts(run):
     assert (Path(own["finetune"]["model"]) / "task.json").is_file()
     assert own["n"] == N_REVIEWS // 10 and 0.0 <= own["accuracy"] <= 1.0
     assert set(own["stages"]) == {"tokenizer", "pretrain", "finetune", "evaluate"}
-    assert sum(own["stages"].values()) <= own["total_minutes"] + 1e-6
+    # Each figure is rounded to 0.001 minute, so the stages' sum may pass the rounded
+    # total by up to half a unit per figure (it did: 0.222 against 0.221).
+    slack = 0.0005 * (len(own["stages"]) + 1) + 1e-9
+    assert sum(own["stages"].values()) <= own["total_minutes"] + slack
     table = (out / "results.md").read_text(encoding="utf-8")
     assert "| own |" in table and f"({N_REVIEWS // 10} reviews)" in table
     assert "cpu " in stdout and "features " in stdout  # the CPU the figures ran on
