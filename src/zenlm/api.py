@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from zenlm.generate import GenerationConfig, GenerationResult, generate_batch, s
 from zenlm.generate.beam import beam_search
 from zenlm.generate.compile import compile_decoding
 from zenlm.generate.defaults import sampling_defaults
-from zenlm.io.hf import load_hf_model, refuse_pickle
+from zenlm.io.hf import load_hf_model, read_config, refuse_pickle
 from zenlm.io.resolve import resolve_model
 from zenlm.models import DecoderLM, Seq2SeqLM
 from zenlm.nn.cpu_attention import use_cpu_attention
-from zenlm.quant import QUANTIZE_MODES
+from zenlm.quant import QUANTIZE_MODES, apply_quantization, quantize_part
 from zenlm.quant import quantize as quantize_model
+from zenlm.quant.auto import resolve_mode
 from zenlm.tokenizer import Message, Tokenizer
 
 
@@ -263,26 +265,41 @@ def load(
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     path = resolve_model(model)
     refuse_pickle(path)
-    if path.is_dir():
-        network = load_hf_model(path, torch_dtype)
-        tokenizer = _folder_tokenizer(path)
-    elif path.suffix.lower() == ".gguf":
-        network, tokenizer = _load_gguf(path, torch_dtype)
-    else:
+    is_gguf = path.suffix.lower() == ".gguf"
+    if not (path.is_dir() or is_gguf):
         raise CheckpointError(
             f"{path}: not a model folder or a .gguf file (for a .safetensors file, "
             "give the folder holding it and its config.json)"
         )
-    if quantize is not None:  # for inference (None: as stored, e.g. to train)
-        use_cpu_attention(network)
-    if quantize == "auto" and (dtype is not None or not isinstance(network, DecoderLM)):
+    decoder = is_gguf or from_hf_config(read_config(path)).arch == "decoder"
+    for_inference = quantize is not None  # None: as stored, e.g. to train
+    if quantize == "auto" and (dtype is not None or not decoder):
         quantize = None
-    if quantize is not None:
+    mode = resolve_mode(quantize) if decoder else None
+    # Each part of a decoder is converted as soon as its weights are read, so a large
+    # model never holds all its float32 weights at once (a 1.1B int4 load: ~1 GB, not 5).
+    prepare = None if mode is None else functools.partial(_convert_part, mode=mode)
+    if is_gguf:
+        network, tokenizer = _load_gguf(path, torch_dtype, prepare)
+    else:
+        network = load_hf_model(path, torch_dtype, prepare)
+        tokenizer = _folder_tokenizer(path)
+    if for_inference:
+        use_cpu_attention(network)
+    if mode is not None:
+        apply_quantization(network, mode)
+    elif quantize is not None:  # an explicit mode for a model that is not a decoder
         quantize_model(network, quantize)
     if compile:
         compile_decoding(network.decoder if isinstance(network, Seq2SeqLM) else network)
     release_free_memory()
     return LM(network, tokenizer, str(path), time.perf_counter() - start)
+
+
+def _convert_part(model: DecoderLM, part: str, mode: str) -> None:
+    """Quantize a part just read, then hand its float weights' memory back to the OS."""
+    quantize_part(model, part, mode)
+    _trim_heap()  # no gc.collect: freed weights hold no cycles, and a collect costs ~0.1 s
 
 
 def release_free_memory() -> None:
@@ -293,19 +310,27 @@ def release_free_memory() -> None:
     float32 size while generating with int4 weights.
     """
     gc.collect()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Return glibc's free heap pages to the OS (a no-op elsewhere)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[DecoderLM, Tokenizer]:
-    from zenlm.io.gguf import read_gguf
+def _load_gguf(
+    path: Path, dtype: torch.dtype, prepare_part: Callable[[DecoderLM, str], None] | None
+) -> tuple[DecoderLM, Tokenizer]:
+    from zenlm.io.gguf import open_gguf
     from zenlm.io.hf import model_from_hf_tensors
 
-    checkpoint = read_gguf(path, dtype=dtype)
-    config = from_hf_config(checkpoint.hf_config)
-    return model_from_hf_tensors(config, checkpoint.state_dict, path, dtype), checkpoint.tokenizer
+    opened = open_gguf(path, dtype=dtype)
+    config = from_hf_config(opened.hf_config)
+    model = model_from_hf_tensors(config, opened.tensors(), path, dtype, prepare_part)
+    return model, opened.tokenizer
 
 
 def _folder_tokenizer(folder: Path) -> Tokenizer | None:

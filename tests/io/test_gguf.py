@@ -908,3 +908,59 @@ def test_released_tensors_leave_the_resident_set_and_stay_readable(tmp_path):
     for info, values, name in zip(infos, first, expected, strict=True):
         again = file.values(info, torch.float32)[0]
         assert np.array_equal(again, values) and np.array_equal(values, expected[name])
+
+
+# =================================================================== loading part by part
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "gpt2"])
+def test_a_quantized_load_converts_each_block_before_reading_the_next(written, kind,
+                                                                     monkeypatch):
+    """`zenlm.load` quantizes each block as soon as its tensors are read (so a 1.1B model
+    never holds all its float32 weights), and the result is the model a load of every
+    tensor first, then `quantize`, gives: the same logits, exactly."""
+    import zenlm
+    import zenlm.api
+    from zenlm.config import from_hf_config
+    from zenlm.io.gguf import GGUFModelFile
+    from zenlm.io.hf import model_from_hf_tensors
+    from zenlm.nn.cpu_attention import use_cpu_attention
+    from zenlm.quant import quantize
+
+    path, _ = written(kind, Q.Q8_0)
+    events: list[tuple[str, str]] = []
+    read, convert = GGUFModelFile.tensors, zenlm.api.quantize_part
+
+    def reading(self):  # noqa: ANN001, ANN202
+        for name, tensor in read(self):
+            events.append(("read", name))
+            yield name, tensor
+
+    def converting(model, part, mode):  # noqa: ANN001, ANN202
+        events.append(("convert", part))
+        convert(model, part, mode)
+
+    monkeypatch.setattr(GGUFModelFile, "tensors", reading)
+    monkeypatch.setattr(zenlm.api, "quantize_part", converting)
+    streamed = zenlm.load(path, quantize="int8").model
+    reads = [(n, _block_of(name)) for n, (what, name) in enumerate(events) if what == "read"]
+    for i in range(streamed.config.n_layers):
+        converted = events.index(("convert", f"blocks.{i}"))
+        assert max(n for n, block in reads if block == i) < converted  # its tensors first...
+        # ...then the next block's, and the embedding and head (read last, as they stay
+        # float until the blocks are done)
+        assert min(n for n, block in reads if block == i + 1 or block is None) > converted
+    checkpoint = read_gguf(path)
+    whole = model_from_hf_tensors(from_hf_config(checkpoint.hf_config),
+                                  checkpoint.state_dict, path)
+    whole = quantize(use_cpu_attention(whole), "int8")
+    ids = torch.randint(0, streamed.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(streamed(ids), whole(ids))
+
+
+def _block_of(hf_name: str) -> int | None:
+    """N of a transformers tensor name in block N (`model.layers.N.`, `transformer.h.N.`)."""
+    parts = hf_name.split(".")
+    for before, number in zip(parts, parts[1:], strict=False):
+        if before in ("layers", "h") and number.isdigit():
+            return int(number)
+    return None

@@ -118,8 +118,9 @@ def test_quantized_model_computes_with_its_dequantized_weights(mode, tmp_path):
     layers = dict(reference.named_modules())
     with torch.no_grad():
         for name, module in fast.model.named_modules():
-            if isinstance(module, (Int8Linear, Int4Linear)):
-                layers[name].weight.copy_(module.dequantized())
+            if isinstance(module, (Int8Linear, Int4Linear)):  # an untied embedding too
+                target = layers.get(name) or layers[name.removesuffix(".table")]
+                target.weight.copy_(module.dequantized())
     expected = reference(ids)
     rel = ((fast.logits(ids) - expected).norm() / expected.norm()).item()
     bound = {"none": 1e-6, "bf16": 0.03, "int8": 0.03, "int4": 0.08}[mode]
@@ -150,6 +151,22 @@ def test_an_int4_model_holds_each_weight_once_in_4_bits_plus_fp16_groups(tmp_pat
     assert sum(t.untyped_storage().nbytes() for t in storages.values()) == (
         matrices // 2 + matrices // 32 * 2 * 2 + 4 * floats)
     assert model.embed.weight.data_ptr() == model.lm_head.codes.data_ptr()
+
+
+def test_an_untied_embedding_is_quantized_like_the_head(tmp_path):
+    """An untied model keeps no float matrix either: its embedding (262 MB in float32
+    for a 1.1B Llama) becomes int4 rows of its own, looked up exactly as dequantized."""
+    hf = tiny_hf_model("llama", intermediate_size=128)
+    hf.save_pretrained(tmp_path)
+    model = zenlm.load(tmp_path, quantize="int4").model
+    assert isinstance(model.embed, QuantizedEmbedding) and model.embed.table is not model.lm_head
+    assert not [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+                if t.ndim >= 2 and t.dtype == torch.float32]
+    ids = torch.tensor([[0, 5, VOCAB - 1]])
+    table = model.embed.table.dequantized()  # (V, D)
+    assert torch.equal(model.embed(ids), table[ids])
+    original = hf.get_input_embeddings().weight.detach()
+    assert ((table - original).norm() / original.norm()).item() < 0.1
 
 
 def test_unknown_quantize_mode_names_the_valid_ones(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,15 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_hf_model(
-    folder: str | Path, dtype: torch.dtype | None = None
+    folder: str | Path, dtype: torch.dtype | None = None,
+    prepare_part: Callable[[DecoderLM, str], None] | None = None,
 ) -> Model:
     """Build the model a Hugging Face folder describes and load its weights.
 
     Args:
         folder: Folder with config.json and safetensors weights.
         dtype: Parameter dtype (default float32).
+        prepare_part: See `model_from_hf_tensors`.
 
     Raises:
         CheckpointError: missing/corrupt files, unknown or missing tensors, wrong shapes.
@@ -105,23 +107,40 @@ def load_hf_model(
     """
     folder = Path(folder)
     config = from_hf_config(read_config(folder))
-    return model_from_hf_tensors(config, iter_safetensors(weight_files(folder)), folder, dtype)
+    return model_from_hf_tensors(config, iter_safetensors(weight_files(folder)), folder, dtype,
+                                 prepare_part)
 
 
 def model_from_hf_tensors(
     config: ModelConfig,
-    tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
     source: str | Path,
     dtype: torch.dtype | None = None,
+    prepare_part: Callable[[DecoderLM, str], None] | None = None,
 ) -> Model:
     """Build `config`'s model and fill it from tensors with Hugging Face names.
 
     This is the one path every format goes through (GGUF files are first read into
     Hugging Face names), so name and shape checks live here only.
+
+    Args:
+        config: The model to build.
+        tensors: Hugging Face name -> tensor, as a mapping or (name, tensor) pairs.
+        source: Where the tensors come from, for error messages.
+        dtype: Parameter dtype (default float32).
+        prepare_part: For a decoder-only model, called with the model and a part's
+            name ("blocks.3", "embed", "lm_head", "final_norm") as soon as all of that
+            part's weights are in, before the next tensors are read (e.g. to quantize
+            it): with a lazy `tensors` iterator, only one part's float weights are then
+            held at a time. None: every tensor is converted first, then assigned.
     """
     dtype = dtype or torch.float32
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     name_map = NAME_MAPS[config.hf_model_type]
+    if prepare_part is not None and config.arch == "decoder":
+        model = build_skeleton(config)
+        _fill_part_by_part(model, items, name_map, source, dtype, prepare_part)
+        return model.eval()
     ours = convert_from_hf(items, name_map, source, config)
     model = build_skeleton(config)
     aliases = tied_aliases(model)
@@ -137,12 +156,66 @@ def model_from_hf_tensors(
     for name in name_map.optional:
         if name in expected and name not in ours:
             ours[name] = torch.zeros(expected[name].shape)
+    _check_missing(ours.keys(), expected, source)
     _check_names_and_shapes(ours, expected, source)
     model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=False, assign=True)
+    _retie(model, aliases)
+    return model.eval()
+
+
+def _fill_part_by_part(
+    model: DecoderLM, items: Iterable[tuple[str, torch.Tensor]], name_map: NameMap,
+    source: str | Path, dtype: torch.dtype, prepare_part: Callable[[DecoderLM, str], None],
+) -> None:
+    """Assign tensors as they come; hand each part to `prepare_part` once it is whole.
+
+    The parts are the blocks ("blocks.3") and the other top-level modules ("embed",
+    "lm_head", "final_norm"); a tied head is whole when the weight it shares is. The
+    checks are `model_from_hf_tensors`' (unknown names, shapes, then missing ones), made
+    per tensor, so a part's float weights can be dropped before the next part's are read.
+    """
+    expected = model.state_dict()
+    aliases = tied_aliases(model)
+    waiting: dict[str, set[str]] = {}
+    for name in expected:
+        part = ".".join(name.split(".")[:2 if name.startswith("blocks.") else 1])
+        waiting.setdefault(part, set()).add(aliases.get(name, name))
+    for alias in aliases:
+        expected.pop(alias)
+    loaded: set[str] = set()
+    pending: dict[str, torch.Tensor] = {}  # read, not yet assigned (one load_state_dict per part)
+    for hf_name, tensor in items:
+        ours = convert_from_hf([(hf_name, tensor)], name_map, source, model.config)
+        for alias, owner in aliases.items():  # a tied weight under either name, kept once
+            value = ours.pop(alias, None)
+            if value is not None and owner not in loaded and owner not in ours:
+                ours[owner] = value
+        _check_names_and_shapes(ours, expected, source)
+        pending.update((k, v.to(dtype)) for k, v in ours.items())
+        loaded.update(ours)
+        del ours, tensor
+        whole = [part for part, names in waiting.items() if names <= loaded]
+        if whole:
+            model.load_state_dict(pending, strict=False, assign=True)
+            _retie(model, {a: o for a, o in aliases.items() if o in pending})
+            pending.clear()
+        for part in whole:
+            del waiting[part]
+            prepare_part(model, part)
+    model.load_state_dict(pending, strict=False, assign=True)  # a file lacking tensors
+    for name in name_map.optional:
+        if name in expected and name not in loaded:
+            model.load_state_dict({name: torch.zeros(expected[name].shape, dtype=dtype)},
+                                  strict=False, assign=True)
+            loaded.add(name)
+    _check_missing(loaded, expected, source)
+
+
+def _retie(model: torch.nn.Module, aliases: dict[str, str]) -> None:
+    """Point every alias of a tied parameter at its owner (assignment broke the tie)."""
     for alias, owner in aliases.items():
         parent, _, attr = alias.rpartition(".")
         setattr(model.get_submodule(parent), attr, model.get_parameter(owner))
-    return model.eval()
 
 
 def _merge_tied(
@@ -207,16 +280,22 @@ def convert_from_hf(
     return ours
 
 
-def _check_names_and_shapes(
-    ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str | Path
+def _check_missing(
+    names: Iterable[str], expected: dict[str, torch.Tensor], source: str | Path
 ) -> None:
-    missing = sorted(set(expected) - set(ours))
-    extra = sorted(set(ours) - set(expected))
+    missing = sorted(set(expected) - set(names))
     if missing:
         raise CheckpointError(
             f"{source}: {len(missing)} tensor(s) missing, e.g. {missing[:5]} "
             "(truncated download, or config.json does not match the weights?)"
         )
+
+
+def _check_names_and_shapes(
+    ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str | Path
+) -> None:
+    """Every tensor of `ours` must be one `expected` names, of its shape."""
+    extra = sorted(set(ours) - set(expected))
     if extra:
         raise CheckpointError(
             f"{source}: tensors {extra[:5]} are not used by the architecture config.json "

@@ -96,6 +96,8 @@ class Attention(nn.Module):
 
     def fuse_qkv(self) -> None:
         """Replace q, k, v by one Linear over their concatenated rows (self-attention)."""
+        if self.qkv is not None:
+            return
         self.qkv = stack_linears((self.q, self.k, self.v))
         del self.q, self.k, self.v
 

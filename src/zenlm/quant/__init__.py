@@ -1,6 +1,6 @@
 """Weight-only quantization as a transform that swaps modules on a built model."""
 
-from zenlm.quant.transform import QUANTIZE_MODES, quantize
+from zenlm.quant.transform import QUANTIZE_MODES, apply_quantization, quantize, quantize_part
 from zenlm.quant.weights import Int4Linear, Int8Linear, QuantizedEmbedding
 
 __all__ = [
@@ -8,5 +8,7 @@ __all__ = [
     "Int4Linear",
     "Int8Linear",
     "QuantizedEmbedding",
+    "apply_quantization",
     "quantize",
+    "quantize_part",
 ]

@@ -30,7 +30,7 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
             kernels' fast path); the residual stream, norms and attention stay float32,
             which keeps the model within 1% of float32 perplexity.
         int4: 4-bit weights in groups of 32 (GGUF Q4_1 blocks convert exactly), the
-            output head and the embedding tied to it included (the head is a third of
+            output head and the embedding (tied or not) included (the head is a third of
             the bytes a decode step reads); layers whose inputs are not a multiple of
             64 stay int8. The matmuls quantize their float32 inputs to int8 blocks.
             Llama-family decoders decode with one fused C++ step per token
@@ -41,25 +41,58 @@ def quantize(model: DecoderLM, mode: str) -> DecoderLM:
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
-    mode = resolve_mode(mode)
-    make = {"int8": Int8Linear, "int4": _int4_or_int8}.get(mode)
-    # Block by block: fusing copies a block's float32 weights, and glibc keeps freed
-    # heap mapped, so fusing every block before converting any raised the load peak
-    # of an int4 model by ~300 MB.
-    for block in model.blocks:
-        block.attn.fuse_qkv()
-        block.mlp.fuse_gate_up()
-        if mode == "bf16":
-            block.to(torch.bfloat16)
-        elif make is not None:
-            _swap_linears(block, make)
+    return apply_quantization(model, resolve_mode(mode))
+
+
+def apply_quantization(model: DecoderLM, mode: str) -> DecoderLM:
+    """`quantize` with `mode` already resolved (not `auto`): no log, no check.
+
+    Parts `quantize_part` already converted (a load that quantized each part as it
+    was read) are left as they are.
+    """
+    for part in [f"blocks.{i}" for i in range(len(model.blocks))] + ["lm_head", "embed"]:
+        quantize_part(model, part, mode)
     if mode == "bf16":
         model.to(torch.bfloat16)  # embeddings, norms and head
-    elif make is not None:
-        _quantize_head(model, make)
     if mode == "int4":  # one C++ call per decode step where the model qualifies
         use_fused_step(model)
     return model
+
+
+def quantize_part(model: DecoderLM, part: str, mode: str) -> None:
+    """Convert one part of `model` to `mode` (resolved), in place; again: no change.
+
+    Args:
+        model: A decoder, being loaded or loaded.
+        part: "blocks.N" (its projections fused, then converted), "lm_head" (with the
+            embedding when tied: its rows are the head's), "embed" (an untied one:
+            llama.cpp files store it in 4 bits too, and at 1.1B parameters it is 262 MB
+            in float32), or any other top-level name (nothing to do).
+        mode: A resolved mode: "none", "bf16", "int8" or "int4".
+    """
+    if part.startswith("blocks."):
+        _quantize_block(model.get_submodule(part), mode)
+    elif mode not in LINEAR_KINDS:
+        return
+    elif part == "lm_head" and isinstance(model.lm_head, nn.Linear):
+        model.lm_head = LINEAR_KINDS[mode](model.lm_head.weight, model.lm_head.bias)
+        if model.config.tie_embeddings:
+            model.embed = QuantizedEmbedding(model.lm_head)
+    elif (part == "embed" and isinstance(model.embed, nn.Embedding)
+          and not model.config.tie_embeddings):
+        model.embed = QuantizedEmbedding(LINEAR_KINDS[mode](model.embed.weight, None))
+
+
+def _quantize_block(block: nn.Module, mode: str) -> None:
+    # Block by block: fusing copies a block's float32 weights, and glibc keeps freed
+    # heap mapped, so fusing every block before converting any raised the load peak
+    # of an int4 model by ~300 MB.
+    block.attn.fuse_qkv()
+    block.mlp.fuse_gate_up()
+    if mode == "bf16":
+        block.to(torch.bfloat16)
+    elif mode in LINEAR_KINDS:
+        _swap_linears(block, LINEAR_KINDS[mode])
 
 
 def _int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -68,16 +101,13 @@ def _int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     return Int4Linear(weight, bias)
 
 
+#: The modes that swap Linear modules, and what each Linear becomes.
+LINEAR_KINDS = {"int8": Int8Linear, "int4": _int4_or_int8}
+
+
 def _swap_linears(root: nn.Module, make) -> None:  # noqa: ANN001
     for name, child in list(root.named_children()):
         if isinstance(child, nn.Linear):
             setattr(root, name, make(child.weight, child.bias))
         else:
             _swap_linears(child, make)
-
-
-def _quantize_head(model: DecoderLM, make) -> None:  # noqa: ANN001
-    head = make(model.lm_head.weight, model.lm_head.bias)
-    model.lm_head = head
-    if model.config.tie_embeddings:
-        model.embed = QuantizedEmbedding(head)

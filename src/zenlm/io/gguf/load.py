@@ -9,6 +9,7 @@ tensor is decoded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from zenlm.io.hf import convert_to_hf
 from zenlm.models import build_skeleton
 from zenlm.tokenizer import Tokenizer
 
-__all__ = ["GGUFCheckpoint", "read_gguf"]
+__all__ = ["GGUFCheckpoint", "GGUFModelFile", "open_gguf", "read_gguf"]
 
 
 @dataclass
@@ -56,16 +57,47 @@ class _Planned:
     layout: Layout
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheckpoint:
-    """Load a GGUF file (llama or gpt2 architecture) into Hugging Face form.
+@dataclass
+class GGUFModelFile:
+    """A GGUF file opened and checked, its tensors decoded one at a time on demand.
+
+    Attributes:
+        hf_config: What a transformers config.json would hold for this model.
+        tokenizer: The tokenizer described by the file's `tokenizer.*` metadata.
+        metadata: The file's plain (non-array) key/values, for information.
+    """
+
+    hf_config: dict[str, Any]
+    tokenizer: Tokenizer
+    metadata: dict[str, Any]
+    _file: GGUFFile
+    _plan: list[_Planned]
+    _dtype: torch.dtype
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(transformers name, tensor) in file order, each decoded when it is asked for.
+
+        A consumer that drops each tensor once used (`model_from_hf_tensors` with
+        `prepare_part`) holds one at a time, not the whole model in float. The blocks
+        come first, in order, then the embedding, norm and head: those stay in float
+        until every block is converted, so they should not be waiting while blocks are.
+        """
+        for item in sorted(self._plan, key=_blocks_first):
+            values, bits = self._file.values(item.info, self._dtype)
+            values = item.layout.to_hf(values, self.hf_config)
+            tensor = _to_torch(self._file, values, bits, self._dtype)
+            del values
+            self._file.release(item.info)  # its values are copied out
+            yield item.hf_name, tensor
+
+
+def open_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFModelFile:
+    """Open a GGUF file (llama or gpt2 architecture) and check it; decode nothing yet.
 
     Args:
         path: The .gguf file.
-        dtype: Floating dtype of the returned tensors; quantized blocks are
+        dtype: Floating dtype of the tensors `tensors()` gives; quantized blocks are
             dequantized in float32 first.
-
-    Returns:
-        The config, state dict, tokenizer and plain metadata of the model.
 
     Raises:
         CheckpointError: if the file is missing, truncated, not GGUF, has a corrupt
@@ -81,14 +113,35 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
     hf_config = family.read_config(file)
     plan = _plan(file, family, hf_config)  # every check before any tensor is decoded
     tokenizer = build_tokenizer(file.header)
-    state_dict = {}
-    for item in plan:
-        values, bits = file.values(item.info, dtype)
-        values = item.layout.to_hf(values, hf_config)
-        state_dict[item.hf_name] = _to_torch(file, values, bits, dtype)
-        file.release(item.info)  # its values are copied out
     metadata = {k: v for k, v in file.header.metadata.items() if not isinstance(v, list)}
-    return GGUFCheckpoint(hf_config, state_dict, tokenizer, metadata)
+    return GGUFModelFile(hf_config, tokenizer, metadata, file, plan, dtype)
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheckpoint:
+    """Load a GGUF file (llama or gpt2 architecture) into Hugging Face form.
+
+    `open_gguf` with every tensor decoded (the model's whole float state dict in memory).
+
+    Args:
+        path: The .gguf file.
+        dtype: Floating dtype of the returned tensors; quantized blocks are
+            dequantized in float32 first.
+
+    Returns:
+        The config, state dict, tokenizer and plain metadata of the model.
+
+    Raises:
+        CheckpointError, UnsupportedModelError: as `open_gguf`.
+    """
+    opened = open_gguf(path, dtype)
+    return GGUFCheckpoint(opened.hf_config, dict(opened.tensors()), opened.tokenizer,
+                          opened.metadata)
+
+
+def _blocks_first(item: _Planned) -> tuple[int, int]:
+    """Sort key: tensors of block N (`blk.N.*`) by N, then the others; stable within each."""
+    parts = item.info.name.split(".")
+    return (0, int(parts[1])) if parts[0] == "blk" else (1, 0)
 
 
 def _expected(family: Family, hf_config: dict[str, Any], source: Path) -> dict[str, Any]:
