@@ -121,7 +121,7 @@ def measure(
         decode_tokens_per_s=round(result.decode_tokens_per_s, 2),
         prefill_tokens=prompt_tokens,
         prefill_tokens_per_s=round(prompt_tokens / prefill_s, 1),
-        weights_mb=round(weights_mb(lm.model), 1),
+        weights_mb=round(weights_mb(lm.model), 3),  # tiny test models hold < 0.1 MB
         peak_rss_mb=round(max(generating.before, rss_mb("VmHWM")), 1),
         generate_peak_rss_mb=round(generating.peak, 1),
         text=lm.tokenizer.decode(result.token_ids, skip_special_tokens=True)[:200],
