@@ -945,8 +945,7 @@ def test_a_quantized_load_converts_each_block_before_reading_the_next(written, k
     for i in range(streamed.config.n_layers):
         converted = events.index(("convert", f"blocks.{i}"))
         assert max(n for n, block in reads if block == i) < converted  # its tensors first...
-        # ...then the next block's, and the embedding and head (read last, as they stay
-        # float until the blocks are done)
+        # ...then the next block's, and the embedding and head (read last)
         assert min(n for n, block in reads if block == i + 1 or block is None) > converted
     checkpoint = read_gguf(path)
     whole = model_from_hf_tensors(from_hf_config(checkpoint.hf_config),

@@ -202,12 +202,11 @@ def _fill_part_by_part(
         for part in whole:
             del waiting[part]
             prepare_part(model, part)
-    model.load_state_dict(pending, strict=False, assign=True)  # a file lacking tensors
     for name in name_map.optional:
         if name in expected and name not in loaded:
-            model.load_state_dict({name: torch.zeros(expected[name].shape, dtype=dtype)},
-                                  strict=False, assign=True)
+            pending[name] = torch.zeros(expected[name].shape, dtype=dtype)
             loaded.add(name)
+    model.load_state_dict(pending, strict=False, assign=True)  # whatever no part completed
     _check_missing(loaded, expected, source)
 
 
