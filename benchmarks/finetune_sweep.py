@@ -66,7 +66,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "batch": [["--batch-size", v] for v in ("16", "64")],
     },
     "squad": {
-        "lr": [["--lr", v] for v in ("5e-5", "2e-4")],
+        "lr": [["--lr", v] for v in ("2e-4", "5e-5")],
         "epochs": [["--epochs", v] for v in ("1.0", "3.0")],
         "minutes": [["--minutes", v] for v in ("30", "40")],
         "freeze": [["--no-freeze-embeddings"], ["--freeze-layers", "2"]],

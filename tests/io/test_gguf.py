@@ -914,8 +914,8 @@ def test_released_tensors_leave_the_resident_set_and_stay_readable(tmp_path):
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "gpt2"])
 def test_a_quantized_load_converts_each_block_before_reading_the_next(written, kind,
                                                                      monkeypatch):
-    """`zenlm.load` quantizes each block as soon as its tensors are read (so a 1.1B model
-    never holds all its float32 weights), and the result is the model a load of every
+    """`zenlm.load` quantizes each block, and the head, as soon as its tensors are read
+    (so a 1.1B model never holds all its float32 weights), and the result is the model a load of every
     tensor first, then `quantize`, gives: the same logits, exactly."""
     import zenlm
     import zenlm.api
@@ -941,12 +941,15 @@ def test_a_quantized_load_converts_each_block_before_reading_the_next(written, k
     monkeypatch.setattr(GGUFModelFile, "tensors", reading)
     monkeypatch.setattr(zenlm.api, "quantize_part", converting)
     streamed = zenlm.load(path, quantize="int8").model
-    reads = [(n, _block_of(name)) for n, (what, name) in enumerate(events) if what == "read"]
-    for i in range(streamed.config.n_layers):
-        converted = events.index(("convert", f"blocks.{i}"))
-        assert max(n for n, block in reads if block == i) < converted  # its tensors first...
-        # ...then the next block's, and the embedding and head (read last)
-        assert min(n for n, block in reads if block == i + 1 or block is None) > converted
+    reads = [(n, name) for n, (what, name) in enumerate(events) if what == "read"]
+    heads = ("lm_head.weight", "model.embed_tokens.weight", "transformer.wte.weight")
+    completing = {f"blocks.{i}": max(n for n, name in reads if _block_of(name) == i)
+                  for i in range(streamed.config.n_layers)}
+    completing["lm_head"] = max(n for n, name in reads if name in heads)  # tied: the embedding
+    for part, last_read in completing.items():
+        converted = events.index(("convert", part))
+        assert last_read < converted  # its tensors first, then straight to conversion:
+        assert all(what == "convert" for what, _ in events[last_read + 1:converted]), part
     checkpoint = read_gguf(path)
     whole = model_from_hf_tensors(from_hf_config(checkpoint.hf_config),
                                   checkpoint.state_dict, path)

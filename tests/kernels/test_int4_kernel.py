@@ -237,6 +237,10 @@ for rows in (3, 70):
     x = torch.randn(rows, 64)
     expected = x.double() @ layer.dequantized().double().T
     assert (layer(x).double() - expected).abs().max() <= 1e-4 * expected.abs().max()
+parts = [Int4Linear(torch.randn(n, 64), torch.randn(n)) for n in (16, 8)]
+fused = Int4Linear.stacked(parts)  # PyTorch's layout is rebuilt from the stacked codes
+x = torch.randn(3, 64)
+assert torch.allclose(fused(x), torch.cat([p(x) for p in parts], -1), rtol=1e-5, atol=1e-5)
 print("fallback ok")
 """
 

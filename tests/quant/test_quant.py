@@ -11,7 +11,7 @@ import zenlm
 from zenlm.generate import GenerationConfig, generate, generate_batch
 from zenlm.kernels.layout import pack_codes
 from zenlm.quant import Int4Linear, Int8Linear, QuantizedEmbedding, quantize
-from zenlm.quant.weights import PROMPT_ROWS, ROWS_PER_SLICE, quantize_groups
+from zenlm.quant.weights import PROMPT_ROWS, SLICE_VALUES, quantize_groups
 
 from ..models.tiny_hf import VOCAB, tiny_hf_model
 
@@ -44,12 +44,36 @@ def test_int4_linear_stores_its_groups_codes_scales_and_mins():
 
 
 def test_int4_linear_quantized_in_row_slices_equals_the_whole_weight_at_once():
-    w = torch.randn(ROWS_PER_SLICE + 100, 64)
+    w = torch.randn(SLICE_VALUES // 64 + 100, 64)
     q, scales, zeros = quantize_groups(w, 32)
     layer = Int4Linear(w, None)
     assert torch.equal(layer.codes, pack_codes(q))
     assert torch.equal(layer.scales, scales.half())
     assert torch.equal(layer.mins, (zeros - 8 * scales).half())
+
+
+def test_int8_linear_quantized_in_row_slices_is_symmetric_per_row():
+    w = torch.randn(SLICE_VALUES // 64 + 100, 64, dtype=torch.float64)
+    layer = Int8Linear(w.float(), None, dtype=torch.float32)
+    scales = w.abs().amax(dim=1) / 127.0  # the formula, in float64
+    assert torch.allclose(layer.scales.double(), scales, rtol=1e-6)
+    assert (layer.weight.double() - w / scales[:, None]).abs().max() <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
+def test_quantized_layers_stack_exactly_like_their_stacked_float_weights(kind):
+    """q, k and v are fused after quantizing: the result must be the fused float
+    weight's quantization, buffer for buffer."""
+    weights = [torch.randn(n, 128) for n in (64, 16, 16)]
+    biases = [torch.randn(n) for n in (64, 16, 16)]
+    fused = kind.stacked([kind(w, b) for w, b in zip(weights, biases, strict=True)])
+    whole = kind(torch.cat(weights), torch.cat(biases))
+    assert fused.state_dict().keys() == whole.state_dict().keys()
+    for name, value in whole.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], value), name
+    assert (fused.in_features, fused.out_features) == (128, 96)
+    x = torch.randn(3, 128)
+    assert torch.equal(fused(x), whole(x))
 
 
 @pytest.mark.parametrize("rows", [PROMPT_ROWS - 1, PROMPT_ROWS, 300])

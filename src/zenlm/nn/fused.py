@@ -15,12 +15,16 @@ def stack_linears(parts: Sequence[nn.Linear]) -> nn.Linear:
     and allocated beside the stacked weights.
 
     Args:
-        parts: Linears over the same input width, all with or all without bias.
+        parts: Linears over the same input width, all with or all without bias; or
+            layers of one quantized kind (anything with a `stacked` classmethod).
 
     Returns:
-        A Linear (in_features -> sum of out_features) in the parts' dtype and device.
+        A Linear (in_features -> sum of out_features) in the parts' dtype and device,
+        or the quantized kind's stacked layer.
     """
     first = parts[0]
+    if not isinstance(first, nn.Linear):  # a quantized layer (zenlm.quant) stacks its own rows
+        return type(first).stacked(parts)
     with torch.device("meta"):
         fused = nn.Linear(first.in_features, sum(p.out_features for p in parts),
                           bias=first.bias is not None)

@@ -84,15 +84,14 @@ def quantize_part(model: DecoderLM, part: str, mode: str) -> None:
 
 
 def _quantize_block(block: nn.Module, mode: str) -> None:
-    # Block by block: fusing copies a block's float32 weights, and glibc keeps freed
-    # heap mapped, so fusing every block before converting any raised the load peak
-    # of an int4 model by ~300 MB.
+    # Quantized layers are fused after quantizing (their rows stack exactly): fusing
+    # float32 weights first copied 113 MB per block of a 1.1B model at the load's peak.
+    if mode in LINEAR_KINDS:
+        _swap_linears(block, LINEAR_KINDS[mode])
     block.attn.fuse_qkv()
     block.mlp.fuse_gate_up()
     if mode == "bf16":
         block.to(torch.bfloat16)
-    elif mode in LINEAR_KINDS:
-        _swap_linears(block, LINEAR_KINDS[mode])
 
 
 def _int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:

@@ -10,6 +10,8 @@ zenlm's own (`zenlm/kernels/int4_linear.cpp`, AVX-512 VNNI or AVX2), or PyTorch'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -29,8 +31,16 @@ PROMPT_ROWS = 256
 #: float32 (PyTorch's int8 kernel takes bfloat16 activations, emulated there).
 INT8_FLOAT_ROWS = 64
 
-#: Rows of a weight quantized at a time (2048 x 576 floats: 4.7 MB per temporary).
-ROWS_PER_SLICE = 2048
+#: Weight values quantized at a time (4 MB of float32): quantizing's float temporaries
+#: are several times the slice, so a whole output head (32000 x 2048) at once raised a
+#: 1.1B model's load peak by ~200 MB.
+SLICE_VALUES = 1 << 20
+
+
+def row_slices(n_rows: int, row_length: int) -> list[slice]:
+    """Slices of rows holding about `SLICE_VALUES` values each (at least one row)."""
+    step = max(1, SLICE_VALUES // row_length)
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
 class Int8Linear(nn.Module):
@@ -46,13 +56,35 @@ class Int8Linear(nn.Module):
         self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16
     ) -> None:
         super().__init__()
-        w = weight.detach().float()
-        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (N,)
-        self.register_buffer("weight", torch.round(w / scales[:, None]).to(torch.int8))
-        self.register_buffer("scales", scales.to(dtype))
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        N, K = weight.shape
+        codes = torch.empty(N, K, dtype=torch.int8)
+        scales = torch.empty(N)
+        for rows in row_slices(N, K):  # the float temporaries a slice at a time
+            w = weight[rows].detach().float()
+            scales[rows] = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            codes[rows] = torch.round(w / scales[rows, None]).to(torch.int8)
+        self._set(codes, scales.to(dtype), None if bias is None else bias.detach().to(dtype))
+
+    def _set(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.register_buffer("weight", codes)  # (N, K) int8
+        self.register_buffer("scales", scales)  # (N,) in the activations' dtype
+        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = codes.shape
         self.native_bf16 = cpu_info().native_bf16
+
+    @classmethod
+    def stacked(cls, parts: Sequence[Int8Linear]) -> Int8Linear:
+        """One layer whose output rows are `parts`' rows, in order (q, k, v fused).
+
+        Exactly the layer quantizing the stacked float weights would give (each row
+        is quantized on its own), without that float copy.
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+        layer._set(torch.cat([p.weight for p in parts]), torch.cat([p.scales for p in parts]),
+                   bias)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., K) -> (..., N), in x's dtype (the matmul itself runs on bfloat16 inputs).
@@ -106,31 +138,47 @@ class Int4Linear(nn.Module):
         N, K = weight.shape
         if K % K_MULTIPLE:
             raise ValueError(f"int4 needs in_features divisible by {K_MULTIPLE}, got {K}")
+        codes = torch.empty(N, K // 2, dtype=torch.uint8)
+        scales = torch.empty(N, K // GROUP, dtype=torch.half)
+        mins = torch.empty(N, K // GROUP, dtype=torch.half)
+        for rows in row_slices(N, K):  # the float temporaries a slice at a time
+            q, scale, zero = quantize_groups(weight[rows].detach().float(), GROUP)
+            codes[rows] = pack_codes(q)
+            scales[rows] = scale.half()
+            mins[rows] = (zero - 8 * scale).half()
+        self._set(codes, scales, mins, None if bias is None else bias.detach().float())
+
+    def _set(self, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+             bias: torch.Tensor | None) -> None:
         self.kernel = kernels.load()  # "avx512", "avx2" or None
-        codes, scales, mins, torch_packed = [], [], [], []
-        # Row slices keep quantization's float temporaries a few MB each; over a whole
-        # output head (49152 x 576) they raised the load peak by ~330 MB.
-        for rows in weight.detach().split(ROWS_PER_SLICE):
-            q, scale, zero = quantize_groups(rows.float(), GROUP)
-            codes.append(pack_codes(q))
-            scales.append(scale.half())
-            mins.append((zero - 8 * scale).half())
-            if self.kernel is None:
-                torch_packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        self.register_buffer("codes", torch.cat(codes))  # (N, K / 2) uint8, the kernel's layout
-        self.register_buffer("scales", torch.cat(scales))  # (N, K / 32)
-        self.register_buffer("mins", torch.cat(mins))  # (N, K / 32)
-        self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self.in_features, self.out_features = K, N
+        self.register_buffer("codes", codes)  # (N, K / 2) uint8, the kernel's layout
+        self.register_buffer("scales", scales)  # (N, K / 32) float16
+        self.register_buffer("mins", mins)  # (N, K / 32) float16
+        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = codes.shape[0], 2 * codes.shape[1]
         # Rows from which a dequantized bfloat16 matmul beats the kernel (None: never).
         self.prompt_rows = PROMPT_ROWS if cpu_info().native_bf16 else None
         if self.kernel is None:
-            self.register_buffer("torch_codes", torch.cat(torch_packed))
+            self.register_buffer("torch_codes", _torch_int4_codes(codes))
             # PyTorch's groups: w = (q - 8) * scale + zero, (K / 32, N, 2) float32
-            zeros = self.mins.float() + 8 * self.scales.float()
+            zeros = mins.float() + 8 * scales.float()
             self.register_buffer("scales_and_zeros",
-                                 torch.stack([self.scales.float(), zeros], -1).transpose(0, 1)
+                                 torch.stack([scales.float(), zeros], -1).transpose(0, 1)
                                  .contiguous())
+
+    @classmethod
+    def stacked(cls, parts: Sequence[Int4Linear]) -> Int4Linear:
+        """One layer whose output rows are `parts`' rows, in order (q, k, v fused).
+
+        Exactly the layer quantizing the stacked float weights would give (each row's
+        groups are quantized on their own), without that float copy.
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+        layer._set(*(torch.cat([getattr(p, name) for p in parts])
+                     for name in ("codes", "scales", "mins")), bias)
+        return layer
 
     @property
     def use_kernel(self) -> bool:
@@ -181,6 +229,15 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) float32 vectors."""
         return self.table.rows(ids)
+
+
+def _torch_int4_codes(codes: torch.Tensor) -> torch.Tensor:
+    """The kernel's packed codes (N, K / 2) -> PyTorch's int4 layout, a slice at a time."""
+    N, half = codes.shape
+    return torch.cat([
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            unpack_codes(codes[rows]).to(torch.int32), 1)
+        for rows in row_slices(N, 2 * half)])
 
 
 def quantize_groups(

@@ -78,19 +78,21 @@ class GGUFModelFile:
         """(transformers name, tensor) in file order, each decoded when it is asked for.
 
         A consumer that drops each tensor once used (`model_from_hf_tensors` with
-        `prepare_part`) holds one at a time, not the whole model in float. The blocks
-        come first, in order, then the embedding, norm and head. That order predates
-        converting each part as it arrives, and no longer pays: a one-off check on a
-        1.1B Q4_1 file (head and embedding stored first) peaked at 1.39 GB in file order
-        against 1.62 GB sorted, as the float head now waits beside the converted blocks.
+        `prepare_part`) holds one at a time, not the whole model in float. File order
+        suits that: llama.cpp writes the embedding and the head first, so the two
+        biggest float tensors come while little else is held.
         """
-        for item in sorted(self._plan, key=_blocks_first):
-            values, bits = self._file.values(item.info, self._dtype)
-            values = item.layout.to_hf(values, self.hf_config)
-            tensor = _to_torch(self._file, values, bits, self._dtype)
-            del values
-            self._file.release(item.info)  # its values are copied out
-            yield item.hf_name, tensor
+        for item in self._plan:
+            # no local keeps the tensor: this frame must not hold it past the consumer
+            yield item.hf_name, self._decode(item)
+
+    def _decode(self, item: _Planned) -> torch.Tensor:
+        values, bits = self._file.values(item.info, self._dtype)
+        values = item.layout.to_hf(values, self.hf_config)
+        tensor = _to_torch(self._file, values, bits, self._dtype)
+        del values
+        self._file.release(item.info)  # its values are copied out
+        return tensor
 
 
 def open_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFModelFile:
@@ -138,12 +140,6 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
     opened = open_gguf(path, dtype)
     return GGUFCheckpoint(opened.hf_config, dict(opened.tensors()), opened.tokenizer,
                           opened.metadata)
-
-
-def _blocks_first(item: _Planned) -> tuple[int, int]:
-    """Sort key: tensors of block N (`blk.N.*`) by N, then the others; stable within each."""
-    parts = item.info.name.split(".")
-    return (0, int(parts[1])) if parts[0] == "blk" else (1, 0)
 
 
 def _expected(family: Family, hf_config: dict[str, Any], source: Path) -> dict[str, Any]:
