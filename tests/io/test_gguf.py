@@ -911,12 +911,26 @@ def test_released_tensors_leave_the_resident_set_and_stay_readable(tmp_path):
 
 
 # =================================================================== loading part by part
-@pytest.mark.parametrize("kind", ["llama", "llama_tied", "gpt2"])
+@pytest.fixture(scope="module")
+def grouped_by_kind(gguf_dir, llama, spm_vocab) -> Path:
+    """The llama file with its tensors grouped by kind across blocks (every attn_norm,
+    then every attn_q, ...), as some writers order them."""
+    tensors = hf_to_gguf(llama.arch, llama.config, llama.state_dict)
+    kind_first = sorted(tensors, key=lambda name: name.split(".")[2:] if name.startswith("blk.")
+                        else ["~"])  # blocks by kind first, the others last
+    path = gguf_dir / "llama-grouped-by-kind.gguf"
+    write_gguf(path, llama, spm_vocab, Q.Q8_0, tensors={n: tensors[n] for n in kind_first})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "gpt2", "llama grouped by kind"])
 def test_a_quantized_load_converts_each_block_before_reading_the_next(written, kind,
+                                                                     grouped_by_kind,
                                                                      monkeypatch):
     """`zenlm.load` quantizes each block, and the head, as soon as its tensors are read
-    (so a 1.1B model never holds all its float32 weights), and the result is the model a load of every
-    tensor first, then `quantize`, gives: the same logits, exactly."""
+    (so a 1.1B model never holds all its float32 weights), whatever the file's tensor
+    order, and the result is the model a load of every tensor first, then `quantize`,
+    gives: the same logits, exactly."""
     import zenlm
     import zenlm.api
     from zenlm.config import from_hf_config
@@ -925,7 +939,10 @@ def test_a_quantized_load_converts_each_block_before_reading_the_next(written, k
     from zenlm.nn.cpu_attention import use_cpu_attention
     from zenlm.quant import quantize
 
-    path, _ = written(kind, Q.Q8_0)
+    path = grouped_by_kind if kind.endswith("by kind") else written(kind, Q.Q8_0)[0]
+    if kind.endswith("by kind"):  # the file is what the test says it is
+        names = list(GGUFFile.open(path).header.tensors)
+        assert names.index("blk.1.attn_norm.weight") < names.index("blk.0.attn_q.weight")
     events: list[tuple[str, str]] = []
     read, convert = GGUFModelFile.tensors, zenlm.api.quantize_part
 
@@ -950,6 +967,10 @@ def test_a_quantized_load_converts_each_block_before_reading_the_next(written, k
         converted = events.index(("convert", part))
         assert last_read < converted  # its tensors first, then straight to conversion:
         assert all(what == "convert" for what, _ in events[last_read + 1:converted]), part
+    for i in range(streamed.config.n_layers):  # and no other block's floats held meanwhile
+        first_read = min(n for n, name in reads if _block_of(name) == i)
+        held = {_block_of(name) for n, name in reads if first_read <= n < completing[f"blocks.{i}"]}
+        assert held == {i}, f"block {i} read alongside {held - {i}}"
     checkpoint = read_gguf(path)
     whole = model_from_hf_tensors(from_hf_config(checkpoint.hf_config),
                                   checkpoint.state_dict, path)

@@ -75,14 +75,17 @@ class GGUFModelFile:
     _dtype: torch.dtype
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(transformers name, tensor) in file order, each decoded when it is asked for.
+        """(transformers name, tensor), each decoded when it is asked for.
 
         A consumer that drops each tensor once used (`model_from_hf_tensors` with
-        `prepare_part`) holds one at a time, not the whole model in float. File order
-        suits that: llama.cpp writes the embedding and the head first, so the two
-        biggest float tensors come while little else is held.
+        `prepare_part`) holds one part's float weights at a time, not the whole model's.
+        The order makes that so whatever the file's: the tensors outside the blocks
+        (the embedding and the head, the biggest) first, while little else is held,
+        then block by block. Some writers group a file by tensor kind across blocks
+        (every `attn_norm`, then every `attn_q`, ...): read in file order, no block of
+        such a 1.1B file was whole until most of the model was read, a 3.2 GB peak.
         """
-        for item in self._plan:
+        for item in sorted(self._plan, key=_outside_blocks_first):
             # no local keeps the tensor: this frame must not hold it past the consumer
             yield item.hf_name, self._decode(item)
 
@@ -140,6 +143,12 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
     opened = open_gguf(path, dtype)
     return GGUFCheckpoint(opened.hf_config, dict(opened.tensors()), opened.tokenizer,
                           opened.metadata)
+
+
+def _outside_blocks_first(item: _Planned) -> int:
+    """Sort key: -1 for a tensor outside the blocks, N for block N's (`blk.N.*`)."""
+    parts = item.info.name.split(".")
+    return int(parts[1]) if parts[0] == "blk" else -1
 
 
 def _expected(family: Family, hf_config: dict[str, Any], source: Path) -> dict[str, Any]:
