@@ -237,10 +237,14 @@ for rows in (3, 70):
     x = torch.randn(rows, 64)
     expected = x.double() @ layer.dequantized().double().T
     assert (layer(x).double() - expected).abs().max() <= 1e-4 * expected.abs().max()
-parts = [Int4Linear(torch.randn(n, 64), torch.randn(n)) for n in (16, 8)]
+parts = [Int4Linear(torch.randn(n, 64), torch.randn(n)) for n in (16, 32)]  # N % 16 == 0
 fused = Int4Linear.stacked(parts)  # PyTorch's layout is rebuilt from the stacked codes
 x = torch.randn(3, 64)
 assert torch.allclose(fused(x), torch.cat([p(x) for p in parts], -1), rtol=1e-5, atol=1e-5)
+big = Int4Linear(torch.randn(1856, 576), None)  # quantized and packed over two row slices
+x = torch.randn(3, 576)
+expected = x.double() @ big.dequantized().double().T
+assert (big(x).double() - expected).abs().max() <= 1e-4 * expected.abs().max()
 print("fallback ok")
 """
 

@@ -38,8 +38,11 @@ SLICE_VALUES = 1 << 20
 
 
 def row_slices(n_rows: int, row_length: int) -> list[slice]:
-    """Slices of rows holding about `SLICE_VALUES` values each (at least one row)."""
-    step = max(1, SLICE_VALUES // row_length)
+    """Slices of rows holding about `SLICE_VALUES` values each.
+
+    Each is a multiple of 64 rows: PyTorch's int4 packing takes rows 16 at a time.
+    """
+    step = max(64, SLICE_VALUES // row_length // 64 * 64)
     return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
