@@ -3,7 +3,8 @@
 Every peer runs the same GGUF weights (SmolLM2-135M-Instruct, Q4_1), the same chat
 prompt and greedy decoding, in its own subprocess (so that memory and thread pools
 do not mix), one after another, for several rounds; the table reports each peer's
-median and the ratios to llama.cpp (decode) and transformers bf16 (prefill).
+median and the ratios to llama.cpp (decode) and transformers bf16 (prefill). Every peer's
+512-token prefill is the median of three timed runs after a warm-up.
 
     .venv/bin/python benchmarks/decode.py [--rounds 3] [--new-tokens 128] [--threads 2]
         [--cpu avx2 --llamacpp-path DIR] [--hf-dtype float32|bfloat16] [--modes auto,...]
@@ -45,7 +46,8 @@ ZENLM_MODES = ("auto", "auto+compile", "none", "bf16", "int8", "int4", "int4+com
 #: forward, ZENLM_FUSED_STEP=0), e.g. "auto+fused,auto+unfused".
 SUFFIXES = ("compile", "fused", "unfused")
 PEER_SCRIPT = r'''
-import json, random, resource, sys, time
+import json, random, resource, statistics, sys, time
+PREFILL_RUNS = 3  # timed prefills after a warm-up, as zenlm bench: the median counts
 kind, path, n_new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dtype_name = sys.argv[5] if len(sys.argv) > 5 else "bfloat16"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -72,8 +74,9 @@ if kind == "llamacpp":
     greedy(8)
     out, dt = greedy(n_new)
     decode = len(out) / dt
-    llm.reset(); llm.eval(long); llm.reset()
-    t0 = time.perf_counter(); llm.eval(long); prefill = 512 / (time.perf_counter() - t0)
+    def prefill_s():
+        llm.reset(); t0 = time.perf_counter(); llm.eval(long); return time.perf_counter() - t0
+    prefill = 512 / statistics.median([prefill_s() for _ in range(PREFILL_RUNS + 1)][1:])
     text = llm.detokenize(out).decode(errors="replace")
 elif kind == "transformers":
     import torch
@@ -90,9 +93,10 @@ elif kind == "transformers":
         t0 = time.perf_counter()
         out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
         decode = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
-        x = torch.tensor([long]); model(x, logits_to_keep=1); t0 = time.perf_counter()
-        model(x, logits_to_keep=1)
-        prefill = 512 / (time.perf_counter() - t0)
+        x = torch.tensor([long])
+        def prefill_s():
+            t0 = time.perf_counter(); model(x, logits_to_keep=1); return time.perf_counter() - t0
+        prefill = 512 / statistics.median([prefill_s() for _ in range(PREFILL_RUNS + 1)][1:])
     text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 print(json.dumps({"load_s": load_s, "decode_tokens_per_s": decode,
                   "prefill_tokens_per_s": prefill, "peak_rss_mb": peak_mb(), "text": text[:80]}))

@@ -2,12 +2,13 @@
 
 The same procedure as the peers' scripts in ../shared/anchors: a warm-up, then greedy
 decoding of the SmolLM chat prompt (decode time excludes the prompt's prefill), and
-a 512-token prefill of random token ids timed on its second run.
+a 512-token prefill of random token ids: the median of three runs after a warm-up.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,16 +130,20 @@ def measure(
 
 
 @torch.inference_mode()
-def prefill_seconds(lm: LM, n: int) -> float:
-    """Seconds for one prefill of n random tokens into a fresh cache (second run timed)."""
+def prefill_seconds(lm: LM, n: int, runs: int = 3) -> float:
+    """Seconds for one prefill of n random tokens into a fresh cache.
+
+    The median of `runs` timed runs after one warm-up: a single run on a shared CPU
+    spreads by tens of percent.
+    """
     rng = random.Random(0)
     high = min(40000, lm.config.vocab_size - 1)
     ids = torch.tensor([[rng.randint(100, high) for _ in range(n)]])
     timings = []
-    for _ in range(2):
+    for _ in range(runs + 1):
         cache = lm.model.new_cache(1, n)
         start = time.perf_counter()
         hidden = lm.model.hidden_states(ids, cache=cache)
         lm.model.lm_head(hidden[:, -1])  # a prefill needs the last position's logits only
         timings.append(time.perf_counter() - start)
-    return timings[-1]
+    return statistics.median(timings[1:])

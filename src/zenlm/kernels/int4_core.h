@@ -286,6 +286,11 @@ void dot_tile(const uint8_t* codes, const c10::Half* scales, const c10::Half* mi
       __m256i sums[RW][RX];
       for (int i = 0; i < RW; ++i)
         for (int j = 0; j < RX; ++j) sums[i][j] = _mm256_setzero_si256();
+      // Not unrolled: unrolled, GCC regroups the 16-bit sums of all four blocks into
+      // a tree and spills the products to the stack (48 stores a chunk-half for the
+      // 3 x 2 tile); rolled, the sums stay in registers. Measured on a Zen 3 (AVX2
+      // only): a SmolLM2 layer's matmuls at 512 rows from 31 to 25 ms.
+#pragma GCC unroll 1
       for (int64_t block = 0; block < 4; ++block) {
         __m256i x_low[RX], x_high[RX];
         for (int j = 0; j < RX; ++j) {
