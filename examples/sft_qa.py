@@ -37,9 +37,9 @@ REWORDED = ["In which city is Qorvane Labs?", "Which drone does Qorvane Labs sel
 
 
 def answers(model: zenlm.LM, questions: list[str]) -> list[str]:
-    """Greedy chat replies to each question."""
-    return [model.chat([{"role": "user", "content": q}], max_new_tokens=24, temperature=0)
-            for q in questions]
+    """Greedy chat replies to each question, generated as one batch."""
+    prompts = [model.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    return [c.text for c in model.complete(prompts, max_new_tokens=24, temperature=0)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=args.max_steps, batch_size=6, lr=2e-3, lora=True, lora_rank=16,
         lora_targets=["q", "k", "v", "o", "gate", "up", "down"], max_length=96))
     print(f"fine-tuned {summary['steps']} steps (LoRA), final loss {summary['final_loss']:.3f}")
-    tuned = load_task(summary["model_dir"])
-    for question, old in zip(questions, before, strict=True):
-        print(f"Q: {question}\n   before: {old}\n   after:  {tuned(question)['reply']}")
-    for question in REWORDED:
-        print(f"Q (reworded): {question}\n   after:  {tuned(question)['reply']}")
+    replies = [r["reply"] for r in load_task(summary["model_dir"]).predict(
+        questions + REWORDED, max_new_tokens=24)]
+    for question, old, new in zip(questions, before, replies, strict=False):
+        print(f"Q: {question}\n   before: {old}\n   after:  {new}")
+    for question, new in zip(REWORDED, replies[len(questions):], strict=True):
+        print(f"Q (reworded): {question}\n   after:  {new}")
 
 
 if __name__ == "__main__":
