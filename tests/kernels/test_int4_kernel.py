@@ -14,6 +14,7 @@ import torch
 
 from zenlm import kernels
 from zenlm.cpu import LEVELS, cpu_info, forced_level
+from zenlm.kernels.build import cache_dir
 from zenlm.kernels.layout import pack_codes, unpack_codes
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
@@ -159,9 +160,11 @@ def runnable_kernel_levels() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def level_cache(tmp_path_factory):
-    """One kernel cache for this module's forced levels: each level is compiled once."""
-    return tmp_path_factory.mktemp("kernels")
+def level_cache():
+    """The kernel cache zenlm uses, where set-up (`python -m zenlm.kernels`) built this
+    CPU's level: each forced level is compiled once, here or in an earlier run (a build
+    of ~35 s; the tests that must compile use a cache of their own)."""
+    return cache_dir()
 
 
 @pytest.mark.parametrize("level", ["avx2", "avx512", "avx512_bf16"])
@@ -210,7 +213,9 @@ def test_a_cached_library_for_another_cpu_is_rebuilt_not_run(tmp_path, level_cac
     if not HAS_COMPILER or "avx2" not in runnable_kernel_levels():
         pytest.skip("needs a compiler and an AVX2 CPU")
     level = runnable_kernel_levels()[-1]
-    target = Path(run_at(level, tmp_path, PRINT_LIBRARY).stdout.strip())
+    built = Path(run_at(level, level_cache, PRINT_LIBRARY).stdout.strip())
+    target = tmp_path / built.name  # the file this CPU loads, in a cache of this test's own
+    shutil.copyfile(built, target)
     impostors = [b"not a library"]
     if level != "avx2":
         avx2 = Path(run_at("avx2", level_cache, PRINT_LIBRARY).stdout.strip())
@@ -250,10 +255,11 @@ print("fallback ok")
 
 
 @pytest.mark.parametrize("env", [{"ZENLM_KERNELS": "0"}, {"CXX": "/nonexistent/g++"},
-                                 {"ZENLM_CPU": "generic"}])
+                                 {"CXX": "false"}, {"ZENLM_CPU": "generic"}])
 def test_without_the_kernel_int4_runs_on_pytorchs_int4_kernel(tmp_path, env):
-    """Switched off, no compiler, or a CPU without AVX2: load() says None (and why in one
-    line), and int4 multiplies with PyTorch's int4 kernel, never with scalar loops."""
+    """Switched off, no compiler, a compiler that fails, or a CPU without AVX2: load()
+    says None (and why in one line), and int4 multiplies with PyTorch's int4 kernel,
+    never with scalar loops."""
     env = dict(os.environ, ZENLM_KERNEL_CACHE=str(tmp_path), **env)
     out = subprocess.run([sys.executable, "-c", NO_KERNEL_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -261,5 +267,7 @@ def test_without_the_kernel_int4_runs_on_pytorchs_int4_kernel(tmp_path, env):
     assert "fallback ok" in out.stdout
     if env.get("CXX", "").startswith("/nonexistent"):
         assert "no C++ compiler" in out.stderr
+    if env.get("CXX") == "false":
+        assert "false -c" in out.stderr and " failed:" in out.stderr  # the command that failed
     if env.get("ZENLM_CPU") == "generic":
         assert "no int4 kernel for CPU level 'generic'" in out.stderr
