@@ -113,7 +113,7 @@ def test_sft_qa_learns_the_facts(smollm2_gguf, tmp_path):
 
 
 def test_translate_from_scratch(shared_data, tmp_path):
-    out = run_example("translate.py", shared_data, "--minutes", "0.5", "--limit", "300",
+    out = run_example("translate.py", shared_data, "--minutes", "0.1", "--limit", "300",
                       "--val-limit", "10", "--d-model", "64", "--num-beams", "1",
                       "--out", str(tmp_path))
     bleu, chrf = map(float, re.search(r"BLEU (\d+\.\d\d), chrF (\d+\.\d\d)", out).groups())
@@ -124,7 +124,7 @@ def test_translate_from_scratch(shared_data, tmp_path):
 
 def test_summarize_against_lead3(shared_data, tmp_path):
     rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
-    out = run_example("summarize.py", shared_data, "--minutes", "0.3", "--limit", "40",
+    out = run_example("summarize.py", shared_data, "--minutes", "0.1", "--limit", "40",
                       "--val-limit", "8", "--out", str(tmp_path))
     val = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
