@@ -36,8 +36,9 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
+	# One worker per core, each test file on one worker (its fixtures load once);
 	# --durations: the slowest tests in every CI log, to keep the suite inside its budget.
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=25
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks

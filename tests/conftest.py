@@ -54,6 +54,21 @@ def hf_smollm2(smollm2_gguf: Path):
     return model, tokenizer
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (`make test` runs one worker per core), each worker and the
+    programs it starts compute on its share of the cores: every worker using all of them
+    oversubscribes the cores, and OpenMP threads then wait on each other at every op.
+    Tests about thread counts set their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_between_workers()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
