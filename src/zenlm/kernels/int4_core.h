@@ -355,7 +355,9 @@ void dot_tile(const uint8_t* codes, const c10::Half* scales, const c10::Half* mi
 
 #endif
 
-constexpr int64_t kTilesAhead = 4;  // measured: 1, 2, 4 and 8 tiles; 4 was fastest
+// Measured: 1, 2, 4 and 8 tiles of 4 rows, 4 fastest. For AVX2's one-row decode tiles
+// (Zen 3): 4, 8 and 16 rows ahead within noise of each other, no prefetch 20% slower.
+constexpr int64_t kTilesAhead = 4;
 
 // Bring `bytes` from `start` towards the cache (a hint; no effect on results).
 inline void prefetch(const void* start, int64_t bytes) {
@@ -380,9 +382,10 @@ void weight_tiles(const uint8_t* codes, const c10::Half* scales, const c10::Half
   using Cols = std::integral_constant<int, RX>;
   int64_t n = n0;
   for (; n + RW <= n1; n += RW) {
-    // Ask for the weights a few tiles ahead: the tile's interleaved reads of RW rows do
-    // not look like one stream to the hardware prefetcher, which then leaves most of
-    // the memory bandwidth unused (2.6 ms against 4.5 ms for a decode step's matmuls).
+    // Ask for the weights a few tiles ahead: the interleaved reads of a tile of several
+    // rows do not look like one stream to the hardware prefetcher, which then leaves
+    // most of the memory bandwidth unused (2.6 ms against 4.5 ms for a decode step's
+    // matmuls); with one row a tile, each row's reads still start sooner.
     const int64_t ahead = n + kTilesAhead * RW;
     if (ahead + RW <= n1) {
       prefetch(codes + ahead * (K / 2), RW * K / 2);
@@ -399,6 +402,14 @@ void weight_tiles(const uint8_t* codes, const c10::Half* scales, const c10::Half
     for (; m < m1; ++m) tile(n, m, One{}, One{});
   }
 }
+
+// A decode's tiles (fewer than 4 activation rows): on AVX2, one weight row at a time, so
+// that the weights are read in memory order, one stream. On a Zen 3 (AVX2 only) the 1.1B
+// shape's int4 matmuls at one row took 42-54 ms a token that way against 74-103 ms in
+// tiles of 4 interleaved rows, and 88-90 in tiles of 2 (benchmarks/int4_decode_stream.py,
+// variants alternated over 3 rounds). AVX-512 keeps 4 rows: measured so on a Zen 4,
+// where one row at a time has not been tried.
+constexpr int kDecodeTileWeights = ZENLM_AVX512 ? 4 : 1;
 
 constexpr int64_t kRowsPerPass = 32;
 // A prompt's tiles, weight rows x activation rows: AVX-512 has 32 vector registers,
@@ -548,7 +559,7 @@ void int4_matmul(const float* x, int64_t M, int64_t K, const uint8_t* codes,
   const auto& rows = buffers.rows;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     if (M < 4) {
-      weight_rows<4, 1>(codes, scales, mins, rows, K, N, n0, n1, out);
+      weight_rows<kDecodeTileWeights, 1>(codes, scales, mins, rows, K, N, n0, n1, out);
     } else {
       weight_rows<kPromptTileWeights, kPromptTileRows>(codes, scales, mins, rows, K, N, n0, n1,
                                                        out);
