@@ -1,8 +1,9 @@
 """Measure a model's speed and memory: load time, prefill and decode tokens/s, RSS.
 
-The same procedure as the peers' scripts in ../shared/anchors: a warm-up, then greedy
-decoding of the SmolLM chat prompt (decode time excludes the prompt's prefill), and
-a 512-token prefill of random token ids: the median of three runs after a warm-up.
+Decoding as the peers' scripts in ../shared/anchors measure it: a warm-up, then greedy
+decoding of the SmolLM chat prompt (decode time excludes the prompt's prefill). The
+512-token prefill of random token ids is the median of three runs after a warm-up (the
+anchors time one run; benchmarks/decode.py gives every peer the same three).
 """
 
 from __future__ import annotations
