@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fine-tuned {summary['steps']} steps (LoRA), final loss {summary['final_loss']:.3f}")
     replies = [r["reply"] for r in load_task(summary["model_dir"]).predict(
         questions + REWORDED, max_new_tokens=24)]
-    for question, old, new in zip(questions, before, replies, strict=False):
+    for question, old, new in zip(questions, before, replies[:len(questions)], strict=True):
         print(f"Q: {question}\n   before: {old}\n   after:  {new}")
     for question, new in zip(REWORDED, replies[len(questions):], strict=True):
         print(f"Q (reworded): {question}\n   after:  {new}")

@@ -163,7 +163,7 @@ def runnable_kernel_levels() -> list[str]:
 def level_cache():
     """The kernel cache zenlm uses, where set-up (`python -m zenlm.kernels`) built this
     CPU's level: each forced level is compiled once, here or in an earlier run (a build
-    of ~35 s; the tests that must compile use a cache of their own)."""
+    takes ~20 s; the test that must compile uses a cache of its own)."""
     return cache_dir()
 
 
