@@ -59,17 +59,21 @@ def fused_check(path: Path, level: str, prompt_len: int, rows: int, steps: int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def tiny_llama(folder: Path, kv_heads: int, context: int = 128) -> Path:
-    """A tied random Llama whose every matmul is int4 (widths multiples of 64), 4 query heads."""
+def tiny_llama(folder: Path, kv_heads: int, context: int = 128, tied: bool = True) -> Path:
+    """A random Llama whose every matmul is int4 (widths multiples of 64), 4 query heads;
+    tied: the head is the embedding (SmolLM2), else its own weight (TinyLlama)."""
     tiny_hf_model("llama", num_key_value_heads=kv_heads, intermediate_size=128,
-                  tie_word_embeddings=True, num_hidden_layers=3,
+                  tie_word_embeddings=tied, num_hidden_layers=3,
                   max_position_embeddings=context).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def tiny_folders(tmp_path_factory) -> dict[int, Path]:
-    return {kv: tiny_llama(tmp_path_factory.mktemp(f"llama-kv{kv}"), kv) for kv in (1, 2, 4)}
+def tiny_folders(tmp_path_factory) -> dict[int | str, Path]:
+    folders: dict[int | str, Path] = {
+        kv: tiny_llama(tmp_path_factory.mktemp(f"llama-kv{kv}"), kv) for kv in (1, 2, 4)}
+    folders["untied"] = tiny_llama(tmp_path_factory.mktemp("llama-untied"), 2, tied=False)
+    return folders
 
 
 def assert_agrees(report: dict) -> None:
@@ -89,10 +93,11 @@ def assert_agrees(report: dict) -> None:
 
 @pytest.mark.parametrize("level", kernel_levels())
 @pytest.mark.parametrize("kv_heads,prompt_len,rows", [(2, 1, 1), (2, 9, 1), (1, 30, 1),
-                                                      (4, 5, 1), (2, 7, 3)])
+                                                      (4, 5, 1), (2, 7, 3), ("untied", 9, 2)])
 def test_fused_step_equals_the_eager_int4_step(tiny_folders, level, kv_heads, prompt_len, rows):
     """GQA (4 query heads on 2 KV heads), MQA (1) and MHA (4), short and longer caches,
-    1 and 3 rows, 6 steps each, on every kernel build the CPU runs."""
+    1 to 3 rows, 6 steps each, on every kernel build the CPU runs; and an output head
+    of its own (GQA, an int4 embedding table apart from the head)."""
     report = fused_check(tiny_folders[kv_heads], level, prompt_len, rows, 6, twin=True)
     assert report["level"] == level
     assert_agrees(report)
@@ -169,9 +174,9 @@ def test_other_steps_run_the_eager_forward(tiny_int4):
 
 
 def test_models_it_does_not_compute_keep_their_eager_step(tmp_path, monkeypatch):
-    untied = tmp_path / "untied"
+    untied = tmp_path / "untied"  # int8: its head and embedding table are int8
     tiny_hf_model("llama", intermediate_size=128).save_pretrained(untied)
-    assert "tied" in unsupported(zenlm.load(untied, quantize="int4").model)
+    assert "not int4" in unsupported(zenlm.load(untied, quantize="int8").model)
     window = tmp_path / "mistral"
     tiny_hf_model("mistral", intermediate_size=128, tie_word_embeddings=True
                   ).save_pretrained(window)

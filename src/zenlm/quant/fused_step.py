@@ -10,7 +10,8 @@ with the int4 kernel's own matmuls, in one call.
 `use_fused_step(model)` installs it as `model.step_fn` (as `compile_decoding` installs
 the compiled step) when the model is one it computes exactly: RMSNorm pre-norm blocks
 with fused q/k/v and gate/up projections, SiLU gating, RoPE, no biases, no sliding
-window, every matmul (head included, tied to the embedding) int4 on zenlm's kernel.
+window, every matmul (the head included) int4 on zenlm's kernel, and the embedding an
+int4 table on it too (the head's own when they are tied).
 Each call then checks the step itself: one new token per row (at most `MAX_ROWS` rows),
 all rows at the same cache length, a float32 cache, no encoder context, the modules
 still the ones it read. Anything else (a prompt, a speculative draft, ragged rows, a
@@ -86,10 +87,9 @@ def unsupported(model: nn.Module) -> str | None:
         return "not a RoPE-only decoder"
     if config.scale_embeddings or config.scale_output or config.sliding_window is not None:
         return "scaled embeddings or output, or a sliding window"
-    head = model.lm_head
-    if not (_int4(head) and isinstance(model.embed, QuantizedEmbedding)
-            and model.embed.table is head):
-        return "the output head is not int4 on zenlm's kernel, tied to the embedding"
+    if not (_int4(model.lm_head) and isinstance(model.embed, QuantizedEmbedding)
+            and _int4(model.embed.table)):
+        return "the output head and the embedding table are not int4 on zenlm's kernel"
     if not isinstance(model.final_norm, RMSNorm):
         return "the final norm is not an RMSNorm"
     if not hasattr(torch.ops.zenlm, "int4_decode_step"):
@@ -138,8 +138,8 @@ class FusedStep:
         self.eps = model.final_norm.eps
         self.inv_freq = model.rope.inv_freq.float().contiguous()
         self.rope_factor = float(model.rope.attention_factor)
-        head = model.lm_head
-        weights = [head.codes, head.scales, head.mins, model.final_norm.weight,
+        table, head = model.embed.table, model.lm_head  # one module when tied
+        weights = [table.codes, table.scales, table.mins, model.final_norm.weight,
                    head.codes, head.scales, head.mins]
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
@@ -158,7 +158,7 @@ class FusedStep:
         Checked before each step by dictionary lookups (~10 us for 30 layers; reading the
         modules by attribute, through nn.Module.__getattr__, took ~75 us).
         """
-        paths = ["embed", "lm_head", "final_norm"]
+        paths = ["embed.table", "lm_head", "final_norm"]
         for index in range(len(self.model.blocks)):
             paths += [f"blocks.{index}.{part}" for part in (
                 "attn_norm", "attn.qkv", "attn.o", "mlp_norm", "mlp.gate_up", "mlp.down")]
