@@ -92,13 +92,13 @@ def assert_agrees(report: dict) -> None:
 
 
 @pytest.mark.parametrize("level", kernel_levels())
-@pytest.mark.parametrize("kv_heads,prompt_len,rows", [(2, 1, 1), (2, 9, 1), (1, 30, 1),
-                                                      (4, 5, 1), (2, 7, 3), ("untied", 9, 2)])
-def test_fused_step_equals_the_eager_int4_step(tiny_folders, level, kv_heads, prompt_len, rows):
-    """GQA (4 query heads on 2 KV heads), MQA (1) and MHA (4), short and longer caches,
-    1 to 3 rows, 6 steps each, on every kernel build the CPU runs; and an output head
-    of its own (GQA, an int4 embedding table apart from the head)."""
-    report = fused_check(tiny_folders[kv_heads], level, prompt_len, rows, 6, twin=True)
+@pytest.mark.parametrize("model,prompt_len,rows", [(2, 1, 1), (2, 9, 1), (1, 30, 1),
+                                                   (4, 5, 1), (2, 7, 3), ("untied", 9, 2)])
+def test_fused_step_equals_the_eager_int4_step(tiny_folders, level, model, prompt_len, rows):
+    """Models by KV heads: GQA (4 query heads on 2 KV heads), MQA (1) and MHA (4), short
+    and longer caches, 1 to 3 rows, 6 steps each, on every kernel build the CPU runs; and
+    "untied", GQA with an output head of its own (an int4 embedding table apart)."""
+    report = fused_check(tiny_folders[model], level, prompt_len, rows, 6, twin=True)
     assert report["level"] == level
     assert_agrees(report)
 
