@@ -218,8 +218,9 @@ def pretrain_config(args: argparse.Namespace, out: Path, corpus: str, tokenizer:
         "train": {"out_dir": str(out / "pretrain"), "batch_size": args.batch_size,
                   "max_steps": 1000 if by_time else args.pretrain_steps,
                   "max_minutes": minutes if by_time else 0.0, "schedule_by_time": by_time,
-                  "objective": "mlm", "eval_every": 0, "eval_batches": 10,
-                  "save_every": 0, "progress": False, "seed": args.seed, "export_hf": True},
+                  "objective": "mlm", "mask_prob": args.mask_prob,
+                  "eval_every": 0, "eval_batches": 10, "save_every": 0, "progress": False,
+                  "seed": args.seed, "export_hf": True},
     }
     path = out / "pretrain.json"  # JSON is YAML: `zenlm pretrain --config` reads it
     path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -372,7 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--block-size", type=int, default=128, help="pretraining block = fine-tuning limit")
     add("--batch-size", type=int, default=32, help="pretraining sequences per step")
     add("--pretrain-lr", type=float, default=1e-3)
-    add("--pretrain-share", type=float, default=0.6,
+    add("--mask-prob", type=float, default=0.15, help="share of tokens masked in pretraining")
+    add("--pretrain-share", type=float, default=0.85,
         help="share of the time left after the tokenizer spent pretraining")
     add("--ft-lr", type=float, default=3e-4)
     add("--ft-batch-size", type=int, default=32)
