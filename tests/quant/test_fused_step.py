@@ -174,9 +174,10 @@ def test_other_steps_run_the_eager_forward(tiny_int4):
 
 
 def test_models_it_does_not_compute_keep_their_eager_step(tmp_path, monkeypatch):
-    untied = tmp_path / "untied"  # int8: its head and embedding table are int8
-    tiny_hf_model("llama", intermediate_size=128).save_pretrained(untied)
-    assert "not int4" in unsupported(zenlm.load(untied, quantize="int8").model)
+    llama = tmp_path / "llama"
+    tiny_hf_model("llama", intermediate_size=128).save_pretrained(llama)
+    # int8: its head and embedding table are not int4
+    assert "not int4" in unsupported(zenlm.load(llama, quantize="int8").model)
     window = tmp_path / "mistral"
     tiny_hf_model("mistral", intermediate_size=128, tie_word_embeddings=True
                   ).save_pretrained(window)
