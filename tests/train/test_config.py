@@ -24,6 +24,10 @@ def test_demo_config_and_overrides_are_typed():
     ("--train.compile=maybe", "must be true or false"),
     ("--model.d_model=102", "not divisible by n_heads"),
     ("stray", "unexpected argument"),
+    # Settings valid one by one, checked once all are set (overrides arrive one at a time).
+    ("--train.mask_prob=0", r"mask_prob is the fraction of tokens masked, in \(0, 1\]; got 0.0"),
+    ("--train.mask_prob=1.5", "got 1.5"),
+    ("--train.schedule_by_time=true", "schedule_by_time needs train.max_minutes > 0, got 0.0"),
 ])
 def test_bad_overrides_are_errors(override, message):
     with pytest.raises(ValueError, match=message):
@@ -37,6 +41,13 @@ def test_yaml_unknown_key_and_missing_file(tmp_path):
         load_config(path)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_settings_are_checked_together(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  objective: mlm\n  mask_prob: 0.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="mask_prob .* got 0.0"):
+        load_config(path)
 
 
 def test_cli_reports_unknown_override(capsys):

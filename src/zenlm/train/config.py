@@ -94,9 +94,21 @@ class LoopConfig:
     export_hf: bool = True  # write <out_dir>/model as a Hugging Face folder at the end
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError on settings that cannot run together (or would train nothing).
+
+        Run at construction and again by `load_config` once a file and the overrides have
+        set the fields one by one.
+        """
         if self.schedule_by_time and self.max_minutes <= 0:
             raise ValueError(f"train.schedule_by_time needs train.max_minutes > 0, "
                              f"got {self.max_minutes}")
+        # 0 masks no position: the masked-LM loss would be the mean of nothing (NaN).
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"train.mask_prob is the fraction of tokens masked, in (0, 1]; "
+                             f"got {self.mask_prob}")
 
 
 SECTIONS: dict[str, type] = {
@@ -240,6 +252,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Pretr
         config = PretrainConfig.from_dict(data, str(path))
     for name, value in parse_overrides(overrides or []):
         config.set(name, value)
+    config.train.check()
     config.model_config(vocab_size=8, max_seq_len=config.data.block_size)  # shape checks
     return config
 
