@@ -31,7 +31,8 @@ def run(minilm_folder, tmp_path_factory):
         code = main(["finetune", "--task", "classify", "--model", str(minilm_folder), "--train",
                      str(data), "--output", str(out), "--max-steps", STEPS, "--batch-size", "8",
                      "--lr", "3e-3", "--head-lr", "1.5e-2",
-                     "--lora", "--lora-targets", "q,v", "--freeze-layers", "2"])
+                     "--lora", "--lora-targets", "q,v", "--freeze-layers", "2",
+                     "--dropout", "0.1"])
     finally:
         capture.undo()
     assert code == 0
@@ -42,6 +43,7 @@ def test_finetune_evaluate_predict_classify(run, tmp_path, capsys):
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     data, model_dir, summary = run
     assert summary["steps"] == int(STEPS) and summary["val_examples"] == 4
+    assert summary["settings"]["dropout"] == 0.1  # --dropout, recorded with the settings
     assert (model_dir / "adapter.safetensors").is_file()
     # --head-lr 1.5e-2 over --lr 3e-3: the head's weight and bias step 5x the others
     optimizer = json.loads(next(model_dir.parent.glob("run/checkpoints/*/optimizer.json"))
@@ -83,6 +85,13 @@ def test_head_lr_must_be_positive(run, tmp_path, capsys):
     assert main(["finetune", "--task", "classify", "--model", "unused", "--train", str(data),
                  "--output", str(tmp_path), "--head-lr", "0"]) == 2
     assert "--head-lr must be > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_dropout_must_be_a_rate(run, tmp_path, capsys):
+    data, _, _ = run
+    assert main(["finetune", "--task", "classify", "--model", "unused", "--train", str(data),
+                 "--output", str(tmp_path), "--dropout", "1"]) == 2
+    assert "--dropout 1.0 is not a dropout rate; give one in [0, 1)" in capsys.readouterr().err
 
 
 def test_bad_label_in_evaluation_file_is_a_clear_error(run, tmp_path, capsys):

@@ -12,10 +12,12 @@ from zenlm.config import ModelConfig
 from zenlm.data.tasks import QAExample
 from zenlm.models import build_model
 from zenlm.models.heads import SequenceClassifier, SpanQA, TokenClassifier
+from zenlm.nn import Block
 from zenlm.tasks.batching import TaskSampler
 from zenlm.tasks.classify import collate_classify, encode_texts
 from zenlm.tasks.ner import IGNORE, collate_tokens, encode_words, predict_tags, token_loss
 from zenlm.tasks.qa import best_spans, collate_qa, postprocess_qa, qa_features, qa_loss
+from zenlm.tasks.runner import set_dropout
 from zenlm.tasks.sft import (
     collate_sft,
     encode_conversation,
@@ -224,3 +226,30 @@ def test_qa_labels_recover_every_real_squad_answer(minilm, shared_data):
             assert span.strip() == text.strip() or text in span, (span, text)
             located.add(f.example)
     assert len(located) == len(examples)  # every answer is inside some window
+
+
+def test_dropout_acts_in_training_only_and_in_every_block(minilm):
+    backbone = build_model(minilm.config)  # a copy's shape: the loaded weights stay untouched
+    backbone.load_state_dict(minilm.model.state_dict())
+    ids = torch.tensor([[101, 2023, 2003, 1037, 2204, 3185, 102]])
+    with torch.no_grad():
+        before = backbone.eval()(ids)
+        set_dropout(backbone, 0.1)
+        assert backbone.config.dropout == 0.1
+        assert [b.dropout.p for b in backbone.blocks] == [0.1] * len(backbone.blocks)
+        assert torch.equal(backbone.eval()(ids), before)  # inference never drops
+        backbone.train()
+        torch.manual_seed(3)
+        first = backbone(ids)
+        torch.manual_seed(3)
+        assert torch.equal(backbone(ids), first)  # the trainer's per-step seed repeats it
+        assert (first - before).abs().max() > 1e-2  # and training does drop
+        set_dropout(backbone, 0.0)
+        assert torch.equal(backbone(ids), before)  # 0: none, even in training
+    seq2seq = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4,
+                                      d_ff=48, arch="encoder-decoder", n_decoder_layers=2))
+    set_dropout(seq2seq, 0.2)  # both stacks
+    rates = [m.dropout.p for m in seq2seq.modules() if isinstance(m, Block)]
+    assert rates == [0.2] * 3
+    with pytest.raises(ValueError, match=r"--dropout 1.0 is not a dropout rate; give one in \[0, 1\)"):
+        set_dropout(seq2seq, 1.0)

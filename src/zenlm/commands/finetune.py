@@ -38,6 +38,8 @@ FINETUNE_HELP = {
     "class_weights": "classify/ner: inverse-frequency weights in the loss",
     "freeze_layers": "freeze the embeddings and this many lowest blocks",
     "freeze_embeddings": "freeze the token embeddings only",
+    "dropout": "dropout rate on each block's sub-layer outputs while training (BERT's "
+               "hidden dropout)",
     "group_by_length": "batch examples of similar length (less padding)",
     "extend_vocab": "add up to this many characters of --train unknown to the tokenizer",
     "bitfit": "train only the biases, the norms' weights and the head (BitFit: a few "

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from zenlm.api import load
+from zenlm.nn import Block
 from zenlm.nn.lora import apply_lora
 from zenlm.nn.norm import RMSNorm
 from zenlm.tasks import defaults, private
@@ -62,6 +63,8 @@ class FinetuneOptions:
     class_weights: bool = False  # classify/ner: inverse-frequency loss weights
     freeze_layers: int | None = None  # freeze the embeddings and this many lowest blocks
     freeze_embeddings: bool | None = None  # the embeddings only (a third of MiniLM's weights)
+    # on the backbone's sub-layer outputs while training (None: the loaded config's rate)
+    dropout: float | None = None
     group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
     extend_vocab: int = 0  # add up to this many unknown characters of --train as tokens
     bitfit: bool = False  # train only the biases, the norms' gains and the head (BitFit)
@@ -94,6 +97,8 @@ class FinetuneOptions:
 def prepare_model(opts: FinetuneOptions, info: TaskInfo, backbone: nn.Module) -> nn.Module:
     """The task model: fresh head, optional frozen layers and LoRA on the backbone."""
     model = build_task_model(info, backbone)
+    if opts.dropout is not None:
+        set_dropout(backbone_of(model), opts.dropout)
     if opts.bitfit:
         freeze_all_but_biases_and_norms(backbone_of(model))
     if opts.lora:
@@ -102,6 +107,28 @@ def prepare_model(opts: FinetuneOptions, info: TaskInfo, backbone: nn.Module) ->
     if opts.freeze_layers or opts.freeze_embeddings:
         freeze_lower(backbone_of(model), opts.freeze_layers)
     return model
+
+
+def set_dropout(backbone: nn.Module, rate: float) -> None:
+    """Dropout at `rate` on every block's sub-layer outputs while training (0: none).
+
+    What transformers' BERT calls hidden dropout (0.1 in its configs). The embeddings' and
+    the attention probabilities' dropouts are not applied.
+
+    Raises:
+        ValueError: `rate` outside [0, 1).
+    """
+    check_dropout(rate)
+    for block in backbone.modules():
+        if isinstance(block, Block):  # an encoder-decoder's blocks are in two stacks
+            block.dropout = nn.Dropout(rate) if rate else None
+    backbone.config.dropout = rate
+
+
+def check_dropout(rate: float) -> None:
+    """Raise ValueError, naming `rate`, unless it is a dropout rate in [0, 1)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"--dropout {rate} is not a dropout rate; give one in [0, 1)")
 
 
 def freeze_lower(backbone: nn.Module, n_blocks: int) -> None:
@@ -167,7 +194,9 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     private.check_options(opts, spec)
-    head_lr_scale(opts)  # a bad --head-lr fails before the model loads
+    head_lr_scale(opts)  # a bad --head-lr (or --dropout) fails before the model loads
+    if opts.dropout is not None:
+        check_dropout(opts.dropout)
     if opts.bitfit and opts.lora:
         raise ValueError("--bitfit and --lora each choose which weights train: give one")
     torch.manual_seed(opts.seed)
@@ -194,6 +223,7 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
                                        pack=opts.pack, private=opts.dp_epsilon is not None)
     val_features = spec.encode(lm.tokenizer, val_examples, info)
     model = prepare_model(opts, info, lm.model)
+    info.training["settings"]["dropout"] = backbone_of(model).config.dropout  # given or loaded
     last: dict[str, Any] = {}  # the latest evaluation's full scores
     metric = functools.partial(_headline, spec=spec, tokenizer=lm.tokenizer, info=info,
                                examples=val_examples, pad=pad, last=last)
