@@ -194,9 +194,9 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     if opts.class_weights and not spec.weighted:
         raise ValueError(f"--class-weights does not apply to task {opts.task!r}")
     private.check_options(opts, spec)
-    head_lr_scale(opts)  # a bad --head-lr (or --dropout) fails before the model loads
+    head_lr_scale(opts)  # a bad --head-lr fails before the model loads
     if opts.dropout is not None:
-        check_dropout(opts.dropout)
+        check_dropout(opts.dropout)  # and so does a bad --dropout
     if opts.bitfit and opts.lora:
         raise ValueError("--bitfit and --lora each choose which weights train: give one")
     torch.manual_seed(opts.seed)
