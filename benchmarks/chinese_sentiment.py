@@ -302,7 +302,7 @@ def own_route(args: argparse.Namespace, out: Path, split_info: dict) -> dict:
                                 max(0.1, args.pretrain_share * left - args.overhead_minutes))
     clock.stage("pretrain", began)
     # Mean pooling: masked-LM pretraining trains no [CLS] summary (there is no next-sentence task)
-    flags = ["--lr", str(args.ft_lr), "--pooling", "mean"]
+    flags = ["--lr", str(args.ft_lr), "--pooling", "mean", "--dropout", str(args.ft_dropout)]
     result = finish(args, out, split_info, "own", clock, args.minutes, flags, pretrained["model"],
                     min(args.max_length, args.block_size))
     return {**result, "tokenizer": tokenizer, "pretrain": pretrained}
@@ -385,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--pretrain-share", type=float, default=0.85,
         help="share of the time left after the tokenizer spent pretraining")
     add("--ft-lr", type=float, default=3e-4)
+    add("--ft-dropout", type=float, default=0.0,
+        help="fine-tuning's dropout on the encoder's sub-layer outputs")
     add("--ft-batch-size", type=int, default=32)
     add("--max-length", type=int, default=128)
     add("--eval-every", type=int, default=100, help="fine-tuning steps between dev scores")

@@ -61,7 +61,8 @@ def run(tmp_path_factory):
             "--layers", "1", "--d-model", "32", "--heads", "2", "--block-size", "32",
             "--batch-size", "8", "--vocab-size", "300", "--pretrain-steps", "3",
             "--finetune-steps", "4", "--eval-every", "2", "--ft-batch-size", "8",
-            "--probe", "20", "--dev-size", "10", "--mask-prob", "0.25", "--review-weight", "3"]
+            "--probe", "20", "--dev-size", "10", "--mask-prob", "0.25", "--review-weight", "3",
+            "--ft-dropout", "0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chinese_sentiment.py"),
                            *args], capture_output=True, text=True, timeout=600, env=env,
@@ -114,6 +115,8 @@ def test_every_stage_leaves_its_artefacts(run):
     assert config["train"]["mask_prob"] == 0.25  # --mask-prob reaches the pretraining
     reviews = own["tokenizer"]["inputs"]["reviews"]  # --review-weight 3: the corpus + 2 copies
     assert config["data"]["paths"] == [reviews, reviews, own["tokenizer"]["inputs"]["corpus"]]
+    command = own["finetune"]["command"]
+    assert command[command.index("--dropout") + 1] == "0.1"  # --ft-dropout reaches finetune
     assert (Path(own["finetune"]["model"]) / "task.json").is_file()
     assert own["n"] == N_REVIEWS // 10 and 0.0 <= own["accuracy"] <= 1.0
     assert set(own["stages"]) == {"tokenizer", "pretrain", "finetune", "evaluate"}
