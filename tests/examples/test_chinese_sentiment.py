@@ -169,3 +169,15 @@ def test_comparison_routes_run_on_the_same_split(run, minilm_folder, smollm2_ggu
         assert route["finetune"]["steps"] == 2 and route["n"] == N_REVIEWS // 10
     assert "--extend-vocab" in results["routes"]["minilm-extended"]["finetune"]["command"]
     assert "--lora" in results["routes"]["smollm2-lora"]["finetune"]["command"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--review-weight", "0"], "--review-weight must be 1 or more (copies of the reviews), got 0"),
+    (["--ft-dropout", "1"], "--ft-dropout must be a dropout rate in [0, 1), got 1.0"),
+])
+def test_bad_options_are_refused_before_any_stage(tmp_path, flags, message):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chinese_sentiment.py"),
+                           "--out", str(tmp_path / "out"), *flags], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing was split, trained or written
