@@ -3,6 +3,8 @@ post-processing, SFT assistant-only labels and leak-free packing."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import tokenizers
 import torch
@@ -229,7 +231,9 @@ def test_qa_labels_recover_every_real_squad_answer(minilm, shared_data):
 
 
 def test_dropout_acts_in_training_only_and_in_every_block(minilm):
-    backbone = build_model(minilm.config)  # a copy's shape: the loaded weights stay untouched
+    # A copy, config included (set_dropout writes config.dropout): the shared fixture's
+    # model and config stay as loaded.
+    backbone = build_model(dataclasses.replace(minilm.config))
     backbone.load_state_dict(minilm.model.state_dict())
     ids = torch.tensor([[101, 2023, 2003, 1037, 2204, 3185, 102]])
     with torch.no_grad():
