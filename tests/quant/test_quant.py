@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zenlm
+from zenlm.cpu import cpu_info
 from zenlm.generate import GenerationConfig, generate, generate_batch
 from zenlm.kernels.layout import pack_codes
 from zenlm.quant import Int4Linear, Int8Linear, QuantizedEmbedding, quantize
@@ -235,10 +236,16 @@ def fp32_reference(smollm2_gguf, shakespeare_ids):
 def test_perplexity_on_tinyshakespeare(smollm2_gguf, shakespeare_ids, fp32_reference, mode,
                                        tolerance):
     """As prompts and as decoding (8 tokens x 4 rows per step: below PROMPT_ROWS)."""
-    _, reference = fp32_reference
+    lm, reference = fp32_reference
+    ids = shakespeare_ids
+    if mode == "bf16" and not cpu_info().native_bf16:
+        # Emulated bfloat16 (no AVX512-BF16 or AMX) runs ~7x slower than float32: half
+        # the rows, against float32 on the same rows, keeps the check and halves its cost.
+        ids = shakespeare_ids[:2]
+        reference = _perplexity(lm, ids)
     fast = zenlm.load(smollm2_gguf, quantize=mode)
     for chunk in (None, 8):
-        ppl = _perplexity(fast, shakespeare_ids, chunk)
+        ppl = _perplexity(fast, ids, chunk)
         print(f"perplexity fp32 {reference:.3f}, {mode} fed {chunk or 'whole'}: {ppl:.3f} "
               f"({ppl / reference - 1:+.2%})")
         assert abs(ppl / reference - 1) <= tolerance
