@@ -41,17 +41,38 @@ def minilm_folder() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(smollm2_gguf: Path):
-    """transformers' own GGUF loader on SmolLM2 (fp32): the oracle. ~30 s, loaded once."""
+def hf_smollm2(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
+    """transformers' own GGUF loader on SmolLM2 (fp32): the oracle.
+
+    Dequantizing the GGUF takes transformers ~35 s. The first pytest-xdist worker to get
+    here writes transformers' result (its weights, config and tokenizer) to the run's
+    temporary folder, and the other workers read that copy in a few seconds: transformers'
+    own weights either way. (transformers refuses `save_pretrained` on a model loaded from
+    GGUF, hence safetensors' `save_model` for the weights.)
+    """
     transformers = pytest.importorskip("transformers")
+    from filelock import FileLock
+    from safetensors.torch import load_model, save_model
+
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # the run's folder, above each worker's own
+    folder = shared / "hf-smollm2"
+    with FileLock(str(shared / "hf-smollm2.lock")):
+        if not (folder / "done").exists():
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
+            folder.mkdir()
+            save_model(model, str(folder / "model.safetensors"))
+            model.config.save_pretrained(folder)
+            transformers.AutoTokenizer.from_pretrained(
+                smollm2_gguf.parent, gguf_file=smollm2_gguf.name).save_pretrained(folder)
+            (folder / "done").touch()
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
-    ).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        smollm2_gguf.parent, gguf_file=smollm2_gguf.name
-    )
-    return model, tokenizer
+    config = transformers.AutoConfig.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder)
 
 
 def _share_the_cores_between_workers() -> None:

@@ -45,7 +45,7 @@ def test_sampling_prints_n_sequences_and_is_reproducible(smollm2_gguf, tmp_path)
 
 
 def test_bert_classifier_validates_on_unseen_sentences(shared_data, tmp_path):
-    out = run_example("bert_classifier.py", shared_data, "--max-steps", "20",
+    out = run_example("bert_classifier.py", shared_data, "--max-steps", "8",
                       "--val-size", "100", "--out", str(tmp_path))
     rows = list(csv.reader((shared_data / "sst2" / "train.tsv").open(encoding="utf-8"),
                            delimiter="\t"))[1:]
