@@ -62,7 +62,7 @@ def hf_smollm2(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
         if not (folder / "done").exists():
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a failed earlier attempt may have left it
             save_model(model, str(folder / "model.safetensors"))
             model.config.save_pretrained(folder)
             transformers.AutoTokenizer.from_pretrained(

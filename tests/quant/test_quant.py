@@ -235,7 +235,8 @@ def fp32_reference(smollm2_gguf, shakespeare_ids):
                                             ("auto", 0.03)])
 def test_perplexity_on_tinyshakespeare(smollm2_gguf, shakespeare_ids, fp32_reference, mode,
                                        tolerance):
-    """As prompts and as decoding (8 tokens x 4 rows per step: below PROMPT_ROWS)."""
+    """As prompts and as decoding (8 tokens x 4 rows (2 for emulated bf16) per step: below
+    PROMPT_ROWS)."""
     lm, reference = fp32_reference
     ids = shakespeare_ids
     if mode == "bf16" and not cpu_info().native_bf16:
