@@ -14,7 +14,9 @@ One command, every stage through the real CLI (`python -m zenlm ...`):
    WordPiece and a Unigram candidate on it less a probe of --probe training reviews, and the
    one with the lower [UNK] rate on the probe (fewer tokens per review on a tie) is kept.
 3. pretrain: `zenlm pretrain`, a BERT-shaped encoder under masked LM on that corpus, its
-   learning-rate schedule planned over its share of the time budget.
+   learning-rate schedule planned over its share of the time budget. From scratch, or with
+   `--init MODEL` from a pretrained encoder's blocks (`train.init_from`: the embedding is
+   re-made for the new tokenizer, rows of the tokens both vocabularies share copied).
 4. finetune: `zenlm finetune --task classify --model <pretrained folder> --minutes M` on
    train (best weights chosen on dev), then `zenlm evaluate --task classify --json` on
    validation.
@@ -213,21 +215,24 @@ def pretrain_config(args: argparse.Namespace, out: Path, inputs: dict[str, str],
     # --review-weight above 1 the pretraining val loss is no longer held out.
     paths = [reviews] * (args.review_weight - 1) + [corpus]
     config = {
-        "model": {**ENCODER, "d_model": args.d_model, "n_layers": args.layers,
-                  "n_heads": args.heads, "d_ff": 4 * args.d_model},
+        "model": {} if args.init else {**ENCODER, "d_model": args.d_model,
+                                       "n_layers": args.layers, "n_heads": args.heads,
+                                       "d_ff": 4 * args.d_model},
         "data": {"paths": paths, "field": "text", "txt_unit": "line",
                  "block_size": args.block_size, "val_fraction": 0.02,
                  "cache_dir": str(out / "cache")},
         "tokenizer": {"path": tokenizer},
         "optim": {"lr": args.pretrain_lr, "min_lr": args.pretrain_lr / 10,
-                  "warmup_steps": 50 if by_time else 1, "weight_decay": 0.01},
+                  "warmup_steps": 50 if by_time else 1, "weight_decay": 0.01,
+                  # A pretrained body moves slower than its new embedding and head.
+                  "lr_scales": {"encoder.blocks.": args.body_lr_scale} if args.init else {}},
         # By time, max_steps is the schedule's resolution: 50 of 1000 = 5% warm-up.
         "train": {"out_dir": str(out / "pretrain"), "batch_size": args.batch_size,
                   "max_steps": 1000 if by_time else args.pretrain_steps,
                   "max_minutes": minutes if by_time else 0.0, "schedule_by_time": by_time,
                   "objective": "mlm", "mask_prob": args.mask_prob,
                   "eval_every": 0, "eval_batches": 10, "save_every": 0, "progress": False,
-                  "seed": args.seed, "export_hf": True},
+                  "seed": args.seed, "export_hf": True, "init_from": args.init},
     }
     path = out / "pretrain.json"  # JSON is YAML: `zenlm pretrain --config` reads it
     path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -373,6 +378,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "measured on (left out of the candidates' training)")
     add("--tokenizer", choices=["auto", *KINDS], default="auto")
     add("--vocab-size", type=int, default=8000)
+    add("--init", default="", help="continue from this encoder's blocks (a folder or "
+        "all-minilm-l6-v2) with a new embedding for the route's tokenizer, instead of "
+        "pretraining --layers x --d-model from scratch")
+    add("--body-lr-scale", type=float, default=0.1,
+        help="with --init: the pretrained blocks' learning rate, as a multiple of --pretrain-lr")
     add("--layers", type=int, default=4)
     add("--d-model", type=int, default=256)
     add("--heads", type=int, default=4)

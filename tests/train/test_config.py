@@ -28,6 +28,8 @@ def test_demo_config_and_overrides_are_typed():
     ("--train.mask_prob=0", r"mask_prob is the fraction of tokens masked, in \(0, 1\]; got 0.0"),
     ("--train.mask_prob=1.5", "got 1.5"),
     ("--train.schedule_by_time=true", "schedule_by_time needs train.max_minutes > 0, got 0.0"),
+    ("--optim.lr_scales=head.", "lr_scales must be a mapping of name prefix to number"),
+    ("--optim.lr_scales={head.: fast}", r"lr_scales.head. must be float, got 'fast'"),
 ])
 def test_bad_overrides_are_errors(override, message):
     with pytest.raises(ValueError, match=message):
@@ -41,6 +43,22 @@ def test_yaml_unknown_key_and_missing_file(tmp_path):
         load_config(path)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_learning_rate_scales_from_a_file_and_an_override(tmp_path):
+    path = tmp_path / "c.json"  # JSON is YAML
+    path.write_text('{"optim": {"lr_scales": {"blocks.": 0.1, "head.": 10}}, "model": '
+                    '{"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}}', encoding="utf-8")
+    assert load_config(path).optim.lr_scales == {"blocks.": 0.1, "head.": 10.0}
+    config = load_config("demo", ["--optim.lr_scales={embed.: 0.5}"])
+    assert config.optim.lr_scales == {"embed.": 0.5}
+
+
+def test_a_model_without_its_shape_is_refused_by_name(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  d_model: 64\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lacks \['n_layers', 'n_heads', 'd_ff'\]: give"):
+        load_config(path)
 
 
 def test_yaml_settings_are_checked_together(tmp_path):

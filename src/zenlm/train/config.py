@@ -92,6 +92,10 @@ class LoopConfig:
     objective: str = "auto"
     mask_prob: float = 0.15  # mlm: fraction of tokens masked (80% [MASK], 10% random, 10% kept)
     export_hf: bool = True  # write <out_dir>/model as a Hugging Face folder at the end
+    # Continued pretraining: a model folder or short name whose architecture and weights the
+    # run starts from (the `model` section must then be empty); its embedding is re-made for
+    # the run's tokenizer when that differs (zenlm.train.continued).
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         self.check()
@@ -172,6 +176,11 @@ def _model_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_AUTO]
 
 
+def _required_model_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_AUTO
+            and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else ""
@@ -192,6 +201,11 @@ def _coerce(value: Any, kind: Any, dotted: str) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{dotted} must be a list, got {value!r}")
         return [str(v) for v in value]
+    if origin is dict:  # optim.lr_scales: name prefix -> multiple
+        if not isinstance(value, dict):
+            raise ValueError(f"{dotted} must be a mapping of name prefix to number, e.g. "
+                             f"{{'head.': 10.0}}; got {value!r}")
+        return {str(k): _coerce(v, float, f"{dotted}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -253,7 +267,15 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Pretr
     for name, value in parse_overrides(overrides or []):
         config.set(name, value)
     config.train.check()
-    config.model_config(vocab_size=8, max_seq_len=config.data.block_size)  # shape checks
+    if config.train.init_from and config.model:
+        raise ValueError(f"train.init_from={config.train.init_from!r} takes the model's shape "
+                         f"from that model; remove the model section ({sorted(config.model)})")
+    if not config.train.init_from:
+        missing = [name for name in _required_model_fields() if name not in config.model]
+        if missing:
+            raise ValueError(f"the model section lacks {missing}: give the model's shape, or "
+                             "train.init_from to start from a pretrained model")
+        config.model_config(vocab_size=8, max_seq_len=config.data.block_size)  # shape checks
     return config
 
 

@@ -46,9 +46,13 @@ def resolve_objective(name: str, model_config: ModelConfig) -> str:
     return name
 
 
-def build_for_objective(model_config: ModelConfig, objective: str) -> torch.nn.Module:
-    """The trained module: the model itself, or encoder + masked-LM head for "mlm"."""
-    model = build_model(model_config)
+def build_for_objective(model_config: ModelConfig, objective: str,
+                        model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The trained module: the model itself, or encoder + masked-LM head for "mlm".
+
+    `model` is the network to train (default: a new one of `model_config`).
+    """
+    model = model if model is not None else build_model(model_config)
     return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ from zenlm.data.shards import BlockSampler, ShardSet, build_shards
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import PretrainConfig, default_cache_dir
+from zenlm.train.continued import continued_backbone, source_arch
 from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
 from zenlm.train.export import load_trained, save_trained
 from zenlm.train.objectives import (
@@ -115,15 +116,22 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     tokenizer = prepare_tokenizer(config, paths, dist)
     shards = prepare_shards(config, paths, tokenizer, dist)
     block = config.data.block_size
-    model_config = config.model_config(
-        vocab_size=tokenizer.vocab_size, max_seq_len=block, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    backbone = None
+    if config.train.init_from:
+        backbone = continued_backbone(config.train.init_from, tokenizer, block,
+                                      seed=config.train.seed)
+        model_config = backbone.config
+    else:
+        model_config = config.model_config(
+            vocab_size=tokenizer.vocab_size, max_seq_len=block,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     objective_name = resolve_objective(config.train.objective, model_config)
     if config.train.export_hf:
         to_hf_config(model_config)  # a model the export would refuse is refused before training
     torch.manual_seed(config.train.seed)  # the initial weights
-    model = build_for_objective(model_config, objective_name)
+    model = build_for_objective(model_config, objective_name, backbone)
     if dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params / 1e6:.2f}M parameters; tokens: {len(shards.train):,} train, "
@@ -146,16 +154,21 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
 
 def needs_mask_token(config: PretrainConfig) -> bool:
     """Whether the run trains a masked LM (its tokenizer then needs [MASK])."""
-    arch = config.model.get("arch", "decoder")
     return config.train.objective == "mlm" or (config.train.objective == "auto"
-                                                and arch == "encoder")
+                                                and run_arch(config) == "encoder")
 
 
 def needs_sentinels(config: PretrainConfig) -> bool:
     """Whether the run trains span corruption (its tokenizer then needs sentinels)."""
-    arch = config.model.get("arch", "decoder")
     return config.train.objective == "span" or (config.train.objective == "auto"
-                                                 and arch == "encoder-decoder")
+                                                 and run_arch(config) == "encoder-decoder")
+
+
+def run_arch(config: PretrainConfig) -> str:
+    """The architecture the run trains: its `model` section's, or its init_from model's."""
+    if config.train.init_from:
+        return source_arch(config.train.init_from)
+    return config.model.get("arch", "decoder")
 
 
 def make_objective(name: str, tokenizer: Tokenizer, config: PretrainConfig) -> Objective:
