@@ -411,6 +411,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.review_weight < 1:
         parser.error(f"--review-weight must be 1 or more (copies of the reviews), "
                      f"got {args.review_weight}")
+    if args.body_lr_scale < 0:
+        parser.error(f"--body-lr-scale must be 0 or more (0 freezes the blocks), "
+                     f"got {args.body_lr_scale}")
     if not 0.0 <= args.ft_dropout < 1.0:  # refused now, not after an hour of pretraining
         parser.error(f"--ft-dropout must be a dropout rate in [0, 1), got {args.ft_dropout}")
     args.routes = [r for r in args.routes.split(",") if r]

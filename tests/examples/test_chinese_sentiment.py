@@ -4,6 +4,7 @@ validation reviews out of the tokenizer, pretraining and fine-tuning inputs."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
+
+from zenlm.train.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = ["房间干净", "服务热情", "早餐丰富", "位置方便", "床很舒服", "性价比高"]
@@ -171,9 +174,29 @@ def test_comparison_routes_run_on_the_same_split(run, minilm_folder, smollm2_ggu
     assert "--lora" in results["routes"]["smollm2-lora"]["finetune"]["command"]
 
 
+def test_init_writes_a_continued_pretraining_config_zenlm_reads(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "chinese_sentiment", REPO / "benchmarks" / "chinese_sentiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args(["--init", "all-minilm-l6-v2", "--body-lr-scale", "0.2",
+                              "--out", str(tmp_path)])
+    inputs = {"corpus": str(tmp_path / "corpus.jsonl"), "reviews": str(tmp_path / "r.txt")}
+    path = module.pretrain_config(args, tmp_path, inputs, str(tmp_path / "tok"), 5.0)
+    config = load_config(path)  # as `zenlm pretrain --config` reads it
+    assert config.model == {} and config.train.init_from == "all-minilm-l6-v2"
+    assert config.optim.lr_scales == {"encoder.blocks.": 0.2}
+    scratch = load_config(module.pretrain_config(module.parse_args(["--out", str(tmp_path)]),
+                                                 tmp_path, inputs, str(tmp_path / "tok"), 5.0))
+    assert scratch.model["n_layers"] == 4 and not scratch.train.init_from
+    assert scratch.optim.lr_scales == {}
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--review-weight", "0"], "--review-weight must be 1 or more (copies of the reviews), got 0"),
     (["--ft-dropout", "1"], "--ft-dropout must be a dropout rate in [0, 1), got 1.0"),
+    (["--body-lr-scale", "-1"], "--body-lr-scale must be 0 or more (0 freezes the blocks), "
+                                "got -1.0"),
 ])
 def test_bad_options_are_refused_before_any_stage(tmp_path, flags, message):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chinese_sentiment.py"),
