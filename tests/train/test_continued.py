@@ -85,6 +85,31 @@ def test_a_new_vocabulary_keeps_the_blocks_and_the_shared_tokens_rows(tmp_path):
         torch.testing.assert_close(continued[name], original[name], rtol=0, atol=0)
 
 
+def test_continuing_a_masked_lm_keeps_its_head(tmp_path):
+    """A BertForMaskedLM folder continued with its own tokenizer at learning rate 0 exports
+    the same masked-LM logits (transformers reads both folders)."""
+    from tests.train.test_mlm import POST_NORM_BERT, write_mlm_config
+
+    corpus = write_corpus(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    pretrain(load_config(write_mlm_config(first, corpus, steps=3, model=POST_NORM_BERT),
+                         ["--train.export_hf=true"]), resume="none")
+    source = first / "run" / "model"
+    second = tmp_path / "second"
+    second.mkdir()
+    path = write_run(second, corpus, {"path": str(source)}, init_from=str(source))
+    assert main(["pretrain", "--config", str(path), "--resume", "none"]) == 0
+
+    original = transformers.BertForMaskedLM.from_pretrained(source).eval()
+    continued = transformers.BertForMaskedLM.from_pretrained(second / "run" / "model").eval()
+    ids = torch.randint(5, original.config.vocab_size, (2, 16),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(continued(input_ids=ids).logits,
+                                   original(input_ids=ids).logits, rtol=0, atol=1e-5)
+
+
 def test_new_rows_follow_the_old_rows_distribution_per_dimension():
     generator = torch.Generator().manual_seed(0)
     old = torch.randn(500, 8, generator=generator, dtype=torch.float64) * torch.arange(

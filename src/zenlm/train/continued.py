@@ -7,7 +7,8 @@ of tokens both vocabularies spell the same way (special tokens, digits, punctuat
 characters the old vocabulary had) are copied, the others are drawn from a Gaussian fitted to
 the old rows, per dimension. The blocks keep what they learned (Artetxe et al., 2020, "On
 the Cross-lingual Transferability of Monolingual Representations", learn new embeddings under
-a pretrained body); masked-LM pretraining then teaches the new rows.
+a pretrained body); masked-LM pretraining then teaches the new rows. A masked-LM run keeps
+the folder's own masked-LM head when it has one and the vocabulary is unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from torch import nn
 
 from zenlm.config import ModelConfig, from_hf_config
-from zenlm.io.hf import load_hf_model, read_config
+from zenlm.errors import CheckpointError
+from zenlm.io.hf import load_hf_model, load_mlm_head, read_config
 from zenlm.io.resolve import resolve_model
+from zenlm.models.heads import MaskedLMHead
 from zenlm.tokenizer import Tokenizer
 
 
@@ -61,6 +64,24 @@ def continued_backbone(source: str, tokenizer: Tokenizer, block_size: int,
         config, vocab_size=len(new_vocab), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return model
+
+
+def continued_mlm_head(source: str, encoder: nn.Module,
+                       tokenizer: Tokenizer) -> MaskedLMHead | None:
+    """`source`'s own masked-LM head (tied to `encoder`), when it has one for this vocabulary.
+
+    None for a folder without one (a BertModel, all-MiniLM-L6-v2) or when the run's tokenizer
+    differs from the folder's (the head's output bias is per token): the run then starts a
+    new head.
+    """
+    path = source_folder(source)
+    old_vocab = Tokenizer.from_folder(path).backend.get_vocab(with_added_tokens=True)
+    if old_vocab != tokenizer.backend.get_vocab(with_added_tokens=True):
+        return None
+    try:
+        return load_mlm_head(path, encoder)
+    except CheckpointError:  # no head in the folder
+        return None
 
 
 def source_arch(source: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from zenlm.config import ModelConfig
 from zenlm.models import build_model
-from zenlm.models.heads import MaskedLM
+from zenlm.models.heads import MaskedLM, MaskedLMHead
 
 IGNORE = -100  # label of positions that do not count in the loss (F.cross_entropy default)
 
@@ -47,13 +47,15 @@ def resolve_objective(name: str, model_config: ModelConfig) -> str:
 
 
 def build_for_objective(model_config: ModelConfig, objective: str,
-                        model: torch.nn.Module | None = None) -> torch.nn.Module:
+                        model: torch.nn.Module | None = None,
+                        head: MaskedLMHead | None = None) -> torch.nn.Module:
     """The trained module: the model itself, or encoder + masked-LM head for "mlm".
 
-    `model` is the network to train (default: a new one of `model_config`).
+    `model` is the network to train (default: a new one of `model_config`); `head` the
+    masked-LM head (default: a new one).
     """
     model = model if model is not None else build_model(model_config)
-    return MaskedLM(model) if objective == "mlm" else model  # type: ignore[arg-type]
+    return MaskedLM(model, head) if objective == "mlm" else model  # type: ignore[arg-type]
 
 
 def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
