@@ -27,8 +27,31 @@ from zenlm.models.heads import MaskedLMHead
 from zenlm.tokenizer import Tokenizer
 
 
+@dataclasses.dataclass
+class Continued:
+    """A run's starting model, the folder it came from, and whether the vocabulary stayed."""
+
+    model: nn.Module
+    folder: Path
+    vocab_kept: bool
+
+    def mlm_head(self) -> MaskedLMHead | None:
+        """The folder's own masked-LM head (tied to `model`), when it has one for this vocabulary.
+
+        None for a folder without one (a BertModel, all-MiniLM-L6-v2) or when the run's
+        tokenizer differs from the folder's (the head's output bias is per token): the run
+        then starts a new head.
+        """
+        if not self.vocab_kept:
+            return None
+        try:
+            return load_mlm_head(self.folder, self.model)
+        except CheckpointError:  # no head in the folder
+            return None
+
+
 def continued_backbone(source: str, tokenizer: Tokenizer, block_size: int,
-                       seed: int) -> nn.Module:
+                       seed: int) -> Continued:
     """`source`'s model in float32, its embedding fitted to `tokenizer`.
 
     Args:
@@ -63,25 +86,7 @@ def continued_backbone(source: str, tokenizer: Tokenizer, block_size: int,
     model.config = dataclasses.replace(
         config, vocab_size=len(new_vocab), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return model
-
-
-def continued_mlm_head(source: str, encoder: nn.Module,
-                       tokenizer: Tokenizer) -> MaskedLMHead | None:
-    """`source`'s own masked-LM head (tied to `encoder`), when it has one for this vocabulary.
-
-    None for a folder without one (a BertModel, all-MiniLM-L6-v2) or when the run's tokenizer
-    differs from the folder's (the head's output bias is per token): the run then starts a
-    new head.
-    """
-    path = source_folder(source)
-    old_vocab = Tokenizer.from_folder(path).backend.get_vocab(with_added_tokens=True)
-    if old_vocab != tokenizer.backend.get_vocab(with_added_tokens=True):
-        return None
-    try:
-        return load_mlm_head(path, encoder)
-    except CheckpointError:  # no head in the folder
-        return None
+    return Continued(model, path, vocab_kept=old_vocab == new_vocab)
 
 
 def source_arch(source: str) -> str:

@@ -13,7 +13,7 @@ from zenlm.data.shards import BlockSampler, ShardSet, build_shards
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer_train import train_tokenizer
 from zenlm.train.config import PretrainConfig, default_cache_dir
-from zenlm.train.continued import continued_backbone, continued_mlm_head, source_arch
+from zenlm.train.continued import continued_backbone, source_arch
 from zenlm.train.distributed import DistContext, init_distributed, shutdown_distributed
 from zenlm.train.export import load_trained, save_trained
 from zenlm.train.objectives import (
@@ -116,11 +116,11 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     tokenizer = prepare_tokenizer(config, paths, dist)
     shards = prepare_shards(config, paths, tokenizer, dist)
     block = config.data.block_size
-    backbone = None
+    continued = None
     if config.train.init_from:
-        backbone = continued_backbone(config.train.init_from, tokenizer, block,
-                                      seed=config.train.seed)
-        model_config = backbone.config
+        continued = continued_backbone(config.train.init_from, tokenizer, block,
+                                       seed=config.train.seed)
+        model_config = continued.model.config
     else:
         model_config = config.model_config(
             vocab_size=tokenizer.vocab_size, max_seq_len=block,
@@ -131,10 +131,11 @@ def _pretrain(config: PretrainConfig, resume: str, dist: DistContext) -> TrainRe
     if config.train.export_hf:
         to_hf_config(model_config)  # a model the export would refuse is refused before training
     torch.manual_seed(config.train.seed)  # the initial weights
-    head = None
-    if backbone is not None and objective_name == "mlm":
-        head = continued_mlm_head(config.train.init_from, backbone, tokenizer)
-    model = build_for_objective(model_config, objective_name, backbone, head)
+    if continued is None:
+        model = build_for_objective(model_config, objective_name)
+    else:
+        head = continued.mlm_head() if objective_name == "mlm" else None
+        model = build_for_objective(model_config, objective_name, continued.model, head)
     if dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params / 1e6:.2f}M parameters; tokens: {len(shards.train):,} train, "
