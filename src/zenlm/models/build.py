@@ -168,3 +168,16 @@ def _init_weights(model: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def replace_token_embedding(model: Model, weight: torch.Tensor) -> None:
+    """Give `model` a trainable token embedding of `weight` (V' x d) and a config of V' tokens.
+
+    A decoder's head tied to the old embedding is tied to the new one; an untied head is the
+    caller's to replace (its rows are per token too).
+    """
+    model.embed = nn.Embedding.from_pretrained(weight, freeze=False)
+    head = getattr(model, "lm_head", None)
+    if head is not None and model.config.tie_embeddings:
+        head.weight = model.embed.weight
+    model.config.vocab_size = weight.shape[0]

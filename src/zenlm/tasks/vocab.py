@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from zenlm.models.build import replace_token_embedding
 from zenlm.tokenizer import Tokenizer
 
 
@@ -39,16 +40,9 @@ def extend_vocabulary(tokenizer: Tokenizer, backbone: nn.Module, tokens: Sequenc
         return 0
     if getattr(backbone, "lm_head", None) is not None and not backbone.config.tie_embeddings:
         raise ValueError("extending the vocabulary of an untied decoder head is not supported")
-    old = backbone.embed.weight
+    old = backbone.embed.weight.detach()
     tokenizer.backend.add_tokens(list(tokens))
-    size = tokenizer.vocab_size
-    embed = nn.Embedding(size, old.shape[1], dtype=old.dtype)
-    with torch.no_grad():
-        embed.weight[: old.shape[0]] = old
-        embed.weight[old.shape[0]:] = old.mean(0) + 0.02 * torch.randn(size - old.shape[0],
-                                                                        old.shape[1])
-    backbone.embed = embed
-    if getattr(backbone, "lm_head", None) is not None:
-        backbone.lm_head.weight = embed.weight
-    backbone.config.vocab_size = size
-    return size - old.shape[0]
+    added = tokenizer.vocab_size - old.shape[0]
+    rows = old.mean(0) + 0.02 * torch.randn(added, old.shape[1], dtype=old.dtype)
+    replace_token_embedding(backbone, torch.cat([old, rows]))
+    return added

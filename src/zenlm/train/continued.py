@@ -23,6 +23,7 @@ from zenlm.config import ModelConfig, from_hf_config
 from zenlm.errors import CheckpointError
 from zenlm.io.hf import load_hf_model, load_mlm_head, read_config
 from zenlm.io.resolve import resolve_model
+from zenlm.models.build import replace_token_embedding
 from zenlm.models.heads import MaskedLMHead
 from zenlm.tokenizer import Tokenizer
 
@@ -74,13 +75,10 @@ def continued_backbone(source: str, tokenizer: Tokenizer, block_size: int,
     new_vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
     if old_vocab != new_vocab:
         generator = torch.Generator().manual_seed(seed)
-        model.embed = nn.Embedding.from_pretrained(
-            transfer_rows(model.embed.weight.detach(), old_vocab, new_vocab, generator),
-            freeze=False)
+        replace_token_embedding(
+            model, transfer_rows(model.embed.weight.detach(), old_vocab, new_vocab, generator))
         head = getattr(model, "lm_head", None)
-        if head is not None and config.tie_embeddings:
-            head.weight = model.embed.weight
-        elif head is not None:
+        if head is not None and not config.tie_embeddings:
             head.weight = nn.Parameter(
                 transfer_rows(head.weight.detach(), old_vocab, new_vocab, generator))
     model.config = dataclasses.replace(
