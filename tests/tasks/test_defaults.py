@@ -186,3 +186,24 @@ def test_resolving_keeps_the_time_budget_and_other_options():
                                                       minutes=30.0, lr=3e-5, lora=True))
     assert (opts.minutes, opts.lr, opts.lora) == (30.0, 3e-5, True)
     assert opts.epochs == get_task("ner").defaults["epochs"] and "lr" not in from_task
+
+
+@pytest.mark.parametrize(("minutes", "max_minutes", "by_time", "fits"),
+                         [(30.0, 0.0, True, False), (0.0, 45.0, False, True),
+                          (0.0, 0.0, False, False)])
+def test_time_options_choose_the_trainers_schedule(tmp_path, minutes, max_minutes, by_time,
+                                                   fits):
+    """--minutes plans the schedule over the budget; --max-minutes makes a cut run decay
+    within it (zenlm.train's schedule_fits_max_minutes); neither: the steps alone."""
+    import torch
+
+    from zenlm.tasks.runner import FinetuneOptions, _trainer, resolve_options
+
+    opts, _ = resolve_options(FinetuneOptions(task="classify", model="m", train="t",
+                                              output=str(tmp_path / "run"),
+                                              minutes=minutes, max_minutes=max_minutes))
+    trainer = _trainer(opts, torch.nn.Linear(2, 2), [SimpleNamespace(ids=[1, 2])] * 4,
+                       [SimpleNamespace(ids=[1, 2])], collate=None, objective=None,
+                       metric=None)
+    assert (trainer.loop.schedule_by_time, trainer.loop.schedule_fits_max_minutes) == (by_time,
+                                                                                       fits)

@@ -28,6 +28,8 @@ def test_demo_config_and_overrides_are_typed():
     ("--train.mask_prob=0", r"mask_prob is the fraction of tokens masked, in \(0, 1\]; got 0.0"),
     ("--train.mask_prob=1.5", "got 1.5"),
     ("--train.schedule_by_time=true", "schedule_by_time needs train.max_minutes > 0, got 0.0"),
+    ("--train.schedule_fits_max_minutes=true",
+     "schedule_fits_max_minutes needs train.max_minutes > 0, got 0.0"),
     ("--optim.lr_scales=head.", "lr_scales must be a mapping of name prefix to number"),
     ("--optim.lr_scales={head.: fast}", r"lr_scales.head. must be float, got 'fast'"),
 ])

@@ -167,6 +167,36 @@ def test_schedule_by_time_fits_warmup_and_decay_to_the_budget(tmp_path, monkeypa
         LoopConfig(schedule_by_time=True)
 
 
+def _logged_lrs(folder) -> list[float]:
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [r["lr"] for r in rows if "lr" in r]
+
+
+def test_schedule_fits_max_minutes_decays_within_a_cut_and_runs_by_steps_when_it_fits(
+    tmp_path, monkeypatch
+):
+    _fake_clock(monkeypatch, 1.0)
+    settings = dict(eval_every=0, save_every=0)
+    # 1000 planned steps, 60 fake seconds: the clock cuts the run, and the schedule ends with it
+    cut = make_trainer(tmp_path / "cut", max_steps=1000, max_minutes=1.0,
+                       schedule_fits_max_minutes=True, **settings).fit(resume="none")
+    lrs = _logged_lrs(tmp_path / "cut")
+    assert cut.steps == len(lrs) < 100
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(1e-2, rel=0.05)
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
+    assert lrs[-1] < 1.2e-3  # min_lr is 1e-3; without the option it would still be ~1e-2
+    # 20 steps well inside an hour: the same rates, step for step, as a run without it
+    fits = make_trainer(tmp_path / "fits", max_steps=20, max_minutes=60.0,
+                        schedule_fits_max_minutes=True, **settings).fit(resume="none")
+    by_steps = make_trainer(tmp_path / "steps", max_steps=20, max_minutes=60.0,
+                            **settings).fit(resume="none")
+    assert fits.steps == by_steps.steps == 20
+    assert _logged_lrs(tmp_path / "fits") == _logged_lrs(tmp_path / "steps")
+    with pytest.raises(ValueError, match="schedule_fits_max_minutes needs train.max_minutes > 0"):
+        LoopConfig(schedule_fits_max_minutes=True)
+
+
 def test_lr_scales_multiply_the_scheduled_rate_per_prefix(tmp_path):
     """Adam's first step moves each weight with a gradient by exactly the learning rate
     (m/sqrt(v) = sign(g) after bias correction): so a scaled prefix moves `scale` times more."""

@@ -22,7 +22,8 @@ FINETUNE_HELP = {
     "val_fraction": "share of --train held out for validation when --val is not given",
     "epochs": "passes over the training data (fractions allowed)",
     "max_steps": "optimizer steps; overrides --epochs when > 0",
-    "max_minutes": "stop after this wall-clock time (the schedule still runs by steps)",
+    "max_minutes": "stop after this wall-clock time; if the planned steps would not fit, "
+                   "warm-up and decay follow the clock and end with it",
     "minutes": "a time budget: the schedule (warm-up, decay) is planned to fit it",
     "batch_size": "examples per optimizer step",
     "lr": "peak learning rate (AdamW)",

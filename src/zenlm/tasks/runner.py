@@ -48,7 +48,9 @@ class FinetuneOptions:
     # None: the task's own default (`TaskSpec.defaults`, else `zenlm.tasks.defaults.GENERIC`)
     epochs: float | None = None
     max_steps: int = 0  # overrides epochs when > 0
-    max_minutes: float = 0.0  # stop after this wall-clock (the schedule still runs by steps)
+    # Stop after this wall-clock; when the planned steps would not fit, warm-up and decay
+    # follow the clock so that they end with it (Trainer's schedule_fits_max_minutes).
+    max_minutes: float = 0.0
     minutes: float = 0.0  # a budget: the schedule (warm-up, decay) fits it; only it ends the run
     batch_size: int | None = None
     lr: float | None = None
@@ -301,7 +303,9 @@ def _trainer(opts: FinetuneOptions, model: nn.Module, train_features: list,
                       batch_size=opts.batch_size, seed=opts.seed, eval_every=opts.eval_every,
                       eval_batches=0, save_every=0, keep_last=1,
                       max_minutes=opts.minutes or opts.max_minutes,
-                      schedule_by_time=opts.minutes > 0, export_hf=False, dtype=opts.autocast)
+                      schedule_by_time=opts.minutes > 0,
+                      schedule_fits_max_minutes=opts.max_minutes > 0 and not opts.minutes,
+                      export_hf=False, dtype=opts.autocast)
     if privacy is not None:
         privacy.check_loop(loop)
     return MetricTrainer(

@@ -85,6 +85,10 @@ class LoopConfig:
     # The learning-rate schedule runs over max_minutes of wall-clock instead of max_steps
     # (which then only sets its resolution): warm-up and decay end with the budget.
     schedule_by_time: bool = False
+    # The schedule follows the steps or the clock, whichever is further along: a run that
+    # max_minutes would cut short still warms up and decays within it, and one that fits
+    # runs by steps. It ends at max_steps or max_minutes, whichever comes first.
+    schedule_fits_max_minutes: bool = False
     progress: bool = True
     tensorboard: bool = False
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (parameters sharded over ranks)
@@ -108,6 +112,9 @@ class LoopConfig:
         """
         if self.schedule_by_time and self.max_minutes <= 0:
             raise ValueError(f"train.schedule_by_time needs train.max_minutes > 0, "
+                             f"got {self.max_minutes}")
+        if self.schedule_fits_max_minutes and self.max_minutes <= 0:
+            raise ValueError(f"train.schedule_fits_max_minutes needs train.max_minutes > 0, "
                              f"got {self.max_minutes}")
         # 0 masks no position: the masked-LM loss would be the mean of nothing (NaN).
         if not 0.0 < self.mask_prob <= 1.0:

@@ -281,11 +281,16 @@ class Trainer:
                            self.elapsed_s, last_ckpt)
 
     def _schedule_step(self) -> int:
-        """Where the schedule is: the step, or the budget's elapsed fraction of max_steps."""
-        if not self.loop.schedule_by_time:
+        """The step the learning-rate schedule is at.
+
+        The step itself; with `schedule_by_time`, the budget's elapsed fraction of max_steps;
+        with `schedule_fits_max_minutes`, whichever of the two is further.
+        """
+        if not (self.loop.schedule_by_time or self.loop.schedule_fits_max_minutes):
             return self.step
         fraction = self.elapsed_s / (self.loop.max_minutes * 60)
-        return min(self.loop.max_steps, int(fraction * self.loop.max_steps))
+        by_time = min(self.loop.max_steps, int(fraction * self.loop.max_steps))
+        return by_time if self.loop.schedule_by_time else max(self.step, by_time)
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
