@@ -64,7 +64,7 @@ def test_help_lists_each_tasks_default_and_the_others(name):
 
 
 def test_the_lr_help_reads_as_the_issue_asks():
-    assert "default: classify 1e-4, ner 2e-4, qa 1e-4, others 5e-5" in _help_of("--lr")
+    assert "default: classify 1e-4, ner 2e-4, qa 2e-4, others 5e-5" in _help_of("--lr")
 
 
 def test_summary_line():
