@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from absl import logging as absl_logging  # rouge-score's logger
 
 from zenlm.io.resolve import package_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+# absl's log handler keeps the sys.stderr of the moment it is imported: under pytest's
+# capture, a capture file. Every logging.config.dictConfig (uvicorn's, as a test starts a
+# server) closes all handlers, and absl's close() closes its stream unless it is the current
+# sys.stderr; inside a capsys test it is not, so the worker's capture file was closed and
+# every later test on that worker failed ("I/O operation on closed file"). The real stderr
+# is never closed by it.
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @pytest.fixture(scope="session")
