@@ -195,6 +195,8 @@ def test_schedule_fits_max_minutes_decays_within_a_cut_and_runs_by_steps_when_it
     assert _logged_lrs(tmp_path / "fits") == _logged_lrs(tmp_path / "steps")
     with pytest.raises(ValueError, match="schedule_fits_max_minutes needs train.max_minutes > 0"):
         LoopConfig(schedule_fits_max_minutes=True)
+    with pytest.raises(ValueError, match="two ways to schedule; set one"):
+        LoopConfig(max_minutes=5.0, schedule_by_time=True, schedule_fits_max_minutes=True)
 
 
 def test_lr_scales_multiply_the_scheduled_rate_per_prefix(tmp_path):

@@ -113,6 +113,9 @@ class LoopConfig:
         if self.schedule_by_time and self.max_minutes <= 0:
             raise ValueError(f"train.schedule_by_time needs train.max_minutes > 0, "
                              f"got {self.max_minutes}")
+        if self.schedule_by_time and self.schedule_fits_max_minutes:
+            raise ValueError("train.schedule_by_time and train.schedule_fits_max_minutes are "
+                             "two ways to schedule; set one")
         if self.schedule_fits_max_minutes and self.max_minutes <= 0:
             raise ValueError(f"train.schedule_fits_max_minutes needs train.max_minutes > 0, "
                              f"got {self.max_minutes}")
