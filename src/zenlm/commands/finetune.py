@@ -36,6 +36,10 @@ FINETUNE_HELP = {
     "n_best": "qa: start and end candidates per window when choosing the answer span",
     "max_answer_length": "qa: longest answer span in tokens",
     "pooling": "classify: cls | mean | last (default: the model's own)",
+    "label_prompts": "classify: start the head as a zero-shot classifier, cosine similarity to "
+                     "a text per label: a JSON object such as '{\"0\": \"a terrible movie\", "
+                     "\"1\": \"a great movie\"}' or a .json file holding one (a head that "
+                     "starts right helps most under --dp-epsilon)",
     "class_weights": "classify/ner: inverse-frequency weights in the loss",
     "freeze_layers": "freeze the embeddings and this many lowest blocks",
     "freeze_embeddings": "freeze the token embeddings only",

@@ -145,9 +145,39 @@ class SequenceClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> class logits (B, n_labels)."""
-        hidden = backbone_states(self.backbone, ids, attention_mask, token_type_ids)
-        pooled = pool(hidden, attention_mask, self.pooling)
+        pooled = self.pooled(ids, attention_mask, token_type_ids)
         return self.head(self.dropout(pooled.to(self.head.weight.dtype)))
+
+    def pooled(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> the vectors (B, d_model) the head reads."""
+        hidden = backbone_states(self.backbone, ids, attention_mask, token_type_ids)
+        return pool(hidden, attention_mask, self.pooling)
+
+    @torch.no_grad()
+    def set_prototypes(self, prototypes: torch.Tensor, temperature: float = 0.05) -> None:
+        """Start the head as a zero-shot classifier by cosine to one vector per class.
+
+        Row c of the head becomes prototype c's direction and the bias zero, so the logits
+        are `|pooled| cos(pooled, prototype_c)` over `temperature x` the prototypes' mean
+        norm: for a text as long in this space as the prototypes, its cosines over
+        `temperature` (0.05: CLIP's and Sentence-Transformers' scale, where cosines of
+        related texts differ by a few hundredths).
+
+        Args:
+            prototypes: (n_labels, d_model), e.g. the pooled vectors of one text per label.
+            temperature: Cosine difference that becomes a logit difference of 1.
+        """
+        if prototypes.shape != self.head.weight.shape:
+            raise ValueError(f"prototypes of shape {tuple(prototypes.shape)} for a head of "
+                             f"shape {tuple(self.head.weight.shape)}")
+        prototypes = prototypes.float()
+        scale = 1.0 / (temperature * prototypes.norm(dim=-1).mean().clamp(min=1e-9))
+        directions = prototypes / prototypes.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        self.head.weight.copy_(directions * scale)
+        self.head.bias.zero_()
 
 
 class TokenClassifier(nn.Module):

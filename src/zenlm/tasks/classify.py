@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,55 @@ def class_weights_from_counts(labels: Sequence[int], n_labels: int) -> torch.Ten
     return weights
 
 
+def read_label_prompts(value: str, labels: Sequence[str]) -> dict[str, str]:
+    """`--label-prompts`: a JSON object {label: text}, inline or in a .json file.
+
+    Raises:
+        ValueError: not a JSON object of non-empty texts, or its labels are not exactly
+            `labels` (each missing or unknown label is named, with the valid ones).
+    """
+    text = value if value.lstrip().startswith("{") else _read_prompt_file(value)
+    try:
+        prompts = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--label-prompts {value!r} is not a JSON object ({exc}); give "
+                         '{"label": "a text for it", ...} or a .json file holding one') from exc
+    if not isinstance(prompts, dict) or not all(
+            isinstance(t, str) and t.strip() for t in prompts.values()):
+        raise ValueError(f"--label-prompts {value!r} must map each label to a non-empty text")
+    missing = [label for label in labels if label not in prompts]
+    unknown = [label for label in prompts if label not in labels]
+    if missing or unknown:
+        raise ValueError(f"--label-prompts must give one text per label {list(labels)}: "
+                         f"missing {missing}, unknown {unknown}")
+    return {label: prompts[label] for label in labels}
+
+
+def _read_prompt_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise ValueError(f"--label-prompts {path!r} is neither a JSON object nor a file; "
+                         'give {"label": "a text for it", ...} or a .json file holding one')
+    return Path(path).read_text(encoding="utf-8")
+
+
+@torch.no_grad()
+def init_head_from_prompts(model: SequenceClassifier, tokenizer: Tokenizer,
+                           prompts: Sequence[str], pad_id: int, *, max_length: int,
+                           keep_last: bool) -> None:
+    """Start `model`'s head as a zero-shot classifier: cosine to each label's prompt.
+
+    Each prompt (one per label, in label order) is pooled as the classifier pools a text,
+    and `SequenceClassifier.set_prototypes` turns those vectors into the head. No training
+    data is read, so under DP the start costs no privacy.
+    """
+    was_training = model.training
+    model.eval()  # no dropout in the prototypes
+    batch = collate_classify(encode_texts(tokenizer, prompts, max_length=max_length,
+                                          keep_last=keep_last), pad_id)
+    model.set_prototypes(model.pooled(batch.ids, batch.attention_mask))
+    model.train(was_training)
+
+
 @torch.inference_mode()
 def predict_classify(
     model: nn.Module, features: Sequence[ClassifyFeature], pad_id: int, batch_size: int = 64
@@ -134,6 +184,14 @@ class ClassifyTask(TaskSpec[readers.TextExample, ClassifyFeature]):
         targets = [index[e.label] for e in examples] if labelled else None
         return encode_texts(tokenizer, [e.text for e in examples], targets,
                             max_length=info.max_length, keep_last=info.arch == "encoder")
+
+    def init_head(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                  prompts: str, pad_id: int) -> dict[str, str]:
+        """`--label-prompts`: the head starts as cosine to each label's text (returned)."""
+        texts = read_label_prompts(prompts, info.labels)
+        init_head_from_prompts(model, tokenizer, list(texts.values()), pad_id,
+                               max_length=info.max_length, keep_last=info.arch == "encoder")
+        return texts
 
     def collate(self, features: list[ClassifyFeature], pad_id: int) -> TensorBatch:
         """See `collate_classify`."""

@@ -62,6 +62,9 @@ class FinetuneOptions:
     n_best: int | None = None  # qa: span candidates per window when choosing the answer
     max_answer_length: int | None = None  # qa: longest answer in tokens
     pooling: str | None = None  # classify: cls | mean | last
+    # classify: a JSON object {label: text} (or a .json file): the head starts as cosine
+    # similarity to each label's text, a zero-shot classifier, instead of at random
+    label_prompts: str | None = None
     class_weights: bool = False  # classify/ner: inverse-frequency loss weights
     freeze_layers: int | None = None  # freeze the embeddings and this many lowest blocks
     freeze_embeddings: bool | None = None  # the embeddings only (a third of MiniLM's weights)
@@ -221,10 +224,13 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
         added = unknown_characters(lm.tokenizer, texts, opts.extend_vocab)
         info.added_tokens = extend_vocabulary(lm.tokenizer, lm.model, added)
     pad = pad_id(lm.tokenizer, lm.config)
+    model = prepare_model(opts, info, lm.model)
+    if opts.label_prompts is not None:
+        info.training["label_prompts"] = spec.init_head(model, lm.tokenizer, info,
+                                                        opts.label_prompts, pad)
     train_features = spec.for_training(spec.encode(lm.tokenizer, train_examples, info), info,
                                        pack=opts.pack, private=opts.dp_epsilon is not None)
     val_features = spec.encode(lm.tokenizer, val_examples, info)
-    model = prepare_model(opts, info, lm.model)
     info.training["settings"]["dropout"] = backbone_of(model).config.dropout  # given or loaded
     last: dict[str, Any] = {}  # the latest evaluation's full scores
     metric = functools.partial(_headline, spec=spec, tokenizer=lm.tokenizer, info=info,

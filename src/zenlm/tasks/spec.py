@@ -215,6 +215,11 @@ class TaskSpec(ABC, Generic[Example, Feature]):
     def build_model(self, info: TaskInfo, backbone: nn.Module) -> nn.Module:
         """The task model around `backbone`, with a fresh head (or the backbone itself)."""
 
+    def init_head(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
+                  prompts: str, pad_id: int) -> dict[str, str]:
+        """Start the head from a text per label (`--label-prompts`); classify only."""
+        raise ValueError(f"--label-prompts applies to task 'classify', not {self.name!r}")
+
     # ------------------------------------------------------- inference
     @abstractmethod
     def evaluate(self, model: nn.Module, tokenizer: Any, info: TaskInfo,
