@@ -10,6 +10,7 @@ import yaml
 
 from tests.train.helpers import write_corpus
 from zenlm.cli import main
+from zenlm.errors import CheckpointError
 from zenlm.io.resolve import resolve_model
 from zenlm.tokenizer import Tokenizer
 from zenlm.train.config import load_config
@@ -136,3 +137,27 @@ def test_init_from_refuses_a_model_section_a_gguf_and_too_long_blocks(tmp_path):
         pretrain(load_config(path, [f"--train.init_from={gguf}"]), resume="none")
     with pytest.raises(ValueError, match="data.block_size=1024 exceeds all-minilm-l6-v2's 512"):
         pretrain(load_config(path, ["--data.block_size=1024"]), resume="none")
+
+
+def test_an_incomplete_masked_lm_head_is_refused_not_replaced(tmp_path):
+    """A *ForMaskedLM folder missing one head tensor stops the run and names the tensor
+    (a folder with no head at all, like all-MiniLM-L6-v2, starts a new one: tests above)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.train.test_mlm import POST_NORM_BERT, write_mlm_config
+
+    corpus = write_corpus(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    pretrain(load_config(write_mlm_config(first, corpus, steps=1, model=POST_NORM_BERT),
+                         ["--train.export_hf=true"]), resume="none")
+    source = first / "run" / "model"
+    weights = load_file(source / "model.safetensors")
+    del weights["cls.predictions.transform.dense.bias"]
+    save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
+    second = tmp_path / "second"
+    second.mkdir()
+    path = write_run(second, corpus, {"path": str(source)}, init_from=str(source))
+    with pytest.raises(CheckpointError, match=r"has an incomplete masked-LM head: no "
+                                              r"tensors \['dense.bias'\]"):
+        pretrain(load_config(path), resume="none")

@@ -358,11 +358,17 @@ def save_hf_model(
     return folder
 
 
-def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
+def load_mlm_head(folder: str | Path, encoder: EncoderModel, *,
+                  required: bool = True) -> MaskedLMHead | None:
     """The masked-LM head saved in a Hugging Face *ForMaskedLM folder.
 
+    Args:
+        folder: The model folder.
+        encoder: The encoder the head reads (its embedding is the head's tied decoder).
+        required: Without it, a folder with no head tensor at all (a BertModel) gives None.
+
     Raises:
-        CheckpointError: the folder has no (or an incomplete) masked-LM head.
+        CheckpointError: the folder has an incomplete masked-LM head, or none when required.
     """
     name_map = MLM_HEAD_MAPS[encoder.config.hf_model_type]
     head = MaskedLMHead(encoder.config, encoder.embed)
@@ -373,8 +379,11 @@ def load_mlm_head(folder: str | Path, encoder: EncoderModel) -> MaskedLMHead:
             rule, _ = match
             found.update(zip(rule.ours, rule.split(tensor), strict=True))
     found.pop("decoder.weight", None)  # tied: the encoder's embedding is the authority
+    if not found and not required:
+        return None
     missing = sorted({"bias", "dense.weight", "dense.bias", "norm.weight"} - set(found))
     if missing:
-        raise CheckpointError(f"{folder}: no masked-LM head tensors {missing}")
+        what = "an incomplete masked-LM head: no" if found else "no masked-LM head:"
+        raise CheckpointError(f"{folder} has {what} tensors {missing}")
     head.load_state_dict(found, strict=False)
     return head.to(encoder.embed.weight.dtype)

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from zenlm.config import ModelConfig, from_hf_config
-from zenlm.errors import CheckpointError
 from zenlm.io.hf import load_hf_model, load_mlm_head, read_config
 from zenlm.io.resolve import resolve_model
 from zenlm.models.build import replace_token_embedding
@@ -42,13 +41,13 @@ class Continued:
         None for a folder without one (a BertModel, all-MiniLM-L6-v2) or when the run's
         tokenizer differs from the folder's (the head's output bias is per token): the run
         then starts a new head.
+
+        Raises:
+            CheckpointError: the folder's head is incomplete (not silently replaced).
         """
         if not self.vocab_kept:
             return None
-        try:
-            return load_mlm_head(self.folder, self.model)
-        except CheckpointError:  # no head in the folder
-            return None
+        return load_mlm_head(self.folder, self.model, required=False)
 
 
 def continued_backbone(source: str, tokenizer: Tokenizer, block_size: int,
