@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The label texts of the head-start runs: the best zero-shot pair of those tried on the
+# validation split (docs/benchmarks.md; public words, no training row read).
+SENTIMENT_PROMPTS = {"0": "I hated this film, it was awful",
+                     "1": "I loved this film, it was wonderful"}
 
 
 def read_rows(path: Path) -> list[tuple[str, str]]:
@@ -115,7 +119,8 @@ def finetune(out: Path, train: Path, val: Path, args: argparse.Namespace, name: 
              "--max-minutes", str(args.max_minutes), "--autocast", args.autocast,
              "--max-length", str(args.max_length), "--eval-every", str(args.eval_every),
              "--patience", "0",  # every run trains its planned steps (the budget it spends)
-             *(["--head-lr", str(args.head_lr)] if args.head_lr else [])]
+             *(["--head-lr", str(args.head_lr)] if args.head_lr else []),
+             *(["--label-prompts", args.label_prompts] if args.label_prompts else [])]
     if epsilon is not None:
         flags += ["--dp-epsilon", str(epsilon), "--dp-delta", "1e-5",
                   "--dp-max-grad-norm", str(args.clip)]
@@ -186,6 +191,9 @@ def main() -> int:
     parser.add_argument("--only", default="accuracy,membership,collect")
     parser.add_argument("--tag", default="all", help="names this invocation's results file")
     parser.add_argument("--autocast", default="auto", help="training arithmetic (zenlm finetune)")
+    parser.add_argument("--label-prompts", default=None,
+                        help="start the head as a zero-shot classifier (zenlm finetune's "
+                             f"--label-prompts), e.g. '{json.dumps(SENTIMENT_PROMPTS)}'")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop each run after this wall-clock (epsilon spent then < target)")
