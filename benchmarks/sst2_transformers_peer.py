@@ -71,6 +71,20 @@ def length_grouped_batches(lengths: list[int], batch_size: int) -> list[list[int
     return batches
 
 
+def transformers_optimizer(model, lr: float, steps: int):
+    """(AdamW, schedule) as transformers' examples set them up: weight decay 0.01 except on
+    biases and LayerNorm weights, linear warm-up over 6% of `steps`, then linear decay."""
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, required=True)
@@ -93,15 +107,7 @@ def main() -> None:
     texts, labels = read_tsv(args.train)
     val_texts, val_labels = read_tsv(args.val)
     steps = int(args.epochs * len(texts) / args.batch_size)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    optimizer, schedule = transformers_optimizer(model, args.lr, steps)
 
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True,
                                              max_length=args.max_length)["input_ids"]]
